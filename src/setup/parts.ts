@@ -1,0 +1,185 @@
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { capture, passthrough } from '../util/exec';
+import { projectRoot, toolsDir } from '../util/paths';
+import { PINNED, toolPaths } from './tools';
+
+/** What a part did, for the summary line. */
+export type Outcome = { done: string };
+
+export interface SetupContext {
+  /** Archive mirror for the keyring download: the config's `base.mirror`, else debootstrap's default. */
+  mirror?: string;
+  suite: string;
+  log(line: string): void;
+}
+
+/** Debian packages the pipeline and its tests use. */
+export const APT_PACKAGES = [
+  'debootstrap', // the base tree of every image
+  'mmdebstrap',
+  'e2fsprogs', // mkfs.ext4 -d, e2fsck, debugfs
+  'openssh-server', // the test bed's sshd
+  'openssh-client', // ssh-keygen for the test bed
+  'qemu-system-x86', // boot tests of finished images
+  'zstd',
+  'curl', // the new-host bootstrap script
+  'ca-certificates',
+  'util-linux', // unshare for private mount namespaces
+  'gpgv', // debootstrap's signature check
+  'busybox-static', // a tiny chroot for the executor tests
+  'file',
+];
+
+async function dpkgInstalled(pkg: string): Promise<boolean> {
+  try {
+    const { stdout } = await capture('dpkg-query', ['-W', '-f', '${Status}', pkg]);
+    return stdout.trim() === 'install ok installed';
+  } catch {
+    return false;
+  }
+}
+
+export async function aptPackages(ctx: SetupContext): Promise<Outcome> {
+  const missing: string[] = [];
+  for (const pkg of APT_PACKAGES) if (!(await dpkgInstalled(pkg))) missing.push(pkg);
+  if (!missing.length) return { done: `all ${APT_PACKAGES.length} present` };
+  if (process.getuid?.() !== 0) throw new Error(`missing packages ${missing.join(' ')}: run setup as root, or install them with apt-get`);
+  ctx.log(`installing ${missing.join(' ')}`);
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+  await passthrough('apt-get', ['update', '-qq'], { env });
+  await passthrough('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...missing], { env });
+  return { done: `installed ${missing.join(' ')}` };
+}
+
+/** The module version a Go binary was built from (`go version -m`), or undefined. */
+async function goModuleVersion(binary: string): Promise<string | undefined> {
+  try {
+    const { stdout } = await capture('go', ['version', '-m', binary]);
+    return /^\s+mod\s+\S+\s+(\S+)/m.exec(stdout)?.[1];
+  } catch {
+    return undefined;
+  }
+}
+
+async function goInstall(module: string, version: string, bin: string, ctx: SetupContext): Promise<void> {
+  ctx.log(`go install ${module}@${version} (a few minutes the first time; cached afterwards)`);
+  const gobin = path.dirname(bin);
+  fs.mkdirSync(gobin, { recursive: true });
+  try {
+    await capture('go', ['install', `${module}@${version}`], { env: { ...process.env, GOBIN: gobin, CGO_ENABLED: '0' } });
+  } catch (err) {
+    throw new Error(`cannot build ${module}@${version}: ${(err as Error).message}`);
+  }
+}
+
+async function whichOnPath(name: string): Promise<string | undefined> {
+  for (const dir of (process.env.PATH ?? '').split(':')) {
+    const p = path.join(dir, name);
+    if (dir && fs.existsSync(p) && !p.startsWith(toolsDir())) return p;
+  }
+  return undefined;
+}
+
+async function temporalVersionMatches(binary: string): Promise<boolean> {
+  const { version, reports } = PINNED.temporalCli;
+  if ((await goModuleVersion(binary)) === version) return true; // a go-installed binary reports 0.0.0-DEV itself
+  try {
+    const { stdout } = await capture(binary, ['--version']);
+    return stdout.includes(`version ${reports} `);
+  } catch {
+    return false;
+  }
+}
+
+export async function temporalCli(ctx: SetupContext): Promise<Outcome> {
+  const target = toolPaths().temporal;
+  if (fs.existsSync(target) && (await temporalVersionMatches(target))) return { done: `${PINNED.temporalCli.version} present` };
+  const onPath = await whichOnPath('temporal');
+  if (onPath && (await temporalVersionMatches(onPath))) {
+    fs.mkdirSync(path.dirname(target), { recursive: true });
+    fs.rmSync(target, { force: true });
+    fs.symlinkSync(onPath, target);
+    return { done: `reusing ${onPath}` };
+  }
+  await goInstall(PINNED.temporalCli.module, PINNED.temporalCli.version, target, ctx);
+  if (!(await temporalVersionMatches(target))) throw new Error(`${target} does not report ${PINNED.temporalCli.version}`);
+  return { done: `built ${PINNED.temporalCli.version}` };
+}
+
+export async function minio(ctx: SetupContext): Promise<Outcome> {
+  const target = toolPaths().minio;
+  const { module, version } = PINNED.minio;
+  if (fs.existsSync(target) && (await goModuleVersion(target)) === version) return { done: `${version} present` };
+  await goInstall(module, version, target, ctx);
+  return { done: `built ${version}` };
+}
+
+/**
+ * The mirror debootstrap itself would use for the suite: its suite script is sourced with a
+ * `default_mirror` that prints its argument and stops, so no mirror is written in this project.
+ */
+export async function debootstrapDefaultMirror(suite: string): Promise<string> {
+  const script = path.join('/usr/share/debootstrap/scripts', suite);
+  if (!fs.existsSync(script)) throw new Error(`debootstrap has no script for suite ${suite}`);
+  const { stdout } = await capture('sh', ['-c', 'default_mirror() { echo "$1"; exit 0; }; . "$1"; exit 1', 'sh', script], {
+    env: { PATH: process.env.PATH, ARCH: 'amd64', SUITE: suite },
+  });
+  const mirror = stdout.trim();
+  if (!/^https?:\/\/\S+$/.test(mirror)) throw new Error(`unexpected default mirror from ${script}: ${mirror}`);
+  return mirror;
+}
+
+export function sha256File(file: string): string {
+  return crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
+}
+
+/** Downloads `url` into the per-user cache as `name`, unless a copy with the expected sha256 is there. */
+async function cachedDownload(url: string, name: string, sha256: string): Promise<string> {
+  const dir = path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), '.cache'), 'rootfs-pipeline', 'downloads');
+  fs.mkdirSync(dir, { recursive: true });
+  const file = path.join(dir, name);
+  if (fs.existsSync(file) && sha256File(file) === sha256) return file;
+  const res = await fetch(url, { signal: AbortSignal.timeout(120_000) });
+  if (!res.ok) throw new Error(`GET ${url} answered ${res.status} ${res.statusText}`);
+  const body = Buffer.from(await res.arrayBuffer());
+  const actual = crypto.createHash('sha256').update(body).digest('hex');
+  if (actual !== sha256) throw new Error(`checksum mismatch for ${url}: expected sha256 ${sha256}, got ${actual}`);
+  const tmp = `${file}.${process.pid}.tmp`;
+  fs.writeFileSync(tmp, body);
+  fs.renameSync(tmp, file);
+  return file;
+}
+
+export async function ubuntuKeyring(ctx: SetupContext): Promise<Outcome> {
+  const target = toolPaths().ubuntuKeyring;
+  const { poolPath, sha256, member } = PINNED.ubuntuKeyring;
+  const mirror = ctx.mirror ?? (await debootstrapDefaultMirror(ctx.suite));
+  const deb = await cachedDownload(`${mirror.replace(/\/+$/, '')}/${poolPath}`, path.basename(poolPath), sha256);
+  const extract = fs.mkdtempSync(path.join(os.tmpdir(), 'rootfs-keyring-'));
+  try {
+    await capture('dpkg-deb', ['-x', deb, extract]);
+    fs.mkdirSync(path.dirname(target), { recursive: true });
+    fs.copyFileSync(path.join(extract, member), `${target}.tmp`);
+    fs.renameSync(`${target}.tmp`, target);
+  } finally {
+    fs.rmSync(extract, { recursive: true, force: true });
+  }
+  return { done: `verified sha256 ${sha256.slice(0, 12)}… and installed ${path.relative(projectRoot(), target)}` };
+}
+
+/** Builds the reference guest operator (guest/) into a static x86-64 binary. */
+export async function referenceOperator(): Promise<Outcome> {
+  const target = toolPaths().referenceOperator;
+  const guest = path.join(projectRoot(), 'guest');
+  const { version } = JSON.parse(fs.readFileSync(path.join(projectRoot(), 'package.json'), 'utf8')) as { version: string };
+  fs.mkdirSync(path.dirname(target), { recursive: true });
+  await capture('go', ['build', '-trimpath', '-ldflags', `-s -w -X main.version=${version}`, '-o', `${target}.tmp`, '.'], {
+    cwd: guest,
+    env: { ...process.env, CGO_ENABLED: '0', GOOS: 'linux', GOARCH: 'amd64', GOFLAGS: '-buildvcs=false' },
+  });
+  fs.renameSync(`${target}.tmp`, target);
+  return { done: `built ${path.relative(projectRoot(), target)} (${version})` };
+}
