@@ -1,0 +1,121 @@
+import { ChildProcess, spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+/**
+ * Processes and files the test bed creates. Everything registered here is undone by
+ * `runCleanups()` (mocha's global teardown) and, as a last resort, killed on process exit.
+ */
+const cleanups: Array<() => Promise<void> | void> = [];
+const children = new Set<ChildProcess>();
+
+export function onCleanup(fn: () => Promise<void> | void): void {
+  cleanups.push(fn);
+}
+
+export async function runCleanups(): Promise<void> {
+  while (cleanups.length) {
+    const fn = cleanups.pop()!;
+    try {
+      await fn();
+    } catch (err) {
+      console.error('test bed cleanup failed:', err);
+    }
+  }
+}
+
+process.on('exit', () => {
+  for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+});
+
+/** A fresh directory under the system temp dir, removed at cleanup. */
+export function tempDir(prefix: string): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `rootfs-test-${prefix}-`));
+  onCleanup(() => fs.rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** A loopback TCP port that was free a moment ago. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as net.AddressInfo;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+export function portAccepts(port: number, host = '127.0.0.1'): Promise<boolean> {
+  return new Promise((resolve) => {
+    const sock = net.connect({ port, host });
+    sock.once('connect', () => {
+      sock.destroy();
+      resolve(true);
+    });
+    sock.once('error', () => resolve(false));
+  });
+}
+
+export interface ServerProcess {
+  child: ChildProcess;
+  /** Output so far, for error messages. */
+  log(): string;
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts a long-running server process with its output captured to `logFile`, and
+ * registers it for cleanup. `stop()` sends SIGTERM, then SIGKILL after `graceMs`.
+ */
+export function startServer(
+  command: string,
+  args: string[],
+  opts: { env?: NodeJS.ProcessEnv; logFile: string; graceMs?: number },
+): ServerProcess {
+  const out = fs.openSync(opts.logFile, 'a');
+  const child = spawn(command, args, { env: opts.env ?? process.env, stdio: ['ignore', out, out] });
+  fs.closeSync(out);
+  children.add(child);
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  child.once('exit', () => children.delete(child));
+  let stopped = false;
+  const stop = async () => {
+    if (stopped) return exited;
+    stopped = true;
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    child.kill('SIGTERM');
+    const timer = setTimeout(() => child.kill('SIGKILL'), opts.graceMs ?? 5000);
+    await exited;
+    clearTimeout(timer);
+  };
+  onCleanup(stop);
+  return {
+    child,
+    log: () => (fs.existsSync(opts.logFile) ? fs.readFileSync(opts.logFile, 'utf8') : ''),
+    stop,
+  };
+}
+
+/** Polls `ready` until it returns true; fails early with the server's log when the process dies. */
+export async function waitUntilReady(
+  server: ServerProcess,
+  what: string,
+  ready: () => Promise<boolean>,
+  timeoutMs = 60_000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (server.child.exitCode !== null || server.child.signalCode !== null) {
+      throw new Error(`${what} exited before it was ready:\n${server.log().slice(-4000)}`);
+    }
+    if (await ready().catch(() => false)) return;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  await server.stop();
+  throw new Error(`${what} was not ready after ${timeoutMs} ms:\n${server.log().slice(-4000)}`);
+}
