@@ -1,0 +1,3 @@
+module rootfs-pipeline/guest
+
+go 1.22

@@ -1,0 +1,127 @@
+// Command infra.operator is the reference guest operator baked into every rootfs image.
+//
+// systemd starts it as `infra.operator guest --port 5000`. It serves GET /health so a host
+// can tell that the image booted and the unit started. Real deployments configure their own
+// operator binary; this one exists so the pipeline can be built and tested end to end.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+const usage = `usage:
+  infra.operator guest --port N [--listen ADDR]   serve GET /health
+  infra.operator version                          print the version
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "version", "--version":
+		fmt.Fprintln(stdout, version)
+		return 0
+	case "help", "--help", "-h":
+		fmt.Fprint(stderr, usage)
+		return 2
+	case "guest":
+		addr, err := parseGuestFlags(args[1:], stderr)
+		if err != nil {
+			fmt.Fprintf(stderr, "infra.operator guest: %v\n", err)
+			return 2
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+		defer stop()
+		if err := serve(ctx, addr, log.New(stdout, "", log.LstdFlags)); err != nil {
+			fmt.Fprintf(stderr, "infra.operator guest: %v\n", err)
+			return 1
+		}
+		return 0
+	default:
+		fmt.Fprintf(stderr, "infra.operator: unknown command %q\n%s", args[0], usage)
+		return 2
+	}
+}
+
+func parseGuestFlags(args []string, stderr io.Writer) (string, error) {
+	fs := flag.NewFlagSet("guest", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	port := fs.Int("port", 0, "TCP port to listen on (required)")
+	listen := fs.String("listen", "0.0.0.0", "address to listen on")
+	if err := fs.Parse(args); err != nil {
+		return "", err
+	}
+	if fs.NArg() > 0 {
+		return "", fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if *port < 1 || *port > 65535 {
+		return "", errors.New("--port must be between 1 and 65535")
+	}
+	return net.JoinHostPort(*listen, strconv.Itoa(*port)), nil
+}
+
+// handler serves the operator's HTTP API.
+func handler(started time.Time, logger *log.Logger) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/health", func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet {
+			w.Header().Set("Allow", http.MethodGet)
+			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+			return
+		}
+		hostname, _ := os.Hostname()
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]any{
+			"status":        "ok",
+			"version":       version,
+			"hostname":      hostname,
+			"uptimeSeconds": int64(time.Since(started).Seconds()),
+		})
+	})
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		logger.Printf("%s %s %s", r.RemoteAddr, r.Method, r.URL.Path)
+		mux.ServeHTTP(w, r)
+	})
+}
+
+func serve(ctx context.Context, addr string, logger *log.Logger) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: handler(time.Now(), logger), ReadHeaderTimeout: 10 * time.Second}
+	logger.Printf("infra.operator %s listening on %s", version, ln.Addr())
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+		logger.Printf("shutting down")
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return srv.Shutdown(shutdownCtx)
+	}
+}
