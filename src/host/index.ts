@@ -1,0 +1,16 @@
+import type { BuildHostConfig } from '../config/schema';
+import { LocalHost } from './local';
+import { SshHost } from './ssh';
+import type { Host } from './types';
+
+export * from './types';
+export { check, output, CommandError } from './commands';
+export { chrootArgv, runInChroot, CHROOT_PATH } from './chroot';
+export { LocalHost } from './local';
+export { SshHost, shellQuote, sshFingerprint, type SshHostOptions } from './ssh';
+
+/** The build host a config names: this machine, or one reached over SSH with a pinned host key. */
+export async function connectHost(target: BuildHostConfig): Promise<Host> {
+  if (target.kind === 'local') return new LocalHost();
+  return SshHost.connect({ host: target.host, port: target.port, user: target.user, keyPath: target.keyPath, hostKeySha256: target.hostKeySha256 });
+}
