@@ -78,6 +78,7 @@ export const PROFILES: Record<'default' | 'upstream', Record<string, LanguageInp
           module: 'golang.org/toolchain',
           version: 'v0.0.1-go1.22.3.linux-amd64',
           dest: '/usr/local/go',
+          executable: ['bin', 'pkg/tool/linux_amd64'],
         },
       ],
       environment: goEnvironment,
@@ -85,7 +86,22 @@ export const PROFILES: Record<'default' | 'upstream', Record<string, LanguageInp
       verify: goVerify,
     },
     rust: {
-      runtime: [{ kind: 'apt', packages: ['rustc', 'cargo'] }],
+      runtime: [
+        {
+          // The newest Rust the archive backports to jammy-updates, laid out the way rustup would:
+          // the toolchain under /opt/rustup, its commands in /opt/cargo/bin, links in /usr/bin.
+          kind: 'apt',
+          packages: ['rustc-1.91', 'cargo-1.91'],
+          links: [
+            { path: '/opt/rustup/toolchains/1.91-x86_64-unknown-linux-gnu', target: '/usr/lib/rust-1.91' },
+            { path: '/opt/cargo/bin/rustc', target: '/opt/rustup/toolchains/1.91-x86_64-unknown-linux-gnu/bin/rustc' },
+            { path: '/opt/cargo/bin/cargo', target: '/opt/rustup/toolchains/1.91-x86_64-unknown-linux-gnu/bin/cargo' },
+            { path: '/opt/cargo/bin/rustdoc', target: '/opt/rustup/toolchains/1.91-x86_64-unknown-linux-gnu/bin/rustdoc' },
+            { path: '/usr/bin/rustc', target: '/opt/cargo/bin/rustc' },
+            { path: '/usr/bin/cargo', target: '/opt/cargo/bin/cargo' },
+          ],
+        },
+      ],
       environment: rustEnvironment,
       path: ['/opt/cargo/bin'],
       verify: rustVerify,

@@ -18,6 +18,12 @@ export const AbsolutePath = z
   .regex(/^(\/[A-Za-z0-9._+@-]+)+\/?$|^\/$/, { error: 'expected an absolute path of plain characters' })
   .refine((p) => !p.split('/').some((s) => s === '.' || s === '..'), { error: 'must not contain . or .. segments' });
 
+/** A path below some folder: plain segments, never `.` or `..`. */
+export const RelativePath = z
+  .string()
+  .regex(/^[A-Za-z0-9._+@-]+(\/[A-Za-z0-9._+@-]+)*$/, { error: 'expected a relative path of plain characters' })
+  .refine((p) => !p.split('/').some((s) => s === '.' || s === '..'), { error: 'must not contain . or .. segments' });
+
 export const HttpUrl = z
   .string()
   .regex(/^https?:\/\/[^\s"'<>\\]+$/, { error: 'expected an http(s) URL' })
@@ -61,6 +67,7 @@ const AptSource = z.strictObject({
       key: z.strictObject({ url: HttpUrl, sha256: Sha256Hex }),
     })
     .optional(),
+  links: z.array(Link).default([]),
 });
 
 const ArchiveSource = z.strictObject({
@@ -94,6 +101,8 @@ const GoModuleSource = z.strictObject({
   module: z.string().regex(/^[a-z0-9.-]+(\/[A-Za-z0-9._~-]+)+$/, { error: 'expected a Go module path' }),
   version: z.string().regex(/^v\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?$/, { error: 'expected a Go module version' }),
   dest: AbsolutePath,
+  /** Folders (relative to dest) whose files are made executable: module zips carry no modes. */
+  executable: z.array(RelativePath).default([]),
   links: z.array(Link).default([]),
 });
 

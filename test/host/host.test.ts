@@ -5,6 +5,7 @@ import * as path from 'node:path';
 import { check, CommandError, LocalHost, output, runInChroot, SshHost, type Host } from '../../src/host';
 import { tempDir } from '../support/process';
 import { testSshd } from '../support/sshd';
+import { busyboxTree } from '../support/trees';
 
 const sha256 = (file: string) => crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
 
@@ -31,16 +32,6 @@ function mountsUnder(dir: string): string[] {
     .split('\n')
     .map((l) => l.split(' ')[4] ?? '')
     .filter((m) => m === dir || m.startsWith(`${dir}/`));
-}
-
-/** A tiny tree with a static busybox: enough to chroot into without debootstrap. */
-function busyboxTree(): string {
-  const tree = tempDir('chroot');
-  for (const d of ['bin', 'proc', 'sys', 'dev', 'tmp']) fs.mkdirSync(path.join(tree, d));
-  fs.copyFileSync('/bin/busybox', path.join(tree, 'bin/busybox'));
-  fs.chmodSync(path.join(tree, 'bin/busybox'), 0o755);
-  for (const applet of ['sh', 'cat', 'env', 'sleep', 'ls']) fs.symlinkSync('busybox', path.join(tree, 'bin', applet));
-  return tree;
 }
 
 for (const [name, connect] of implementations) {

@@ -1,0 +1,95 @@
+import type { Host, RunOptions } from '../host';
+import { check, output, runInChroot } from '../host';
+
+/** What a long step reports while it runs: shown as heartbeat details in Temporal Web. */
+export interface Progress {
+  phase: string;
+  /** The last line the running command printed, trimmed. */
+  lastLine?: string;
+}
+
+/** Non-retryable failures: retrying cannot fix them, so the workflow pauses at once. */
+export class BuildError extends Error {
+  constructor(
+    message: string,
+    readonly type: 'ChecksumMismatch' | 'InvalidOperatorBinary' | 'VerificationFailed' | 'InvalidInput',
+  ) {
+    super(message);
+    this.name = type;
+  }
+}
+
+/**
+ * The build host as one step sees it: commands inherit the step's cancellation and feed its
+ * progress, so every long command both heartbeats and stops when the step is cancelled.
+ */
+export class StepRunner {
+  private progress: Progress = { phase: 'starting' };
+
+  constructor(
+    readonly host: Host,
+    private readonly report: (p: Progress) => void = () => {},
+    readonly signal?: AbortSignal,
+  ) {}
+
+  phase(phase: string): void {
+    this.progress = { phase };
+    this.report(this.progress);
+  }
+
+  private options(extra: RunOptions = {}): RunOptions {
+    let partial = '';
+    const onChunk = (chunk: Buffer) => {
+      const text = partial + chunk.toString('utf8');
+      const lines = text.split(/\r?\n|\r/);
+      partial = lines.pop() ?? '';
+      const last = lines.reverse().find((l) => l.trim());
+      if (last) {
+        this.progress = { phase: this.progress.phase, lastLine: last.trim().slice(0, 200) };
+        this.report(this.progress);
+      }
+    };
+    return { signal: this.signal, onStdout: onChunk, onStderr: onChunk, ...extra };
+  }
+
+  /** Runs argv on the build host; throws with the tail of stderr when it fails. */
+  run(argv: string[], extra?: RunOptions): Promise<void> {
+    return check(this.host, argv, this.options(extra));
+  }
+
+  /** Runs argv and returns its (small) stdout. */
+  async read(argv: string[], extra?: RunOptions): Promise<string> {
+    const { stdout } = await output(this.host, argv, { signal: this.signal, ...extra });
+    return stdout;
+  }
+
+  /** Runs argv inside the tree and returns what it printed (bounded), whatever its exit code. */
+  async chrootRead(root: string, argv: string[], extra?: RunOptions): Promise<{ code: number | null; stdout: string; stderr: string }> {
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    const keep = (into: Buffer[]) => (chunk: Buffer) => {
+      if (into.reduce((n, b) => n + b.length, 0) < 64 * 1024) into.push(chunk);
+    };
+    const result = await runInChroot(this.host, root, argv, { signal: this.signal, ...extra, onStdout: keep(out), onStderr: keep(err) });
+    return { code: result.code, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') };
+  }
+
+  /** Runs argv inside the tree at `root`, with /proc, /sys and /dev mounted in a private namespace. */
+  async chroot(root: string, argv: string[], extra?: RunOptions): Promise<void> {
+    const stderrTail: string[] = [];
+    const opts = this.options(extra);
+    const onStderr = opts.onStderr!;
+    const result = await runInChroot(this.host, root, argv, {
+      ...opts,
+      onStderr: (chunk) => {
+        onStderr(chunk);
+        stderrTail.push(chunk.toString('utf8'));
+        if (stderrTail.length > 20) stderrTail.shift();
+      },
+    });
+    if (result.code !== 0) {
+      const tail = stderrTail.join('').trim().split('\n').slice(-10).join('\n');
+      throw new Error(`in ${root}: ${argv.join(' ')} failed (${result.code ?? result.signal})${tail ? `:\n${tail}` : ''}`);
+    }
+  }
+}

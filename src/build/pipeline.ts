@@ -1,0 +1,337 @@
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { Config, LanguageSpec } from '../config/schema';
+import { debootstrapDefaultMirror } from '../setup/parts';
+import { ArtifactStore } from './artifacts';
+import { BuildError, type StepRunner } from './context';
+import { checkX8664Executable } from './elf';
+import { stepKey } from './keys';
+import { OPERATOR_PATH, renderProfile, renderUnit, UNIT_PATH, UNIT_WANTS_LINK } from './render';
+import { inspectTree } from './inspect';
+import { installSource, sha256OnHost, type SourceRecord } from './sources';
+
+/** Bumped when a step's recipe changes in a way its inputs do not show, to invalidate old artifacts. */
+const RECIPE = { base: 1, runtime: 1, operator: 1, verify: 1, image: 1 } as const;
+
+/** Packages every image gets on top of minbase: an init (systemd as PID 1), apt, and apt's keyring. */
+export const BASE_PACKAGES = ['systemd-sysv', 'apt', 'ubuntu-keyring'];
+
+export interface StepOutcome {
+  key: string;
+  reused: boolean;
+  data: Record<string, unknown>;
+}
+
+/** Everything one build step needs, resolved on the worker from its current config. */
+export interface PipelineInput {
+  config: Config;
+  /** Local path of the operator binary (checked to be an x86-64 executable). */
+  operatorPath: string;
+  /** Local path of the keyring that signs the archive. */
+  keyringPath: string;
+  /** Download-client settings (proxies, registries) passed to curl, npm and go on the build host. */
+  clientEnv?: Record<string, string>;
+}
+
+const sha256Local = (file: string) => crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
+
+export class Pipeline {
+  readonly store: ArtifactStore;
+  private readonly workspace: string;
+
+  constructor(
+    private readonly runner: StepRunner,
+    private readonly input: PipelineInput,
+  ) {
+    this.workspace = input.config.workspace;
+    this.store = new ArtifactStore(runner, this.workspace);
+  }
+
+  private get cacheDir(): string {
+    return path.posix.join(this.workspace, 'cache');
+  }
+
+  get imagesDir(): string {
+    return path.posix.join(this.workspace, 'images');
+  }
+
+  private spec(language: string): LanguageSpec {
+    const spec = this.input.config.languages[language];
+    if (!spec) throw new BuildError(`language ${language} is not configured`, 'InvalidInput');
+    return spec;
+  }
+
+  /** Checks what a build needs before any work: the operator binary, the keyring, the workspace. */
+  async prepare(language: string): Promise<{ operatorSha256: string }> {
+    this.spec(language);
+    try {
+      checkX8664Executable(this.input.operatorPath);
+    } catch (err) {
+      throw new BuildError((err as Error).message, 'InvalidOperatorBinary');
+    }
+    if (!fs.existsSync(this.input.keyringPath)) {
+      throw new BuildError(`archive keyring ${this.input.keyringPath} is missing: run \`npm run setup\``, 'InvalidInput');
+    }
+    await this.runner.run(['mkdir', '-p', this.store.root, this.imagesDir, this.cacheDir]);
+    return { operatorSha256: sha256Local(this.input.operatorPath) };
+  }
+
+  private async mirror(): Promise<string> {
+    const base = this.input.config.base;
+    return (base.mirror ?? (await debootstrapDefaultMirror(base.suite))).replace(/\/+$/, '');
+  }
+
+  private dists(): string[] {
+    const { suite, pockets } = this.input.config.base;
+    return [suite, ...pockets.map((p) => `${suite}-${p}`)];
+  }
+
+  /** sha256 of each dist's signed InRelease: the archive's state, part of every apt step's key. */
+  private async archiveState(mirror: string): Promise<Record<string, string>> {
+    const state: Record<string, string> = {};
+    for (const dist of this.dists()) {
+      const url = `${mirror}/dists/${dist}/InRelease`;
+      const text = await this.runner.read(['curl', '--fail', '--silent', '--show-error', '--location', '--retry', '3', '--', url], {
+        env: this.input.clientEnv,
+      });
+      state[dist] = crypto.createHash('sha256').update(text).digest('hex');
+    }
+    return state;
+  }
+
+  /** Puts the keyring on the build host (content-addressed, so it is copied once). */
+  private async keyringOnHost(): Promise<{ path: string; sha256: string }> {
+    const sha256 = sha256Local(this.input.keyringPath);
+    const remote = path.posix.join(this.cacheDir, 'keyrings', `${sha256}.gpg`);
+    if (!(await this.runner.host.stat(remote))) {
+      await this.runner.run(['mkdir', '-p', path.posix.dirname(remote)]);
+      // Concurrent builds may copy it at once: each through its own temp name.
+      const tmp = `${remote}.${crypto.randomBytes(4).toString('hex')}.tmp`;
+      await this.runner.host.putFile(this.input.keyringPath, tmp, 0o644);
+      await this.runner.run(['mv', '-f', tmp, remote]);
+    }
+    return { path: remote, sha256 };
+  }
+
+  /** The base tree shared by every language: minbase + updates pocket + systemd-sysv, signed sources only. */
+  async base(): Promise<StepOutcome> {
+    const base = this.input.config.base;
+    const mirror = await this.mirror();
+    this.runner.phase('reading the archive state');
+    const archive = await this.archiveState(mirror);
+    const keyring = await this.keyringOnHost();
+    const packages = [...new Set([...BASE_PACKAGES, ...base.packages])].sort();
+    const key = stepKey('base', null, {
+      recipe: RECIPE.base,
+      suite: base.suite,
+      variant: base.variant,
+      components: base.components,
+      dists: this.dists(),
+      mirror,
+      archive,
+      keyring: keyring.sha256,
+      packages,
+    });
+    const { meta, reused } = await this.store.ensure(key, 'base', async (work) => {
+      const tree = path.posix.join(work, 'tree');
+      const sources = this.dists().map((d) => `deb ${mirror} ${d} ${base.components.join(' ')}`);
+      this.runner.phase('mmdebstrap');
+      // A private mount namespace: the kernel drops mmdebstrap's mounts even if it is killed.
+      await this.runner.run([
+        'unshare', '--mount', '--propagation', 'private', '--fork', '--kill-child',
+        'mmdebstrap', `--variant=${base.variant}`, `--components=${base.components.join(',')}`,
+        `--include=${packages.join(',')}`, `--keyring=${keyring.path}`, '--mode=root',
+        base.suite, tree, ...sources,
+      ], { env: this.input.clientEnv });
+      // The build host's name must not leak into every image.
+      await this.runner.host.writeFile(path.posix.join(tree, 'etc/hostname'), 'localhost\n');
+      return { suite: base.suite, mirror, archive, packages };
+    });
+    return { key, reused, data: meta.data };
+  }
+
+  /** Runs `fn` with the tree set up for package installs: no services start, DNS works. */
+  private async withChrootSetup<T>(tree: string, fn: () => Promise<T>): Promise<T> {
+    const policy = path.posix.join(tree, 'usr/sbin/policy-rc.d');
+    const resolv = path.posix.join(tree, 'etc/resolv.conf');
+    const resolvLink = await this.runner.read(['readlink', resolv]).catch(() => '');
+    await this.runner.host.writeFile(policy, '#!/bin/sh\n# rootfs-pipeline: no services start during the build.\nexit 101\n', 0o755);
+    await this.runner.run(['rm', '-f', resolv]);
+    await this.runner.run(['cp', '-L', '/etc/resolv.conf', resolv]);
+    try {
+      return await fn();
+    } finally {
+      await this.runner.run(['rm', '-f', policy, resolv]);
+      if (resolvLink.trim()) await this.runner.run(['ln', '-s', resolvLink.trim(), resolv]);
+    }
+  }
+
+  /** Leaves no package lists or caches in the image. */
+  private async cleanApt(tree: string): Promise<void> {
+    await this.runner.run([
+      'find', path.posix.join(tree, 'var/lib/apt/lists'), path.posix.join(tree, 'var/cache/apt'),
+      '-mindepth', '1', '-not', '-name', 'lock', '-not', '-name', 'partial', '-not', '-name', 'archives', '-delete',
+    ]);
+    await this.runner.run(['find', path.posix.join(tree, 'var/cache/apt/archives'), '-type', 'f', '-name', '*.deb', '-delete']);
+  }
+
+  private async copyTree(fromKey: string, work: string): Promise<string> {
+    const tree = path.posix.join(work, 'tree');
+    this.runner.phase(`copying ${fromKey}`);
+    await this.runner.run(['cp', '-a', '--reflink=auto', this.store.tree(fromKey), tree]);
+    return tree;
+  }
+
+  async runtime(language: string, baseKey: string): Promise<StepOutcome> {
+    const spec = this.spec(language);
+    const usesApt = spec.packages.length > 0 || spec.runtime.some((s) => s.kind === 'apt');
+    const archive = usesApt ? await this.archiveState(await this.mirror()) : null;
+    const key = stepKey('runtime', baseKey, {
+      recipe: RECIPE.runtime,
+      runtime: spec.runtime,
+      packages: spec.packages,
+      files: spec.files,
+      archive,
+    });
+    const { meta, reused } = await this.store.ensure(key, 'runtime', async (work) => {
+      const tree = await this.copyTree(baseKey, work);
+      const installed: SourceRecord = {};
+      await this.withChrootSetup(tree, async () => {
+        const ctx = { runner: this.runner, tree, cacheDir: this.cacheDir, clientEnv: this.input.clientEnv ?? {} };
+        for (const source of spec.runtime) Object.assign(installed, await installSource(ctx, source));
+        if (spec.packages.length) Object.assign(installed, await installSource(ctx, { kind: 'apt', packages: spec.packages, links: [] }));
+        for (const file of spec.files) {
+          await this.runner.run(['mkdir', '-p', path.posix.dirname(path.posix.join(tree, file.path))]);
+          await this.runner.host.writeFile(path.posix.join(tree, file.path), file.content, file.mode);
+        }
+        await this.cleanApt(tree);
+      });
+      return { installed };
+    });
+    return { key, reused, data: meta.data };
+  }
+
+  async operator(language: string, runtimeKey: string, operatorSha256: string): Promise<StepOutcome> {
+    const spec = this.spec(language);
+    if (sha256Local(this.input.operatorPath) !== operatorSha256) {
+      throw new BuildError(`operator binary ${this.input.operatorPath} changed during the build; start the build again`, 'InvalidInput');
+    }
+    const unit = renderUnit(spec);
+    const profile = renderProfile(language, spec);
+    const key = stepKey('operator', runtimeKey, { recipe: RECIPE.operator, operatorSha256, unit, profile, language });
+    const { meta, reused } = await this.store.ensure(key, 'operator', async (work) => {
+      const tree = await this.copyTree(runtimeKey, work);
+      const at = (p: string) => path.posix.join(tree, p);
+      this.runner.phase('installing the operator and its unit');
+      await this.runner.host.putFile(this.input.operatorPath, at(OPERATOR_PATH), 0o755);
+      await this.runner.run(['chmod', '0755', at(OPERATOR_PATH)]);
+      await this.runner.host.writeFile(at(UNIT_PATH), unit, 0o644);
+      await this.runner.run(['mkdir', '-p', path.posix.dirname(at(UNIT_WANTS_LINK))]);
+      // An absolute target: it resolves inside the booted image, whatever the build host's layout.
+      await this.runner.run(['ln', '-sfn', UNIT_PATH, at(UNIT_WANTS_LINK)]);
+      await this.runner.host.writeFile(at(`/etc/profile.d/${language}.sh`), profile, 0o644);
+      return { operatorSha256 };
+    });
+    return { key, reused, data: meta.data };
+  }
+
+  /** Runs the configured version checks inside the finished tree and checks what booting needs. */
+  async verify(language: string, operatorKey: string): Promise<StepOutcome> {
+    const spec = this.spec(language);
+    const key = stepKey('verify', operatorKey, { recipe: RECIPE.verify, verify: spec.verify, environment: spec.environment, path: spec.path });
+    const { meta, reused } = await this.store.ensure(key, 'verify', async () => {
+      const tree = this.store.tree(operatorKey);
+      this.runner.phase('inspecting the tree');
+      const problems = await inspectTree(this.runner, tree, language, spec);
+      if (problems.length) throw new BuildError(`${language} image is not bootable: ${problems.join('; ')}`, 'VerificationFailed');
+      const env = verifyEnvironment(spec);
+      const versions: string[] = [];
+      for (const check of spec.verify) {
+        this.runner.phase(`running ${check.argv.join(' ')}`);
+        const { code, stdout, stderr } = await this.runner.chrootRead(tree, ['env', '-i', ...env, ...check.argv]);
+        const line = (stdout.trim() ? stdout : stderr).trim().split('\n')[0] ?? '';
+        if (code !== 0 || !new RegExp(check.expect).test(line)) {
+          throw new BuildError(
+            `${language}: \`${check.argv.join(' ')}\` ${code === 0 ? `printed "${line.slice(0, 200)}"` : `failed (${code}): ${line.slice(0, 200)}`}, expected /${check.expect}/`,
+            'VerificationFailed',
+          );
+        }
+        versions.push(line);
+      }
+      return { versions };
+    });
+    return { key, reused, data: meta.data };
+  }
+
+  imagePath(language: string): string {
+    return path.posix.join(this.imagesDir, `rootfs-${language}.ext4`);
+  }
+
+  /**
+   * Makes the ext4 image from the finished tree with `mkfs.ext4 -d` (no loop mount), sized from
+   * the content plus headroom unless a fixed size is configured, and checks it with `e2fsck -fn`.
+   * UUID, hash seed and timestamps derive from the key, so equal trees give equal images.
+   */
+  async image(language: string, verifyKey: string, operatorKey: string): Promise<StepOutcome> {
+    const { sizeMiB, headroomMiB } = this.input.config.image;
+    const key = stepKey('image', verifyKey, { recipe: RECIPE.image, sizeMiB: sizeMiB ?? null, headroomMiB, operatorKey, language });
+    const file = `rootfs-${language}.ext4`;
+    const { meta, reused } = await this.store.ensure(key, 'image', async (work) => {
+      const tree = this.store.tree(operatorKey);
+      const usedMiB = Number((await this.runner.read(['du', '-sx', '--block-size=1M', tree])).split(/\s/)[0]);
+      // ext4 metadata (inode tables, journal) takes roughly a tenth plus a fixed part.
+      const neededMiB = Math.ceil(usedMiB * 1.1) + 128;
+      const size = sizeMiB ?? neededMiB + headroomMiB;
+      if (size < neededMiB) {
+        throw new BuildError(`${language}: image.sizeMiB ${size} is too small for ${usedMiB} MiB of files (needs ${neededMiB})`, 'InvalidInput');
+      }
+      const digest = key.slice(-32);
+      const uuid = `${digest.slice(0, 8)}-${digest.slice(8, 12)}-4${digest.slice(13, 16)}-8${digest.slice(17, 20)}-${digest.slice(20, 32)}`;
+      const operatorMeta = await this.store.lookup(operatorKey);
+      const epoch = String(Math.floor(Date.parse(operatorMeta?.createdAt ?? '2024-01-01T00:00:00Z') / 1000));
+      const out = path.posix.join(work, file);
+      this.runner.phase(`mkfs.ext4 ${size} MiB from ${usedMiB} MiB of files`);
+      await this.runner.run(
+        ['mkfs.ext4', '-q', '-F', '-t', 'ext4', '-L', 'rootfs', '-U', uuid, '-E', `hash_seed=${uuid},root_owner=0:0`, '-d', tree, out, `${size}M`],
+        { env: { E2FSPROGS_FAKE_TIME: epoch, SOURCE_DATE_EPOCH: epoch } },
+      );
+      this.runner.phase('e2fsck -fn');
+      await this.runner.run(['e2fsck', '-fn', out]);
+      this.runner.phase('sha256');
+      const sha256 = await sha256OnHost(this.runner, out);
+      const sizeBytes = Number((await this.runner.read(['stat', '-c', '%s', out])).trim());
+      return { file, sizeBytes, sizeMiB: size, usedMiB, sha256 };
+    });
+    await this.publishImage(language, key, file);
+    return { key, reused, data: { ...meta.data, path: this.imagePath(language) } };
+  }
+
+  /**
+   * Copies the image to `<workspace>/images/` (the layout the S3 commands and Firecracker use),
+   * sparse, by rename. A copy, not a link: a VM writing to its rootfs must not change the artifact.
+   */
+  private async publishImage(language: string, key: string, file: string): Promise<void> {
+    const dest = this.imagePath(language);
+    const marker = path.posix.join(this.imagesDir, `.rootfs-${language}.ext4.source`);
+    const current = async () => `${key} ${(await this.runner.read(['stat', '-c', '%s %Y %i', dest]).catch(() => '')).trim()}`;
+    if ((await this.runner.host.stat(marker)) && (await this.runner.host.readFile(marker)).toString('utf8') === (await current())) return;
+    this.runner.phase(`publishing ${dest}`);
+    const tmp = `${dest}.${crypto.randomBytes(4).toString('hex')}.tmp`;
+    try {
+      await this.runner.run(['cp', '--sparse=always', path.posix.join(this.store.dir(key), file), tmp]);
+      await this.runner.run(['mv', '-f', tmp, dest]);
+    } finally {
+      await this.runner.run(['rm', '-f', tmp]);
+    }
+    await this.runner.host.writeFile(marker, await current());
+  }
+}
+
+/** `env -i` arguments for version checks: the unit's environment with a PATH that finds the runtime. */
+function verifyEnvironment(spec: LanguageSpec): string[] {
+  const system = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+  const env: Record<string, string> = { HOME: '/root', LC_ALL: 'C', ...spec.environment };
+  env.PATH = spec.environment.PATH ?? [...spec.path, system].join(':');
+  return Object.entries(env).map(([k, v]) => `${k}=${v}`);
+}
