@@ -1,0 +1,171 @@
+import { strict as assert } from 'node:assert';
+import { execFileSync } from 'node:child_process';
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { WorkflowHandle } from '@temporalio/client';
+import { PROFILES } from '../../src/config';
+import { ORCHESTRATOR_TASK_QUEUE } from '../../worker';
+import { createAllRootfs } from '../../workflows';
+import { progressQuery, retryStepUpdate } from '../../workflows/messages';
+import { childWorkflowId, parentWorkflowId, type CreateAllSummary, type ImageSummary, type LanguageProgress } from '../../workflows/types';
+import { createBuildEnv, type BuildEnv } from '../support/build-env';
+import { startFixtureServer, type FixtureServer } from '../support/fixture-server';
+import { catInImage, e2fsckStatus, lsInImage, statInImage } from '../support/image';
+import { testTemporal } from '../support/temporal';
+
+/**
+ * How often an activity of `type` was scheduled in a workflow's history, and the attempts each
+ * made (Temporal records one started event per scheduled activity, carrying its last attempt).
+ */
+async function activityRuns(handle: WorkflowHandle, type: string): Promise<number[]> {
+  const history = await handle.fetchHistory();
+  const scheduled = new Set<string>();
+  const attempts: number[] = [];
+  for (const e of history.events ?? []) {
+    if (e.activityTaskScheduledEventAttributes?.activityType?.name === type) scheduled.add(String(e.eventId));
+    const started = e.activityTaskStartedEventAttributes;
+    if (started && scheduled.has(String(started.scheduledEventId))) attempts.push(started.attempt ?? 0);
+  }
+  return attempts;
+}
+
+async function waitFor<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs: number): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const v = await fn().catch(() => undefined);
+    if (v !== undefined) return v;
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+function assertBootable(image: ImageSummary, language: string): void {
+  const file = image.path!;
+  assert.equal(e2fsckStatus(file), 0, `e2fsck -fn ${file}`);
+  assert.equal(fs.statSync(file).size, image.sizeBytes);
+  assert.equal(crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex'), image.sha256);
+  const operator = statInImage(file, '/usr/local/bin/infra.operator');
+  assert.equal(operator?.type, 'regular');
+  assert.equal(operator!.mode & 0o7777, 0o755);
+  const unit = catInImage(file, '/etc/systemd/system/infra.operator.service');
+  assert.match(unit, /^ExecStart=\/usr\/local\/bin\/infra.operator guest --port 5000$/m);
+  assert.match(unit, /^Restart=always$/m);
+  assert.match(unit, /^RestartSec=1$/m);
+  const wants = statInImage(file, '/etc/systemd/system/multi-user.target.wants/infra.operator.service');
+  assert.equal(wants?.type, 'symlink');
+  assert.equal(wants?.linkTarget, '/etc/systemd/system/infra.operator.service');
+  assert.equal(statInImage(file, '/sbin/init')?.linkTarget, '/lib/systemd/systemd');
+  assert.equal(statInImage(file, '/lib/systemd/systemd')?.type, 'regular');
+  assert.match(catInImage(file, `/etc/profile.d/${language}.sh`), new RegExp(`^# ${language} runtime`));
+  assert.deepEqual(lsInImage(file, '/var/lib/apt/lists').filter((n) => n !== 'lock' && n !== 'partial'), []);
+  assert.equal(statInImage(file, '/usr/sbin/policy-rc.d'), null);
+}
+
+describe('pipeline @real', function () {
+  this.timeout(45 * 60 * 1000);
+  let env: BuildEnv;
+  let fixture: FixtureServer;
+  let rustExtra: { url: string; sha256: string; tarball: Buffer };
+
+  before(async () => {
+    fixture = await startFixtureServer();
+    // An extra source for rust, served by a loopback stand-in for a vendor host.
+    const src = fs.mkdtempSync('/tmp/rootfs-rust-extra-');
+    fs.mkdirSync(path.join(src, 'cargo'));
+    fs.writeFileSync(path.join(src, 'cargo/config.toml'), '[net]\nretry = 5\n');
+    const tarball = execFileSync('tar', ['-cz', '-C', src, 'cargo']);
+    fs.rmSync(src, { recursive: true });
+    fixture.serve('/rust-extra.tgz', tarball);
+    rustExtra = { url: `${fixture.url}/rust-extra.tgz`, sha256: crypto.createHash('sha256').update(tarball).digest('hex'), tarball };
+    env = await createBuildEnv('e2e', {
+      languages: {
+        rust: {
+          // First, so that the failing attempts fail fast.
+          runtime: [
+            { kind: 'archive', url: rustExtra.url, sha256: rustExtra.sha256, dest: '/opt', stripComponents: 0 },
+            ...PROFILES.default.rust!.runtime!,
+          ],
+        },
+      },
+    });
+    await env.startWorker();
+  });
+
+  let first: CreateAllSummary;
+
+  it('builds all five images through Temporal; a failed rust source waits for retryStep and resumes', async () => {
+    const { client } = (await testTemporal()).env;
+    fixture.fail('/rust-extra.tgz', 503);
+    const runTag = `e2e-${crypto.randomBytes(3).toString('hex')}`;
+    const handle = await client.workflow.start(createAllRootfs, {
+      taskQueue: ORCHESTRATOR_TASK_QUEUE,
+      workflowId: parentWorkflowId(runTag),
+      args: [{ runTag, options: env.options, concurrency: 2 }],
+    });
+    const rustId = childWorkflowId(runTag, 'rust');
+    const waiting = await waitFor(
+      'rust to await a retry',
+      async () => {
+        const all: LanguageProgress[] = await handle.query(progressQuery);
+        const rust = all.find((p) => p.language === 'rust');
+        return rust?.state === 'awaiting-retry' ? rust : undefined;
+      },
+      30 * 60 * 1000,
+    );
+    const failed = waiting.steps.find((s) => s.state === 'awaiting-retry')!;
+    assert.equal(failed.name, 'runtime');
+    assert.match(failed.error!, /503|rust-extra/);
+
+    // The operator fixes the cause (the vendor is back), then resumes the build.
+    fixture.serve('/rust-extra.tgz', rustExtra.tarball);
+    const rustHandle = client.workflow.getHandle(rustId);
+    const ack = await rustHandle.executeUpdate(retryStepUpdate, { args: [{}] });
+    assert.deepEqual(ack, { language: 'rust', step: 'runtime' });
+    first = await handle.result();
+
+    assert.deepEqual(first.images.map((i) => i.language), ['bash', 'python', 'nodejs', 'go', 'rust']);
+    for (const image of first.images) {
+      assert.equal(image.state, 'done');
+      assertBootable(image, image.language);
+    }
+    const versions = Object.fromEntries(first.images.map((i) => [i.language, i.versions.join(' | ')]));
+    assert.match(versions.bash!, /^GNU bash, version 5\.1\./);
+    assert.match(versions.python!, /^Python 3\.10\.\d+ \| pip /);
+    assert.match(versions.nodejs!, /^v20\.\d+\.\d+ \| \d+\.\d+\.\d+$/);
+    assert.match(versions.go!, /^go version go1\.22\.3 linux\/amd64$/);
+    assert.match(versions.rust!, /^rustc 1\.\d+\.\d+.* \| cargo 1\.\d+\.\d+/);
+    const goImage = first.images.find((i) => i.language === 'go')!.path!;
+    assert.match(catInImage(goImage, '/etc/systemd/system/infra.operator.service'), /^Environment=GOROOT=\/usr\/local\/go$/m);
+    assert.equal(catInImage(first.images.find((i) => i.language === 'rust')!.path!, '/opt/cargo/config.toml'), '[net]\nretry = 5\n');
+
+    // The base is one artifact for all five: built by exactly one child, reused by the others.
+    assert.equal(first.images.filter((i) => i.steps.base === 'ran').length, 1);
+    // Resume ran only the failed step again: the rust child started base once and runtime twice.
+    assert.deepEqual(await activityRuns(rustHandle, 'allocate'), [1]);
+    assert.deepEqual(await activityRuns(rustHandle, 'base'), [1]);
+    // The runtime used its attempts (2), paused, then ran once more when retryStep asked.
+    assert.deepEqual(await activityRuns(rustHandle, 'runtime'), [2, 1]);
+  });
+
+  it('a second createAllRootfs with nothing changed reuses every step', async () => {
+    const { client } = (await testTemporal()).env;
+    const runTag = `e2e-again-${crypto.randomBytes(3).toString('hex')}`;
+    const started = Date.now();
+    const again = await client.workflow.execute(createAllRootfs, {
+      taskQueue: ORCHESTRATOR_TASK_QUEUE,
+      workflowId: parentWorkflowId(runTag),
+      args: [{ runTag, options: env.options, concurrency: 5 }],
+    });
+    const seconds = (Date.now() - started) / 1000;
+    for (const image of again.images) {
+      for (const step of ['base', 'runtime', 'operator', 'verify', 'image'] as const) {
+        assert.equal(image.steps[step], 'reused', `${image.language} ${step}`);
+      }
+      const before = first.images.find((i) => i.language === image.language)!;
+      assert.equal(image.sha256, before.sha256);
+      assert.equal(image.imageKey, before.imageKey);
+    }
+    assert.ok(seconds < 60, `took ${seconds} s`);
+  });
+});

@@ -1,0 +1,93 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { stringify } from 'yaml';
+import { requireTool } from '../../src/setup/tools';
+import { hostTaskQueue, runWorkers, type WorkerOptions } from '../../worker';
+import type { BuildOptions } from '../../workflows/types';
+import { onCleanup, tempDir } from './process';
+import { testTemporal, workflowBundle } from './temporal';
+
+/**
+ * A build environment for end-to-end tests: a config file in a temp dir with its own workspace
+ * (an empty artifact store) and its own build-host alias (so its task queue is its own), and
+ * workers that run in this process or as a separate process that a test can kill.
+ */
+export interface BuildEnv {
+  dir: string;
+  workspace: string;
+  configFile: string;
+  alias: string;
+  options: BuildOptions;
+  /** Rewrites the config file (the worker re-reads it for every step). */
+  writeConfig(extra: Record<string, unknown>): void;
+  startWorker(extra?: Partial<WorkerOptions>): Promise<{ stop(): Promise<void> }>;
+  spawnWorker(): Promise<ChildProcess>;
+}
+
+export async function createBuildEnv(name: string, extra: Record<string, unknown> = {}): Promise<BuildEnv> {
+  const temporal = await testTemporal();
+  const dir = tempDir(name);
+  const workspace = path.join(dir, 'workspace');
+  const alias = `${name}-${crypto.randomBytes(3).toString('hex')}`;
+  const configFile = path.join(dir, 'rootfs.yaml');
+  const writeConfig = (more: Record<string, unknown>) => {
+    const doc = {
+      workspace,
+      operator: { path: requireTool('referenceOperator') },
+      buildHost: { kind: 'local', alias },
+      temporal: { address: temporal.address, namespace: temporal.namespace },
+      ...more,
+    };
+    fs.writeFileSync(`${configFile}.tmp`, stringify(doc));
+    fs.renameSync(`${configFile}.tmp`, configFile);
+  };
+  writeConfig(extra);
+  const options: BuildOptions = {
+    hostTaskQueue: hostTaskQueue(alias),
+    maxAttempts: 2,
+    retryInitialIntervalMs: 200,
+    heartbeatTimeoutMs: 15_000,
+    stepTimeoutMs: 30 * 60 * 1000,
+    upload: false,
+  };
+  return {
+    dir,
+    workspace,
+    configFile,
+    alias,
+    options,
+    writeConfig,
+    async startWorker(more = {}) {
+      const controller = new AbortController();
+      const running = runWorkers(
+        {
+          connection: temporal.env.nativeConnection,
+          namespace: temporal.namespace,
+          configOptions: { file: configFile },
+          workflowBundle: await workflowBundle(),
+          shutdownGraceMs: 1000,
+          ...more,
+        },
+        controller.signal,
+      );
+      const stop = async () => {
+        controller.abort();
+        await running;
+      };
+      onCleanup(() => stop().catch(() => {}));
+      return { stop };
+    },
+    async spawnWorker() {
+      const child = spawn(process.execPath, [path.join(__dirname, '../../worker/main.js'), '--config', configFile], {
+        stdio: ['ignore', 'inherit', 'inherit'],
+      });
+      onCleanup(() => {
+        if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      });
+      return child;
+    },
+  };
+}
+

@@ -1,0 +1,90 @@
+import { NativeConnection, Worker, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
+import { createActivities, type ActivityDeps } from '../activities';
+import { loadConfig, resolveConfigPath, type BuildHostConfig, type LoadedConfig, type LoadOptions } from '../src/config';
+import { toolPaths } from '../src/setup/tools';
+import { connectHost, type Host } from '../src/host';
+
+/** Workflows run here; activities run on each build host's own queue. */
+export const ORCHESTRATOR_TASK_QUEUE = 'rootfs-orchestrator';
+export const hostTaskQueue = (alias: string) => `rootfs-host-${alias}`;
+
+export interface WorkerOptions {
+  connection: NativeConnection;
+  namespace: string;
+  /** How the config is found; it is re-read for every step. */
+  configOptions?: LoadOptions;
+  /** Pre-bundled workflow code (tests bundle once); default: bundle from source. */
+  workflowBundle?: WorkflowBundleWithSourceMap;
+  /** Extra activity dependencies (the S3 store). */
+  store?: Pick<ActivityDeps, 'upload' | 'listBucket'>;
+  /** How long running steps may finish on shutdown before they are cancelled. */
+  shutdownGraceMs?: number;
+}
+
+/** Keeps one connection to the build host, reconnecting when its config changes or it drops. */
+function hostProvider(): { host(loaded: LoadedConfig): Promise<Host>; close(): Promise<void> } {
+  let current: { config: string; host: Promise<Host> } | undefined;
+  return {
+    async host(loaded) {
+      const config = JSON.stringify(loaded.config.buildHost);
+      if (current?.config !== config) {
+        const previous = current;
+        const target: BuildHostConfig = loaded.config.buildHost;
+        current = {
+          config,
+          host: connectHost(target.kind === 'ssh' ? { ...target, keyPath: resolveConfigPath(loaded, target.keyPath) } : target),
+        };
+        current.host.catch(() => (current = undefined));
+        if (previous) void previous.host.then((h) => h.close()).catch(() => {});
+      }
+      return current.host;
+    },
+    async close() {
+      if (current) await (await current.host.catch(() => undefined))?.close();
+    },
+  };
+}
+
+/** Runs the orchestrator worker and the build-host worker until `signal` aborts (graceful shutdown). */
+export async function runWorkers(opts: WorkerOptions, signal: AbortSignal): Promise<void> {
+  const read = () => loadConfig(opts.configOptions);
+  const first = read();
+  const hosts = hostProvider();
+  const activities = createActivities({
+    loadConfig: read,
+    host: () => hosts.host(read()),
+    paths: (loaded) => ({
+      operatorPath: resolveConfigPath(loaded, loaded.config.operator.path),
+      keyringPath: loaded.config.base.keyring ? resolveConfigPath(loaded, loaded.config.base.keyring) : toolPaths().ubuntuKeyring,
+    }),
+    ...opts.store,
+  });
+  const grace = opts.shutdownGraceMs ?? 30_000;
+  const orchestrator = await Worker.create({
+    connection: opts.connection,
+    namespace: opts.namespace,
+    taskQueue: ORCHESTRATOR_TASK_QUEUE,
+    ...(opts.workflowBundle ? { workflowBundle: opts.workflowBundle } : { workflowsPath: require.resolve('../workflows') }),
+    shutdownGraceTime: grace,
+  });
+  const host = await Worker.create({
+    connection: opts.connection,
+    namespace: opts.namespace,
+    taskQueue: hostTaskQueue(first.config.buildHost.alias),
+    activities,
+    // Steps are heavy (debootstrap, mkfs): a few at a time on one host.
+    maxConcurrentActivityTaskExecutions: 4,
+    shutdownGraceTime: grace,
+  });
+  const stop = () => {
+    orchestrator.shutdown();
+    host.shutdown();
+  };
+  if (signal.aborted) stop();
+  else signal.addEventListener('abort', stop, { once: true });
+  try {
+    await Promise.all([orchestrator.run(), host.run()]);
+  } finally {
+    await hosts.close();
+  }
+}

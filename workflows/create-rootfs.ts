@@ -1,0 +1,183 @@
+import {
+  ActivityFailure,
+  ApplicationFailure,
+  condition,
+  getExternalWorkflowHandle,
+  isCancellation,
+  proxyActivities,
+  setCurrentDetails,
+  setHandler,
+  upsertSearchAttributes,
+  workflowInfo,
+} from '@temporalio/workflow';
+import type { BuildActivities } from '../activities';
+import { LANGUAGE, STATE, STEP } from '../src/temporal/search-attributes';
+import { abortUpdate, childProgressSignal, progressQuery, retryStepUpdate } from './messages';
+import {
+  STEP_TITLES,
+  STEPS,
+  type CreateRootfsInput,
+  type ImageSummary,
+  type LanguageProgress,
+  type Step,
+  type StepProgress,
+  type StepResult,
+} from './types';
+
+/** Errors retries cannot fix: the build pauses for the operator at once. */
+const NON_RETRYABLE = ['ChecksumMismatch', 'InvalidOperatorBinary', 'VerificationFailed', 'InvalidInput', 'ConfigError'];
+
+function shortMessage(err: unknown): string {
+  let e: unknown = err;
+  // An activity failure wraps the activity's own error: that one says what went wrong.
+  while (e instanceof ActivityFailure && e.cause) e = e.cause;
+  const text = e instanceof Error ? e.message : String(e);
+  return text.length > 600 ? `${text.slice(0, 600)}…` : text;
+}
+
+function detailsTable(p: LanguageProgress): string {
+  const rows = p.steps.map(
+    (s) =>
+      `| ${STEP_TITLES[s.name]} | ${s.state} | ${s.durationMs === undefined ? '' : `${(s.durationMs / 1000).toFixed(1)} s`} | ${s.attempts} | ${(s.error ?? '').replace(/\|/g, '\\|').replace(/\n/g, ' ')} |`,
+  );
+  return [`**${p.language}**: ${p.state}`, '', '| step | state | took | attempts | last error |', '|---|---|---|---|---|', ...rows].join('\n');
+}
+
+/** Builds one language image, step by step; a failed step waits for `retryStep` instead of failing. */
+export async function createRootfs(input: CreateRootfsInput): Promise<ImageSummary> {
+  const { language, options } = input;
+  const info = workflowInfo();
+  const progress: LanguageProgress = {
+    language,
+    workflowId: info.workflowId,
+    state: 'running',
+    steps: STEPS.map((name): StepProgress => ({ name, state: 'pending', attempts: 0 })),
+  };
+  let retryRequested = false;
+  let abortRequested = false;
+  let waitingOn: Step | undefined;
+
+  setHandler(progressQuery, () => [progress]);
+  setHandler(
+    retryStepUpdate,
+    () => {
+      retryRequested = true;
+      return { language, step: waitingOn! };
+    },
+    {
+      validator: (req) => {
+        if (!waitingOn) throw new Error(`${language} is ${progress.state}: no step is waiting for a retry`);
+        if (req.step && req.step !== waitingOn) throw new Error(`${language} is waiting on step ${waitingOn}, not ${req.step}`);
+      },
+    },
+  );
+  setHandler(
+    abortUpdate,
+    () => {
+      abortRequested = true;
+      return { language, aborted: true };
+    },
+    {
+      validator: () => {
+        if (!waitingOn) throw new Error(`${language} is ${progress.state}: only a build waiting for a retry can be aborted`);
+      },
+    },
+  );
+
+  const parent = info.parent ? getExternalWorkflowHandle(info.parent.workflowId, info.parent.runId) : undefined;
+  const publish = async (step?: Step) => {
+    upsertSearchAttributes([
+      { key: LANGUAGE, value: language },
+      { key: STATE, value: progress.state },
+      ...(step ? [{ key: STEP, value: step }] : []),
+    ] as never);
+    setCurrentDetails(detailsTable(progress));
+    // The parent only aggregates: losing one update must never fail the build.
+    if (parent) await parent.signal(childProgressSignal, progress).catch(() => undefined);
+  };
+
+  const acts = proxyActivities<BuildActivities>({
+    taskQueue: options.hostTaskQueue,
+    startToCloseTimeout: options.stepTimeoutMs ?? 2 * 60 * 60 * 1000,
+    heartbeatTimeout: options.heartbeatTimeoutMs ?? 60_000,
+    retry: {
+      maximumAttempts: options.maxAttempts ?? 3,
+      initialInterval: options.retryInitialIntervalMs ?? 5000,
+      backoffCoefficient: 2,
+      nonRetryableErrorTypes: NON_RETRYABLE,
+    },
+  });
+
+  /** Runs one step; on failure waits for `retryStep` (or `abort`) and runs it again. */
+  async function runStep<K extends keyof BuildActivities>(step: Step, activity: K, ...args: Parameters<BuildActivities[K]>) {
+    const record = progress.steps.find((s) => s.name === step)!;
+    for (;;) {
+      record.state = 'running';
+      record.attempts++;
+      record.startedAt = new Date().toISOString();
+      progress.state = 'running';
+      await publish(step);
+      const started = Date.now();
+      try {
+        const fn = acts[activity] as unknown as {
+          executeWithOptions(o: { summary: string; activityId: string }, a: unknown[]): Promise<Awaited<ReturnType<BuildActivities[K]>>>;
+        };
+        const result = await fn.executeWithOptions({ summary: `${language}: ${STEP_TITLES[step]}`, activityId: `${step}-${record.attempts}` }, args);
+        const r = result as Partial<StepResult>;
+        record.state = r.reused ? 'reused' : 'done';
+        record.key = r.key;
+        record.durationMs = Date.now() - started;
+        record.error = undefined;
+        await publish(step);
+        return result;
+      } catch (err) {
+        if (isCancellation(err)) throw err;
+        record.state = 'awaiting-retry';
+        record.error = shortMessage(err);
+        record.durationMs = Date.now() - started;
+        progress.state = 'awaiting-retry';
+        waitingOn = step;
+        await publish(step);
+        await condition(() => retryRequested || abortRequested);
+        waitingOn = undefined;
+        retryRequested = false;
+        if (abortRequested) {
+          record.state = 'aborted';
+          progress.state = 'aborted';
+          await publish(step);
+          throw ApplicationFailure.nonRetryable(`${language}: aborted by the operator at step ${step}: ${record.error}`, 'Aborted');
+        }
+      }
+    }
+  }
+
+  const { operatorSha256 } = await runStep('allocate', 'allocate', { language });
+  const base = await runStep('base', 'base', { language });
+  const runtime = await runStep('runtime', 'runtime', { language, baseKey: base.key });
+  const operator = await runStep('operator', 'operator', { language, runtimeKey: runtime.key, operatorSha256 });
+  const verify = await runStep('verify', 'verify', { language, operatorKey: operator.key });
+  const image = await runStep('image', 'image', { language, verifyKey: verify.key, operatorKey: operator.key });
+  let s3Key: string | undefined;
+  if (options.upload ?? true) {
+    const uploaded = await runStep('upload', 'upload', { language, imageKey: image.key, versions: verify.data.versions as string[] });
+    s3Key = uploaded.data.s3Key as string | undefined;
+  } else {
+    progress.steps.find((s) => s.name === 'upload')!.state = 'skipped';
+  }
+  progress.state = 'done';
+  await publish();
+
+  const ran = (s: StepProgress) => (s.state === 'reused' ? 'reused' : s.state === 'skipped' ? 'skipped' : 'ran');
+  return {
+    language,
+    workflowId: info.workflowId,
+    state: 'done',
+    imageKey: image.key,
+    path: image.data.path as string,
+    sizeBytes: image.data.sizeBytes as number,
+    sha256: image.data.sha256 as string,
+    versions: (verify.data.versions as string[]) ?? [],
+    steps: Object.fromEntries(progress.steps.filter((s) => s.name !== 'allocate').map((s) => [s.name, ran(s)])),
+    s3Key,
+  };
+}

@@ -1,0 +1,2 @@
+export { createRootfs } from './create-rootfs';
+export { createAllRootfs } from './create-all-rootfs';

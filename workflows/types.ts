@@ -1,0 +1,106 @@
+/**
+ * Types shared by the workflows, the activities and the CLI. Pure types: workflow code imports
+ * this file, so it must stay free of runtime dependencies.
+ */
+
+/** The steps of one image, in order. `allocate` checks inputs and prepares the workspace. */
+export const STEPS = ['allocate', 'base', 'runtime', 'operator', 'verify', 'image', 'upload'] as const;
+export type Step = (typeof STEPS)[number];
+
+export const STEP_TITLES: Record<Step, string> = {
+  allocate: 'allocate workspace',
+  base: 'debootstrap base',
+  runtime: 'install runtime',
+  operator: 'install operator + unit',
+  verify: 'verify versions',
+  image: 'make ext4 image',
+  upload: 'upload',
+};
+
+export type StepState = 'pending' | 'running' | 'done' | 'reused' | 'awaiting-retry' | 'aborted' | 'skipped';
+export type BuildState = 'pending' | 'running' | 'awaiting-retry' | 'done' | 'aborted' | 'failed';
+
+export interface StepProgress {
+  name: Step;
+  state: StepState;
+  /** Artifact key the step produced or reused. */
+  key?: string;
+  attempts: number;
+  startedAt?: string;
+  durationMs?: number;
+  /** Last error, one short message (no logs). */
+  error?: string;
+}
+
+export interface LanguageProgress {
+  language: string;
+  workflowId: string;
+  state: BuildState;
+  steps: StepProgress[];
+}
+
+export interface BuildOptions {
+  /** Task queue of the build host's worker (`rootfs-host-<alias>`). */
+  hostTaskQueue: string;
+  /** Attempts per step before the build pauses for the operator. Default 3. */
+  maxAttempts?: number;
+  /** First retry delay; doubles each attempt. Default 5 s. */
+  retryInitialIntervalMs?: number;
+  /** A step whose worker stops heartbeating this long is retried elsewhere. Default 60 s. */
+  heartbeatTimeoutMs?: number;
+  /** Longest a single step may run. Default 2 h. */
+  stepTimeoutMs?: number;
+  /** Upload the image to S3 at the end. Default true. */
+  upload?: boolean;
+}
+
+export interface CreateRootfsInput {
+  language: string;
+  runTag: string;
+  options: BuildOptions;
+}
+
+export interface ImageSummary {
+  language: string;
+  workflowId: string;
+  state: BuildState;
+  imageKey?: string;
+  path?: string;
+  sizeBytes?: number;
+  sha256?: string;
+  versions: string[];
+  /** Per step: ran, reused, or skipped. */
+  steps: Partial<Record<Step, 'ran' | 'reused' | 'skipped'>>;
+  s3Key?: string;
+}
+
+export interface CreateAllRootfsInput {
+  runTag: string;
+  /** Default: every configured language, in the configured order. */
+  languages?: string[];
+  /** Children building at once. Default 2. */
+  concurrency?: number;
+  options: BuildOptions;
+}
+
+export interface BucketListing {
+  bucket: string;
+  objects: number;
+  totalBytes: number;
+}
+
+export interface CreateAllSummary {
+  runTag: string;
+  images: ImageSummary[];
+  bucket?: BucketListing;
+}
+
+/** Result of every step activity: small values only (keys, sizes, versions). */
+export interface StepResult {
+  key: string;
+  reused: boolean;
+  data: Record<string, unknown>;
+}
+
+export const childWorkflowId = (runTag: string, language: string) => `${runTag}/${language}`;
+export const parentWorkflowId = (runTag: string) => `${runTag}/all`;
