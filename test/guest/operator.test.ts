@@ -1,5 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { execFileSync, spawn } from 'node:child_process';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { requireTool } from '../../src/setup/tools';
 import { projectRoot } from '../../src/util/paths';
@@ -28,7 +29,7 @@ describe('reference guest operator @real', () => {
         if (!body) await new Promise((r) => setTimeout(r, 100));
       }
       assert.equal(body?.status, 'ok');
-      const { version } = require(path.join(projectRoot(), 'package.json')) as { version: string };
+      const { version } = JSON.parse(fs.readFileSync(path.join(projectRoot(), 'package.json'), 'utf8')) as { version: string };
       assert.equal(body?.version, version);
     } finally {
       child.kill('SIGTERM');
