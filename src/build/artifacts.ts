@@ -22,8 +22,8 @@ export interface ArtifactMeta {
 }
 
 /** A lock whose holder stopped touching it this long ago belongs to a dead run. */
-const STALE_LOCK_SECONDS = 90;
-const LOCK_TOUCH_MS = 15_000;
+const STALE_LOCK_SECONDS = 30;
+const LOCK_TOUCH_MS = 5_000;
 
 export class ArtifactStore {
   readonly root: string;

@@ -3,7 +3,6 @@ import { execFileSync } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { WorkflowHandle } from '@temporalio/client';
 import { PROFILES } from '../../src/config';
 import { ORCHESTRATOR_TASK_QUEUE } from '../../worker';
 import { createAllRootfs } from '../../workflows';
@@ -12,33 +11,8 @@ import { childWorkflowId, parentWorkflowId, type CreateAllSummary, type ImageSum
 import { createBuildEnv, type BuildEnv } from '../support/build-env';
 import { startFixtureServer, type FixtureServer } from '../support/fixture-server';
 import { catInImage, e2fsckStatus, lsInImage, statInImage } from '../support/image';
+import { activityRuns, waitFor } from '../support/history';
 import { testTemporal } from '../support/temporal';
-
-/**
- * How often an activity of `type` was scheduled in a workflow's history, and the attempts each
- * made (Temporal records one started event per scheduled activity, carrying its last attempt).
- */
-async function activityRuns(handle: WorkflowHandle, type: string): Promise<number[]> {
-  const history = await handle.fetchHistory();
-  const scheduled = new Set<string>();
-  const attempts: number[] = [];
-  for (const e of history.events ?? []) {
-    if (e.activityTaskScheduledEventAttributes?.activityType?.name === type) scheduled.add(String(e.eventId));
-    const started = e.activityTaskStartedEventAttributes;
-    if (started && scheduled.has(String(started.scheduledEventId))) attempts.push(started.attempt ?? 0);
-  }
-  return attempts;
-}
-
-async function waitFor<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs: number): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    const v = await fn().catch(() => undefined);
-    if (v !== undefined) return v;
-    await new Promise((r) => setTimeout(r, 1000));
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
 
 function assertBootable(image: ImageSummary, language: string): void {
   const file = image.path!;

@@ -1,0 +1,66 @@
+import { strict as assert } from 'node:assert';
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import { ORCHESTRATOR_TASK_QUEUE } from '../../worker';
+import { createRootfs } from '../../workflows';
+import { progressQuery } from '../../workflows/messages';
+import { childWorkflowId, type LanguageProgress } from '../../workflows/types';
+import { createBuildEnv } from '../support/build-env';
+import { activityRuns, waitFor } from '../support/history';
+import { e2fsckStatus } from '../support/image';
+import { testTemporal } from '../support/temporal';
+
+/** Processes whose command line or chroot root lies in `dir`: what a build left running. */
+function processesUnder(dir: string): string[] {
+  const found: string[] = [];
+  for (const pid of fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
+    try {
+      const root = fs.readlinkSync(`/proc/${pid}/root`);
+      const cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0/g, ' ');
+      if (root.startsWith(dir) || cmdline.includes(dir)) found.push(`${pid} ${cmdline}`);
+    } catch {
+      // exited meanwhile
+    }
+  }
+  return found;
+}
+
+describe('worker crash @real', function () {
+  this.timeout(30 * 60 * 1000);
+
+  it('a worker killed during the runtime step is replaced and the build finishes without repeating earlier steps', async () => {
+    const { client } = (await testTemporal()).env;
+    const env = await createBuildEnv('crash', { languages: { bash: null, nodejs: null, go: null, rust: null } });
+    const first = await env.spawnWorker();
+    const runTag = `crash-${crypto.randomBytes(3).toString('hex')}`;
+    const handle = await client.workflow.start(createRootfs, {
+      taskQueue: ORCHESTRATOR_TASK_QUEUE,
+      workflowId: childWorkflowId(runTag, 'python'),
+      args: [{ language: 'python', runTag, options: { ...env.options, maxAttempts: 3 } }],
+    });
+    await waitFor(
+      'the runtime step to run',
+      async () => {
+        const [p]: LanguageProgress[] = await handle.query(progressQuery);
+        return p?.steps.find((s) => s.name === 'runtime')?.state === 'running' ? true : undefined;
+      },
+      10 * 60 * 1000,
+    );
+    await new Promise((r) => setTimeout(r, 3000)); // well inside apt's work
+    first.kill('SIGKILL');
+    await new Promise((r) => first.once('exit', r));
+    // Everything the dead worker started dies with it: no apt or dpkg keeps writing the tree.
+    await new Promise((r) => setTimeout(r, 1000));
+    assert.deepEqual(processesUnder(env.workspace), [], 'no build process outlives its worker');
+
+    await env.spawnWorker();
+    const summary = await handle.result();
+    assert.equal(summary.state, 'done');
+    assert.match(summary.versions[0]!, /^Python 3\.10\.\d+$/);
+    assert.equal(e2fsckStatus(summary.path!), 0);
+    assert.deepEqual(await activityRuns(handle, 'allocate'), [1]);
+    assert.deepEqual(await activityRuns(handle, 'base'), [1]);
+    // One runtime activity: its first attempt died with the worker (heartbeat timeout), the next finished.
+    assert.deepEqual(await activityRuns(handle, 'runtime'), [2]);
+  });
+});

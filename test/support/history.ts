@@ -1,0 +1,28 @@
+import type { WorkflowHandle } from '@temporalio/client';
+
+/**
+ * How often an activity of `type` was scheduled in a workflow's history, and the attempts each
+ * made (Temporal records one started event per scheduled activity, carrying its last attempt).
+ */
+export async function activityRuns(handle: WorkflowHandle, type: string): Promise<number[]> {
+  const history = await handle.fetchHistory();
+  const scheduled = new Set<string>();
+  const attempts: number[] = [];
+  for (const e of history.events ?? []) {
+    if (e.activityTaskScheduledEventAttributes?.activityType?.name === type) scheduled.add(String(e.eventId));
+    const started = e.activityTaskStartedEventAttributes;
+    if (started && scheduled.has(String(started.scheduledEventId))) attempts.push(started.attempt ?? 0);
+  }
+  return attempts;
+}
+
+/** Polls `fn` every second until it returns a value. */
+export async function waitFor<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs: number): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const v = await fn().catch(() => undefined);
+    if (v !== undefined) return v;
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
