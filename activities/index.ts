@@ -2,7 +2,7 @@ import { ApplicationFailure, Context } from '@temporalio/activity';
 import { z } from 'zod';
 import { ConfigError, Name, type LoadedConfig } from '../src/config';
 import { BuildError, StepRunner, type Progress } from '../src/build/context';
-import { KEY_PATTERN } from '../src/build/keys';
+import { KEY_PATTERN, stepKey } from '../src/build/keys';
 import { Pipeline } from '../src/build/pipeline';
 import type { Host } from '../src/host';
 import type { BucketListing, StepResult } from '../workflows/types';
@@ -106,12 +106,14 @@ export function createActivities(deps: ActivityDeps) {
         const meta = await p.store.lookup(imageKey);
         if (!meta) throw new BuildError(`image artifact ${imageKey} is gone from the build host`, 'InvalidInput');
         if (!deps.upload) throw new BuildError('no image store is configured for uploads', 'InvalidInput');
-        return deps.upload({
+        const result = await deps.upload({
           loaded,
           language,
           imagePath: p.imagePath(language),
           manifest: { language, versions, artifactKey: imageKey, sha256: meta.data.sha256, sizeBytes: meta.data.sizeBytes },
         });
+        const { bucket, region, endpoint } = loaded.config.s3;
+        return { ...result, key: stepKey('upload', imageKey, { bucket, region, endpoint: endpoint ?? null }) };
       });
     },
 

@@ -1,8 +1,10 @@
+import * as fs from 'node:fs';
 import { NativeConnection, Worker, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import { createActivities, type ActivityDeps } from '../activities';
-import { loadConfig, resolveConfigPath, type BuildHostConfig, type LoadedConfig, type LoadOptions } from '../src/config';
+import { DEFAULT_OPERATOR_PATH, loadConfig, resolveConfigPath, type BuildHostConfig, type LoadedConfig, type LoadOptions } from '../src/config';
 import { toolPaths } from '../src/setup/tools';
 import { connectHost, type Host } from '../src/host';
+import { s3StoreDeps } from './store';
 
 /** Workflows run here; activities run on each build host's own queue. */
 export const ORCHESTRATOR_TASK_QUEUE = 'rootfs-orchestrator';
@@ -15,7 +17,7 @@ export interface WorkerOptions {
   configOptions?: LoadOptions;
   /** Pre-bundled workflow code (tests bundle once); default: bundle from source. */
   workflowBundle?: WorkflowBundleWithSourceMap;
-  /** Extra activity dependencies (the S3 store). */
+  /** The image store; default: S3 as the config says. */
   store?: Pick<ActivityDeps, 'upload' | 'listBucket'>;
   /** How long running steps may finish on shutdown before they are cancelled. */
   shutdownGraceMs?: number;
@@ -45,6 +47,16 @@ function hostProvider(): { host(loaded: LoadedConfig): Promise<Host>; close(): P
   };
 }
 
+/**
+ * The operator binary to install: the configured one; when the config leaves the default
+ * (`./infra.operator-linux`) and no such file exists, the reference operator setup built.
+ */
+export function operatorPath(loaded: LoadedConfig): string {
+  const configured = resolveConfigPath(loaded, loaded.config.operator.path);
+  if (loaded.config.operator.path === DEFAULT_OPERATOR_PATH && !fs.existsSync(configured)) return toolPaths().referenceOperator;
+  return configured;
+}
+
 /** Runs the orchestrator worker and the build-host worker until `signal` aborts (graceful shutdown). */
 export async function runWorkers(opts: WorkerOptions, signal: AbortSignal): Promise<void> {
   const read = () => loadConfig(opts.configOptions);
@@ -54,10 +66,10 @@ export async function runWorkers(opts: WorkerOptions, signal: AbortSignal): Prom
     loadConfig: read,
     host: () => hosts.host(read()),
     paths: (loaded) => ({
-      operatorPath: resolveConfigPath(loaded, loaded.config.operator.path),
+      operatorPath: operatorPath(loaded),
       keyringPath: loaded.config.base.keyring ? resolveConfigPath(loaded, loaded.config.base.keyring) : toolPaths().ubuntuKeyring,
     }),
-    ...opts.store,
+    ...(opts.store ?? s3StoreDeps()),
   });
   const grace = opts.shutdownGraceMs ?? 30_000;
   const orchestrator = await Worker.create({

@@ -303,16 +303,26 @@ export class Pipeline {
       const sizeBytes = Number((await this.runner.read(['stat', '-c', '%s', out])).trim());
       return { file, sizeBytes, sizeMiB: size, usedMiB, sha256 };
     });
-    await this.publishImage(language, key, file);
-    return { key, reused, data: { ...meta.data, path: this.imagePath(language) } };
+    const versions = ((await this.store.lookup(verifyKey))?.data.versions as string[] | undefined) ?? [];
+    await this.publishImage(language, key, file, {
+      language,
+      sizeBytes: meta.data.sizeBytes,
+      sha256: meta.data.sha256,
+      versions,
+      builtAt: meta.createdAt,
+      artifactKey: key,
+    });
+    return { key, reused, data: { ...meta.data, path: this.imagePath(language), versions } };
   }
 
   /**
    * Copies the image to `<workspace>/images/` (the layout the S3 commands and Firecracker use),
    * sparse, by rename. A copy, not a link: a VM writing to its rootfs must not change the artifact.
    */
-  private async publishImage(language: string, key: string, file: string): Promise<void> {
+  private async publishImage(language: string, key: string, file: string, manifest: Record<string, unknown>): Promise<void> {
     const dest = this.imagePath(language);
+    // What the build knows about the image, beside it: the S3 upload publishes it as the manifest.
+    await this.runner.host.writeFile(`${dest}.manifest.json`, JSON.stringify(manifest, null, 2) + '\n');
     const marker = path.posix.join(this.imagesDir, `.rootfs-${language}.ext4.source`);
     const current = async () => `${key} ${(await this.runner.read(['stat', '-c', '%s %Y %i', dest]).catch(() => '')).trim()}`;
     if ((await this.runner.host.stat(marker)) && (await this.runner.host.readFile(marker)).toString('utf8') === (await current())) return;

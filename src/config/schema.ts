@@ -197,6 +197,8 @@ export const Temporal = z.strictObject({
   tls: z.boolean().default(false),
 });
 
+export const DEFAULT_OPERATOR_PATH = './infra.operator-linux';
+
 export const Config = z.strictObject({
   profile: z.enum(['default', 'upstream']).default('default'),
   base: Base.default(Base.parse({})),
@@ -205,7 +207,8 @@ export const Config = z.strictObject({
   workspace: AbsolutePath.default('/srv/firecracker'),
   s3: S3.default(S3.parse({})),
   image: Image.default(Image.parse({})),
-  operator: z.strictObject({ path: z.string().min(1).default('./infra.operator-linux') }).default({ path: './infra.operator-linux' }),
+  /** The guest operator binary; the default falls back to the reference operator when absent. */
+  operator: z.strictObject({ path: z.string().min(1).default(DEFAULT_OPERATOR_PATH) }).default({ path: DEFAULT_OPERATOR_PATH }),
   temporal: Temporal.default(Temporal.parse({})),
 });
 

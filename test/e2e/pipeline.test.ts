@@ -99,6 +99,10 @@ describe('pipeline @real', function () {
     first = await handle.result();
 
     assert.deepEqual(first.images.map((i) => i.language), ['bash', 'python', 'nodejs', 'go', 'rust']);
+    // Uploaded, each with its manifest, and the bucket listed at the end.
+    assert.deepEqual(first.images.map((i) => i.s3Key), first.images.map((i) => `rootfs-${i.language}.ext4`));
+    assert.equal(first.bucket?.bucket, env.s3.bucket);
+    assert.equal(first.bucket?.objects, 10);
     for (const image of first.images) {
       assert.equal(image.state, 'done');
       assertBootable(image, image.language);
@@ -133,7 +137,7 @@ describe('pipeline @real', function () {
     });
     const seconds = (Date.now() - started) / 1000;
     for (const image of again.images) {
-      for (const step of ['base', 'runtime', 'operator', 'verify', 'image'] as const) {
+      for (const step of ['base', 'runtime', 'operator', 'verify', 'image', 'upload'] as const) {
         assert.equal(image.steps[step], 'reused', `${image.language} ${step}`);
       }
       const before = first.images.find((i) => i.language === image.language)!;

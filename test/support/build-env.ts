@@ -3,10 +3,12 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { stringify } from 'yaml';
+import type { S3Config } from '../../src/config';
 import { requireTool } from '../../src/setup/tools';
 import { hostTaskQueue, runWorkers, type WorkerOptions } from '../../worker';
 import type { BuildOptions } from '../../workflows/types';
 import { onCleanup, tempDir } from './process';
+import { testS3 } from './s3';
 import { testTemporal, workflowBundle } from './temporal';
 
 /**
@@ -16,6 +18,7 @@ import { testTemporal, workflowBundle } from './temporal';
  */
 export interface BuildEnv {
   dir: string;
+  s3: S3Config;
   workspace: string;
   configFile: string;
   alias: string;
@@ -28,6 +31,10 @@ export interface BuildEnv {
 
 export async function createBuildEnv(name: string, extra: Record<string, unknown> = {}): Promise<BuildEnv> {
   const temporal = await testTemporal();
+  const s3 = await testS3();
+  const s3Config = await s3.freshBucket();
+  // The worker takes S3 credentials from its environment, like a real one (and so does a spawned worker).
+  Object.assign(process.env, s3.env);
   const dir = tempDir(name);
   const workspace = path.join(dir, 'workspace');
   const alias = `${name}-${crypto.randomBytes(3).toString('hex')}`;
@@ -38,6 +45,7 @@ export async function createBuildEnv(name: string, extra: Record<string, unknown
       operator: { path: requireTool('referenceOperator') },
       buildHost: { kind: 'local', alias },
       temporal: { address: temporal.address, namespace: temporal.namespace },
+      s3: s3Config,
       ...more,
     };
     fs.writeFileSync(`${configFile}.tmp`, stringify(doc));
@@ -50,10 +58,11 @@ export async function createBuildEnv(name: string, extra: Record<string, unknown
     retryInitialIntervalMs: 200,
     heartbeatTimeoutMs: 15_000,
     stepTimeoutMs: 30 * 60 * 1000,
-    upload: false,
+    upload: true,
   };
   return {
     dir,
+    s3: s3Config,
     workspace,
     configFile,
     alias,
