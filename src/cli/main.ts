@@ -1,52 +1,192 @@
 #!/usr/bin/env node
-import { Command, CommanderError } from 'commander';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { ConfigError, loadConfig } from '../config';
+import { checkLanguage, StoreError } from '../store';
+import { createCommand, resumeCommand, statusCommand, workerCommand } from './build';
+import { devStack, resolveRuntime, type CliRuntime } from './runtime';
+import { s3Commands } from './s3';
+import { projectRoot } from '../util/paths';
 
 /** Exit codes: 0 ok, 1 the work failed, 2 bad usage or configuration. */
 export const EXIT = { ok: 0, failed: 1, usage: 2 } as const;
 
-function program(): Command {
+/** A mistake in the command line itself (exit 2). */
+class UsageError extends Error {}
+
+const positiveInt = (v: string) => {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('expected a positive whole number');
+  return n;
+};
+
+function packageVersion(): string {
+  return (JSON.parse(fs.readFileSync(path.join(projectRoot(), 'package.json'), 'utf8')) as { version: string }).version;
+}
+
+function program(setExit: (code: number) => void): Command {
   const cli = new Command('rootfs')
     .description('Build, verify and distribute the root filesystems Firecracker microVMs boot.')
     .option('-c, --config <file>', 'config file (default: $ROOTFS_CONFIG, else ./rootfs.yaml when present)')
-    .exitOverride();
+    .version(packageVersion())
+    .option('--debug', 'print stack traces')
+    .exitOverride()
+    .showHelpAfterError();
+
+  const runtime = (needS3: boolean): Promise<CliRuntime> => resolveRuntime(cli.opts().config, { needS3, log: (l) => console.error(l) });
+  const run = (fn: () => Promise<number>) => async () => setExit(await fn());
 
   cli
     .command('config')
-    .description('validate the configuration and print it resolved, with profile and environment applied')
+    .description('validate the configuration and print it resolved (profile and environment applied)')
     .addHelpText('after', '\nExample:\n  rootfs config --config rootfs.yaml')
-    .action(() => {
-      const { config, file } = loadConfig({ file: cli.opts().config });
-      console.error(file ? `config: ${file}` : 'config: built-in defaults (no config file)');
-      console.log(JSON.stringify(config, null, 2));
-    });
+    .action(
+      run(async () => {
+        const { config, file } = loadConfig({ file: cli.opts().config });
+        console.error(file ? `config: ${file}` : 'config: built-in defaults (no config file)');
+        console.log(JSON.stringify(config, null, 2));
+        return EXIT.ok;
+      }),
+    );
+
+  const build = (name: string, description: string, example: string, takesLanguages: boolean) => {
+    const cmd = cli.command(name).description(description);
+    if (takesLanguages) cmd.argument('<languages...>', 'languages to build');
+    cmd
+      .option('--run-tag <tag>', 'names the run; starting the same tag again attaches to it (default: build-YYYYMMDD)')
+      .option('--concurrency <n>', 'images built at once', positiveInt, 2)
+      .option('--no-upload', 'build only, do not upload to S3')
+      .option('--no-worker', 'do not run a worker in this process (one runs elsewhere)')
+      .option('--detach', 'start and return at once')
+      .option('--json', 'print the summary as JSON')
+      .addHelpText('after', `\nExample:\n  ${example}`)
+      .action(async (...args: unknown[]) => {
+        const languages = takesLanguages ? (args[0] as string[]) : undefined;
+        const opts = args[takesLanguages ? 1 : 0] as { runTag?: string; concurrency: number; upload: boolean; worker: boolean; detach: boolean; json: boolean };
+        const rt = await runtime(opts.upload);
+        setExit(await createCommand(rt, { ...opts, languages }));
+      });
+  };
+  build('create-all', 'build every configured language image (createAllRootfs), then upload and list the bucket', 'rootfs create-all --concurrency 2', false);
+  build('create', 'build some language images', 'rootfs create python go --no-upload', true);
 
   cli
-    .command('create-all')
-    .description('build every configured language image')
-    .action(() => {
-      loadConfig({ file: cli.opts().config });
-      console.error('create-all: not built yet (the pipeline lands with the pipeline issue)');
-      process.exitCode = EXIT.failed;
+    .command('status')
+    .description('show a build per language and step (without an ID: the recent builds)')
+    .argument('[workflowId]')
+    .option('--follow', 'print each change until the build ends')
+    .option('--json', 'print as JSON')
+    .addHelpText('after', '\nExample:\n  rootfs status --follow build-20261123/all')
+    .action(async (id: string | undefined, opts: { follow?: boolean; json?: boolean }) =>
+      setExit(await statusCommand(await runtime(false), id, { follow: !!opts.follow, json: !!opts.json })),
+    );
+
+  cli
+    .command('resume')
+    .description('retry the failed step of every image of a build that waits for it')
+    .argument('<workflowId>')
+    .option('--step <step>', 'only if this is the step that failed')
+    .addHelpText('after', '\nExample:\n  rootfs resume build-20261123/all')
+    .action(async (id: string, opts: { step?: string }) => setExit(await resumeCommand(await runtime(false), id, { step: opts.step, abort: false })));
+
+  cli
+    .command('abort')
+    .description('stop the images of a build that wait for a retry')
+    .argument('<workflowId>')
+    .addHelpText('after', '\nExample:\n  rootfs abort build-20261123/rust')
+    .action(async (id: string) => setExit(await resumeCommand(await runtime(false), id, { abort: true })));
+
+  cli
+    .command('worker')
+    .description('run a worker for the configured build host until SIGTERM/SIGINT (graceful)')
+    .addHelpText('after', '\nExample:\n  rootfs worker --config builder-1.yaml')
+    .action(async () => setExit(await workerCommand(await runtime(true))));
+
+  const s3 = cli.command('s3').description('the image bucket');
+  s3.command('list').description('every object with date and size, totals, and image versions').option('--json', 'print as JSON')
+    .addHelpText('after', '\nExample:\n  rootfs s3 list')
+    .action(async (opts: { json?: boolean }) => setExit(await s3Commands.list(await runtime(true), !!opts.json)));
+  s3.command('upload').description('upload vmlinux and every images/rootfs-*.ext4 that changed')
+    .addHelpText('after', '\nExample:\n  rootfs s3 upload')
+    .action(async () => setExit(await s3Commands.upload(await runtime(true))));
+  s3.command('upload-single').description('upload one language image').argument('<language>')
+    .addHelpText('after', '\nExample:\n  rootfs s3 upload-single python')
+    .action(async (lang: string) => {
+      // Refused before any I/O: no server is started, no request sent.
+      try {
+        checkLanguage(lang, Object.keys(loadConfig({ file: cli.opts().config }).config.languages));
+      } catch (err) {
+        if (err instanceof ConfigError) throw err;
+        throw new UsageError((err as Error).message);
+      }
+      setExit(await s3Commands.uploadSingle(await runtime(true), lang));
     });
+  s3.command('download').description('sync the bucket into the workspace (only what differs), link rootfs.ext4 to python')
+    .addHelpText('after', '\nExample:\n  rootfs s3 download')
+    .action(async () => setExit(await s3Commands.download(await runtime(true))));
+  s3.command('iam-policy').description('print the least-privilege IAM policy for the bucket').option('--with-bucket-setup', 'include what bucket-setup needs')
+    .addHelpText('after', '\nExample:\n  rootfs s3 iam-policy > policy.json')
+    .action(async (opts: { withBucketSetup?: boolean }) => setExit(await s3Commands.iamPolicy({ loaded: loadConfig({ file: cli.opts().config }) } as CliRuntime, !!opts.withBucketSetup)));
+  s3.command('bucket-setup').description('turn on versioning and/or abort incomplete multipart uploads after N days')
+    .option('--versioning', 'enable versioning').addOption(new Option('--abort-incomplete-days <n>', 'lifecycle rule').argParser(positiveInt))
+    .addHelpText('after', '\nExample:\n  rootfs s3 bucket-setup --versioning --abort-incomplete-days 3')
+    .action(async (opts: { versioning?: boolean; abortIncompleteDays?: number }) =>
+      setExit(await s3Commands.bucketSetup(await runtime(true), { versioning: !!opts.versioning, abortIncompleteDays: opts.abortIncompleteDays })));
+  s3.command('abort-uploads').description('abort every incomplete multipart upload in the bucket')
+    .addHelpText('after', '\nExample:\n  rootfs s3 abort-uploads')
+    .action(async () => setExit(await s3Commands.abortUploads(await runtime(true))));
+
+  const dev = cli.command('dev').description('the embedded local stack (Temporal dev server, S3 server) under .rootfs/');
+  dev.command('up').description('start it (or find it running)').action(
+    run(async () => {
+      const stack = devStack();
+      const { config } = loadConfig({ file: cli.opts().config });
+      const t = await stack.temporal();
+      const s = await stack.s3(config.s3.bucket);
+      console.log(`Temporal ${t.address} (Web UI ${t.uiUrl})${t.started ? ' started' : ''}\nS3 ${s.endpoint}${s.started ? ' started' : ''}`);
+      return EXIT.ok;
+    }),
+  );
+  dev.command('down').description('stop it').action(run(async () => (console.log(`stopped: ${devStack().down().join(', ') || 'nothing'}`), EXIT.ok)));
+  dev.command('status').description('is it running').action(
+    run(async () => {
+      const s = await devStack().status();
+      console.log(`temporal: ${s.temporal ? 'up' : 'down'}\ns3: ${s.s3 ? 'up' : 'down'}`);
+      return EXIT.ok;
+    }),
+  );
   return cli;
 }
 
-async function main(argv: string[]): Promise<number> {
+export async function main(argv: string[]): Promise<number> {
+  let code: number = EXIT.ok;
+  const cli = program((c) => (code = c));
   try {
-    await program().parseAsync(argv);
-    return typeof process.exitCode === 'number' ? process.exitCode : EXIT.ok;
+    await cli.parseAsync(argv);
+    return code;
   } catch (err) {
     if (err instanceof CommanderError) return err.exitCode === 0 ? EXIT.ok : EXIT.usage;
-    if (err instanceof ConfigError) {
-      console.error(err.message);
+    if (err instanceof ConfigError || err instanceof UsageError) {
+      console.error(err instanceof UsageError ? `rootfs: ${err.message}` : err.message);
       return EXIT.usage;
     }
-    console.error(`rootfs: ${(err as Error).message}`);
+    const debug = cli.opts().debug as boolean | undefined;
+    console.error(`rootfs: ${err instanceof StoreError || !debug ? (err as Error).message : ((err as Error).stack ?? err)}`);
     return EXIT.failed;
   }
 }
 
+/** The AWS SDK warns once per process that its 2027 releases will need Node 22; that says nothing to a user here. */
+function quietSdkNodeWarning(): void {
+  const printers = process.listeners('warning');
+  process.removeAllListeners('warning');
+  process.on('warning', (w) => {
+    if (!String(w.message).startsWith('NodeVersionSupportWarning')) for (const p of printers) p(w);
+  });
+}
+
 if (require.main === module) {
+  quietSdkNodeWarning();
   void main(process.argv).then((code) => process.exit(code));
 }
