@@ -12,6 +12,7 @@ import { createBuildEnv, type BuildEnv } from '../support/build-env';
 import { startFixtureServer, type FixtureServer } from '../support/fixture-server';
 import { catInImage, e2fsckStatus, lsInImage, statInImage } from '../support/image';
 import { activityRuns, waitFor } from '../support/history';
+import { recordHistory } from '../support/record';
 import { testTemporal } from '../support/temporal';
 
 function assertBootable(image: ImageSummary, language: string): void {
@@ -97,6 +98,8 @@ describe('pipeline @real', function () {
     const ack = await rustHandle.executeUpdate(retryStepUpdate, { args: [{}] });
     assert.deepEqual(ack, { language: 'rust', step: 'runtime' });
     first = await handle.result();
+    await recordHistory(handle, 'createAllRootfs-five-languages');
+    await recordHistory(rustHandle, 'createRootfs-rust-resumed');
 
     assert.deepEqual(first.images.map((i) => i.language), ['bash', 'python', 'nodejs', 'go', 'rust']);
     // Uploaded, each with its manifest, and the bucket listed at the end.
