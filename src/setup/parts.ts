@@ -31,6 +31,8 @@ export const APT_PACKAGES = [
   'gpgv', // debootstrap's signature check
   'busybox-static', // a tiny chroot for the executor tests
   'file',
+  'gnupg', // the tests' signed apt repository fixture
+  'dpkg-dev',
 ];
 
 async function dpkgInstalled(pkg: string): Promise<boolean> {
