@@ -1,67 +1,138 @@
-import { S3Client } from '@aws-sdk/client-s3';
+import { HeadObjectCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import type { S3Config } from '../config/schema';
+import { describeS3Error, StoreError, type S3Operation } from './errors';
+import type { ProgressSink } from './progress';
 
-/**
- * An S3 failure said in one plain sentence naming the bucket and key. `transient` failures
- * (network, throttling, 5xx) may succeed when tried again; the rest need the operator.
- */
-export class StoreError extends Error {
-  constructor(
-    message: string,
-    readonly transient: boolean,
-    override readonly cause?: unknown,
-  ) {
-    super(message);
-    this.name = 'StoreError';
-  }
+export interface Credentials {
+  accessKeyId: string;
+  secretAccessKey: string;
+  sessionToken?: string;
 }
 
-export interface StoreOptions {
+export interface CreateClientOptions {
   config: S3Config;
-  /** Explicit credentials (tests); by default the AWS SDK's own chain (env, profile, instance role). */
-  credentials?: { accessKeyId: string; secretAccessKey: string };
+  /** Explicit credentials; by default the SDK's chain (environment, AWS_PROFILE, instance role). */
+  credentials?: Credentials;
+  /** Attempts per request, the SDK's own retry with backoff (default 3). */
+  maxAttempts?: number;
 }
 
-export function createClient({ config, credentials }: StoreOptions): S3Client {
+export function createClient(opts: CreateClientOptions): S3Client {
+  const { config } = opts;
   return new S3Client({
     region: config.region,
     endpoint: config.endpoint,
-    forcePathStyle: config.forcePathStyle || !!config.endpoint,
-    credentials,
-    maxAttempts: 5,
-    // Checksums are computed and sent by this module (full-object CRC32), not per request by default.
+    forcePathStyle: config.forcePathStyle,
+    credentials: opts.credentials,
+    maxAttempts: opts.maxAttempts ?? 3,
+    // Upload checksums are computed here (a CRC32 per part and one for the whole object, which
+    // S3 checks on completion) and downloads are verified against the manifest's sha256, so
+    // the SDK's own per-request CRC32 (and its aws-chunked bodies) would only add work.
     requestChecksumCalculation: 'WHEN_REQUIRED',
     responseChecksumValidation: 'WHEN_REQUIRED',
   });
 }
 
-const where = (bucket: string, key?: string) => (key ? `s3://${bucket}/${key}` : `bucket ${bucket}`);
+export interface RetryPolicy {
+  /** Tries in all, on top of the SDK's own attempts per request. */
+  attempts: number;
+  baseDelayMs: number;
+  maxDelayMs: number;
+}
 
-/** Turns an SDK or network error into a StoreError with one plain sentence. */
-export function describeError(err: unknown, config: S3Config, key?: string): StoreError {
-  if (err instanceof StoreError) return err;
-  const e = err as { name?: string; code?: string; message?: string; $metadata?: { httpStatusCode?: number }; Code?: string };
-  const name = e.name ?? e.Code ?? '';
-  const status = e.$metadata?.httpStatusCode;
-  const code = e.code ?? (e as { cause?: { code?: string } }).cause?.code ?? '';
-  const at = where(config.bucket, key);
-  if (name === 'CredentialsProviderError' || /Could not load credentials/i.test(e.message ?? '')) {
-    return new StoreError(`no AWS credentials found for ${at}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE`, false, err);
+export const DEFAULT_RETRY: RetryPolicy = { attempts: 3, baseDelayMs: 1000, maxDelayMs: 10_000 };
+
+/** The bucket, its client and the workspace: the first argument of every store operation. */
+export interface StoreContext {
+  client: S3Client;
+  config: S3Config;
+  /** Holds `vmlinux` and `images/`; see layout.ts. */
+  workspace: string;
+  /** Where transfers longer than a second report; see `terminalProgress`. */
+  progress?: ProgressSink;
+  /** Part size for new multipart uploads (a resumed one keeps its own); default 16 MiB. */
+  partSizeBytes?: number;
+  /** Parts in flight at once; default 4. Memory is about this many parts. */
+  concurrency?: number;
+  /** Retries after a transient failure (of a part, a file), on top of the SDK's own. */
+  retry?: RetryPolicy;
+  /** Stops transfers; an interrupted upload stays resumable. */
+  signal?: AbortSignal;
+  /** Called for every part actually sent (a small file is one part). */
+  onPartSent?: (key: string, partNumber: number) => void;
+}
+
+/** What requests need: the bucket and its client. */
+export type S3Access = Pick<StoreContext, 'client' | 'config'> & Partial<Pick<StoreContext, 'signal'>>;
+
+const sleep = (ms: number, signal?: AbortSignal) =>
+  new Promise<void>((resolve) => {
+    const timer = setTimeout(done, ms);
+    function done() {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    }
+    signal?.addEventListener('abort', done, { once: true });
+  });
+
+/** Runs `fn` again after a transient StoreError, with exponential backoff and full jitter. */
+export async function withRetry<T>(fn: () => Promise<T>, policy: RetryPolicy = DEFAULT_RETRY, signal?: AbortSignal): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await fn();
+    } catch (err) {
+      if (!(err instanceof StoreError) || !err.transient || attempt >= policy.attempts || signal?.aborted) throw err;
+      await sleep(Math.random() * Math.min(policy.maxDelayMs, policy.baseDelayMs * 2 ** (attempt - 1)), signal);
+    }
   }
-  if (name === 'NoSuchBucket') return new StoreError(`bucket ${config.bucket} does not exist (region ${config.region})`, false, err);
-  if (name === 'InvalidAccessKeyId' || name === 'SignatureDoesNotMatch') {
-    return new StoreError(`the AWS credentials were refused for ${at} (${name})`, false, err);
+}
+
+/** Sends one request, turning any failure into a StoreError that names the bucket and key. */
+export async function send<T>(target: S3Access, op: Omit<S3Operation, 'config'>, fn: (client: S3Client) => Promise<T>): Promise<T> {
+  try {
+    return await fn(target.client);
+  } catch (err) {
+    throw describeS3Error(err, { config: target.config, ...op });
   }
-  if (name === 'AccessDenied' || status === 403) return new StoreError(`access denied to ${at}`, false, err);
-  if (name === 'PermanentRedirect' || name === 'AuthorizationHeaderMalformed' || status === 301) {
-    return new StoreError(`bucket ${config.bucket} is not in region ${config.region}: set s3.region (or S3_REGION) to the bucket's region`, false, err);
+}
+
+export interface ObjectStat {
+  sizeBytes: number;
+  etag?: string;
+  lastModified?: Date;
+  /** The full-object CRC32 S3 checked, when the object has one (not a composite of parts). */
+  crc32?: string;
+  /** The sha256 recorded in the object's metadata by the uploader. */
+  sha256?: string;
+}
+
+/**
+ * HEAD of one object, or null when it does not exist. A failed HEAD says only its status code,
+ * so on any other failure one listing call is made to learn (and report) the actual reason.
+ */
+export async function statObject(target: S3Access, key: string): Promise<ObjectStat | null> {
+  const { config, client, signal } = target;
+  try {
+    const head = await client.send(new HeadObjectCommand({ Bucket: config.bucket, Key: key, ChecksumMode: 'ENABLED' }), { abortSignal: signal });
+    const crc = head.ChecksumCRC32;
+    return {
+      sizeBytes: head.ContentLength ?? 0,
+      etag: head.ETag,
+      lastModified: head.LastModified,
+      crc32: crc && head.ChecksumType !== 'COMPOSITE' && !crc.includes('-') ? crc : undefined,
+      sha256: head.Metadata?.sha256,
+    };
+  } catch (err) {
+    const status = (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
+    const op = { config, key, verb: 'check', action: 's3:GetObject' };
+    if (status === undefined) throw describeS3Error(err, op);
+    try {
+      await client.send(new ListObjectsV2Command({ Bucket: config.bucket, Prefix: key, MaxKeys: 1 }), { abortSignal: signal });
+    } catch (listErr) {
+      throw describeS3Error(listErr, { ...op, action: 's3:ListBucket' });
+    }
+    if (status === 404) return null;
+    throw describeS3Error(err, op);
   }
-  if (name === 'NoSuchKey' || name === 'NotFound' || status === 404) return new StoreError(`${at} does not exist`, false, err);
-  if (['ECONNREFUSED', 'ENOTFOUND', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EAI_AGAIN'].includes(code) || name === 'TimeoutError') {
-    return new StoreError(`cannot reach the S3 endpoint ${config.endpoint ?? `for region ${config.region}`} for ${at} (${code || name})`, true, err);
-  }
-  if (status !== undefined && (status >= 500 || status === 429)) {
-    return new StoreError(`the S3 server failed for ${at} (${status} ${name})`, true, err);
-  }
-  return new StoreError(`S3 request for ${at} failed: ${name || 'error'}${e.message ? `: ${e.message.split('\n')[0]}` : ''}`, false, err);
 }

@@ -1,167 +1,201 @@
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { GetObjectCommand, HeadObjectCommand } from '@aws-sdk/client-s3';
-import { describeError } from './client';
-import { imagesDir, type StoreContext } from './images';
-import { imageKey, IMAGE_KEY_PATTERN, KERNEL_KEY } from './layout';
+import { GetObjectCommand } from '@aws-sdk/client-s3';
+import { DEFAULT_RETRY, send, statObject, withRetry, type StoreContext } from './client';
+import { fileDigest, rememberDigest } from './digest';
+import { StoreError, where } from './errors';
+import { DEFAULT_LANGUAGE, DEFAULT_LINK, imageKey, imagesDir, localPathOf, type Manifest } from './layout';
 import { listBucket, type ListedObject } from './list';
+import { track } from './progress';
 import { SparseWriter } from './sparse';
-
-export const DEFAULT_LINK_LANGUAGE = 'python';
 
 export interface SyncedFile {
   key: string;
   path: string;
+  /** `failed`: not downloaded (no manifest, checksum mismatch, error); the local file is as it was. */
   status: 'unchanged' | 'downloaded' | 'failed';
+  sizeBytes: number;
+  /** Bytes received for this file. */
   bytes: number;
+  seconds: number;
   error?: string;
 }
 
 export interface SyncReport {
+  bucket: string;
   files: SyncedFile[];
   bytesTransferred: number;
-  /** The rootfs.ext4 link, when the default image exists. */
+  /** False when any file failed. */
+  ok: boolean;
+  /** The path of the default link, when the default language's image is present. */
   link?: string;
+  /** What the link points at, e.g. `rootfs-python.ext4`. */
+  linkTarget?: string;
+  /** Why the default link was left alone, when it was. */
+  linkProblem?: string;
 }
 
-interface CacheEntry {
-  size: number;
-  mtimeMs: number;
-  ino: number;
-  sha256: string;
+export interface SyncOptions {
+  /** The image `images/rootfs.ext4` points at; default python. */
+  defaultLanguage?: string;
 }
 
-/** sha256 of local files, remembered by size, mtime and inode so unchanged files are not re-read. */
-class DigestCache {
-  private entries: Record<string, CacheEntry> = {};
-  constructor(private readonly file: string) {
-    try {
-      this.entries = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, CacheEntry>;
-    } catch {
-      this.entries = {};
-    }
-  }
+const TEMP_SUFFIX = '.partial';
+const TEMP_PATTERN = /^\.(vmlinux|rootfs-[a-z0-9-]+\.ext4)\.[0-9a-f]{8}\.partial$/;
+/** A temp file untouched this long belongs to a download that died (a download writes every few ms). */
+const STALE_TEMP_MS = 10 * 60 * 1000;
+const WRITE_BATCH = 1 << 20;
 
-  async sha256(p: string): Promise<string | undefined> {
-    let st: fs.Stats;
-    try {
-      st = fs.statSync(p);
-    } catch {
-      return undefined;
-    }
-    const hit = this.entries[p];
-    if (hit && hit.size === st.size && hit.mtimeMs === st.mtimeMs && hit.ino === st.ino) return hit.sha256;
-    const hash = crypto.createHash('sha256');
-    for await (const chunk of fs.createReadStream(p, { highWaterMark: 1 << 20 }) as AsyncIterable<Buffer>) hash.update(chunk);
-    const sha256 = hash.digest('hex');
-    this.remember(p, sha256);
-    return sha256;
-  }
-
-  remember(p: string, sha256: string): void {
-    const st = fs.statSync(p);
-    this.entries[p] = { size: st.size, mtimeMs: st.mtimeMs, ino: st.ino, sha256 };
-  }
-
-  save(): void {
-    fs.writeFileSync(`${this.file}.tmp`, JSON.stringify(this.entries));
-    fs.renameSync(`${this.file}.tmp`, this.file);
+function removeStaleTemps(dir: string): void {
+  if (!fs.existsSync(dir)) return;
+  for (const name of fs.readdirSync(dir)) {
+    if (!TEMP_PATTERN.test(name)) continue;
+    const file = path.join(dir, name);
+    const st = fs.statSync(file, { throwIfNoEntry: false });
+    if (st && Date.now() - st.mtimeMs > STALE_TEMP_MS) fs.rmSync(file, { force: true });
   }
 }
 
 /**
- * The sha256 the bucket vouches for: the image's manifest, else the object's own metadata. An
- * image whose object no longer matches its manifest (overwritten behind its back) is refused.
+ * Streams the object into a temp file beside `dest` (sparse), checks length and sha256 against
+ * the manifest, and only then renames it over `dest`: a failed or corrupt download never
+ * replaces a good local file. `If-Match` pins the object checked, should it change meanwhile.
  */
-async function expectedSha256(ctx: StoreContext, o: ListedObject): Promise<string | undefined> {
-  let head;
-  try {
-    head = await ctx.client.send(new HeadObjectCommand({ Bucket: ctx.config.bucket, Key: o.key }));
-  } catch (err) {
-    throw describeError(err, ctx.config, o.key);
-  }
-  const stored = head.Metadata?.sha256;
-  if (!o.manifest) return stored;
-  if (stored !== o.manifest.sha256 || head.ContentLength !== o.manifest.sizeBytes) {
-    throw new Error(
-      `s3://${ctx.config.bucket}/${o.key}: checksum mismatch: the manifest says sha256 ${o.manifest.sha256} (${o.manifest.sizeBytes} bytes), ` +
-        `the object says ${stored ?? 'nothing'} (${head.ContentLength} bytes); kept the local copy`,
-    );
-  }
-  return o.manifest.sha256;
-}
-
-async function fetchVerified(ctx: StoreContext, o: ListedObject, dest: string, sha256: string): Promise<number> {
-  const tmp = path.join(path.dirname(dest), `.${path.basename(dest)}.${crypto.randomBytes(4).toString('hex')}.part`);
-  const writer = await SparseWriter.create(tmp);
+async function fetchVerified(target: StoreContext, o: ListedObject, m: Manifest, dest: string, etag: string | undefined): Promise<number> {
+  const tmp = path.join(path.dirname(dest), `.${path.basename(dest)}.${crypto.randomBytes(4).toString('hex')}${TEMP_SUFFIX}`);
   const hash = crypto.createHash('sha256');
-  let bytes = 0;
+  const progress = track(target.progress, o.key, 'download', o.sizeBytes);
+  const writer = await SparseWriter.create(tmp);
+  let received = 0;
   try {
-    const res = await ctx.client.send(new GetObjectCommand({ Bucket: ctx.config.bucket, Key: o.key }));
-    ctx.progress?.start(o.key, res.ContentLength ?? o.sizeBytes);
-    for await (const chunk of res.Body as AsyncIterable<Buffer>) {
-      hash.update(chunk);
-      await writer.write(chunk);
-      bytes += chunk.length;
-      ctx.progress?.advance(o.key, chunk.length);
+    await send(target, { key: o.key, verb: 'download', action: 's3:GetObject' }, async (c) => {
+      const res = await c.send(new GetObjectCommand({ Bucket: target.config.bucket, Key: o.key, IfMatch: etag }), { abortSignal: target.signal });
+      let batch: Buffer[] = [];
+      let batched = 0;
+      const flush = async () => {
+        if (!batched) return;
+        const buf = batch.length === 1 ? batch[0]! : Buffer.concat(batch, batched);
+        batch = [];
+        batched = 0;
+        await writer.write(buf);
+      };
+      for await (const chunk of res.Body as AsyncIterable<Buffer>) {
+        hash.update(chunk);
+        received += chunk.length;
+        progress.add(chunk.length);
+        batch.push(chunk);
+        batched += chunk.length;
+        if (batched >= WRITE_BATCH) await flush();
+      }
+      await flush();
+    });
+    const length = await writer.finish();
+    const sha256 = hash.digest('hex');
+    if (length !== m.sizeBytes || sha256 !== m.sha256) {
+      throw new StoreError(
+        'checksum',
+        `Cannot download ${where(target.config, o.key)}: its content (sha256 ${sha256.slice(0, 12)}…, ${length} bytes) does not match its manifest (sha256 ${m.sha256.slice(0, 12)}…, ${m.sizeBytes} bytes)${fs.existsSync(dest) ? '; the local copy was kept' : ''}.`,
+        { bucket: target.config.bucket, key: o.key },
+      );
     }
-    await writer.finish();
+    fs.renameSync(tmp, dest);
+    rememberDigest(dest, { sizeBytes: length, sha256 });
+    progress.end();
+    return received;
   } catch (err) {
-    await writer.discard();
+    await writer.close();
     fs.rmSync(tmp, { force: true });
-    throw describeError(err, ctx.config, o.key);
+    throw err;
   }
-  const actual = hash.digest('hex');
-  if (actual !== sha256) {
-    fs.rmSync(tmp, { force: true });
-    throw new Error(`s3://${ctx.config.bucket}/${o.key}: checksum mismatch: the bucket says sha256 ${sha256}, the content is ${actual}; kept the local copy`);
-  }
-  fs.renameSync(tmp, dest);
-  return bytes;
 }
 
-/**
- * `download`: a sync of the bucket into the workspace. Only files whose content differs (by
- * sha256) move; each is written sparse to a temp file, verified, then renamed into place, so a
- * failed or corrupt download never replaces a good local file. Then `images/rootfs.ext4`
- * points at the python image when there is one.
- */
-export async function syncDown(ctx: StoreContext): Promise<SyncReport> {
-  const listing = await listBucket(ctx);
-  const wanted = listing.objects.filter((o) => o.key === KERNEL_KEY || IMAGE_KEY_PATTERN.test(o.key));
-  fs.mkdirSync(imagesDir(ctx.workspace), { recursive: true });
-  const cache = new DigestCache(path.join(ctx.workspace, '.sync-digests.json'));
-  const files: SyncedFile[] = [];
-  for (const o of wanted) {
-    const dest = o.key === KERNEL_KEY ? path.join(ctx.workspace, KERNEL_KEY) : path.join(imagesDir(ctx.workspace), o.key);
-    try {
-      const expected = await expectedSha256(ctx, o);
-      if (!expected) throw new Error(`s3://${ctx.config.bucket}/${o.key} has no manifest or sha256 to verify it against; not downloaded`);
-      if ((await cache.sha256(dest)) === expected) {
-        files.push({ key: o.key, path: dest, status: 'unchanged', bytes: 0 });
-        ctx.progress?.finish(o.key, 'unchanged');
-        continue;
-      }
-      const bytes = await fetchVerified(ctx, o, dest, expected);
-      cache.remember(dest, expected);
-      files.push({ key: o.key, path: dest, status: 'downloaded', bytes });
-      ctx.progress?.finish(o.key, 'downloaded');
-    } catch (err) {
-      files.push({ key: o.key, path: dest, status: 'failed', bytes: 0, error: (err as Error).message });
-      ctx.progress?.finish(o.key, `FAILED: ${(err as Error).message}`);
-    }
-  }
-  cache.save();
-  const report: SyncReport = { files, bytesTransferred: files.reduce((n, f) => n + f.bytes, 0) };
-  const target = imageKey(DEFAULT_LINK_LANGUAGE);
-  if (fs.existsSync(path.join(imagesDir(ctx.workspace), target))) {
-    const link = path.join(imagesDir(ctx.workspace), 'rootfs.ext4');
+/** Points `images/rootfs.ext4` at the default image, replacing only a symlink. */
+function linkDefault(workspace: string, language: string): Pick<SyncReport, 'link' | 'linkTarget' | 'linkProblem'> {
+  const dir = imagesDir(workspace);
+  const target = imageKey(language);
+  if (!fs.existsSync(path.join(dir, target))) return {};
+  const link = path.join(dir, DEFAULT_LINK);
+  const existing = fs.lstatSync(link, { throwIfNoEntry: false });
+  if (existing && !existing.isSymbolicLink()) return { linkProblem: `${link} is a file, not a link: left as it is` };
+  if (!existing || fs.readlinkSync(link) !== target) {
     const tmp = `${link}.${process.pid}.tmp`;
     fs.rmSync(tmp, { force: true });
     fs.symlinkSync(target, tmp);
     fs.renameSync(tmp, link);
-    report.link = link;
   }
-  return report;
+  return { link, linkTarget: target };
+}
+
+/**
+ * `download`: a sync of the bucket into the workspace, `vmlinux` to the workspace and every
+ * image to `images/`. What moves is decided by checksum: a file whose local sha256 equals its
+ * manifest's stays; others are downloaded and verified. An object without a valid manifest is
+ * not trusted, so not downloaded. Local files the bucket lacks are left alone. Then
+ * `images/rootfs.ext4` points at the python image when it is there.
+ */
+export async function syncDown(ctx: StoreContext, opts: SyncOptions = {}): Promise<SyncReport> {
+  const listing = await listBucket(ctx);
+  const wanted = listing.objects.filter((o) => o.kind === 'kernel' || o.kind === 'image');
+  fs.mkdirSync(imagesDir(ctx.workspace), { recursive: true });
+  removeStaleTemps(ctx.workspace);
+  removeStaleTemps(imagesDir(ctx.workspace));
+
+  const files: SyncedFile[] = [];
+  for (const o of wanted) {
+    const dest = localPathOf(ctx.workspace, o.key);
+    const started = Date.now();
+    const entry = (status: SyncedFile['status'], bytes: number, error?: string): SyncedFile => ({
+      key: o.key,
+      path: dest,
+      status,
+      sizeBytes: o.sizeBytes,
+      bytes,
+      seconds: (Date.now() - started) / 1000,
+      ...(error ? { error } : {}),
+    });
+    const m = o.manifest;
+    if (!m) {
+      const why = o.manifestProblem ? `its manifest is unusable (${o.manifestProblem})` : 'it has no manifest';
+      files.push(entry('failed', 0, `Cannot download ${where(ctx.config, o.key)}: ${why}, so it cannot be verified.`));
+      continue;
+    }
+    const keptLocal = fs.existsSync(dest) ? '; the local copy was kept' : '';
+    if (m.sizeBytes !== o.sizeBytes) {
+      files.push(entry('failed', 0, `Cannot download ${where(ctx.config, o.key)}: the object has ${o.sizeBytes} bytes but its manifest says ${m.sizeBytes}${keptLocal}.`));
+      continue;
+    }
+    try {
+      // The checksum S3 verified when the object was stored must be the manifest's: an object
+      // replaced behind its manifest is reported even when the local copy needs nothing.
+      const stat = await statObject(ctx, o.key);
+      if (!stat || stat.crc32 !== m.crc32) {
+        const found = stat ? `its CRC32 is ${stat.crc32 ?? 'missing'}` : 'it is gone';
+        files.push(entry('failed', 0, `Cannot download ${where(ctx.config, o.key)}: the object does not match its manifest (${found}, the manifest says ${m.crc32})${keptLocal}.`));
+        continue;
+      }
+      if (fs.existsSync(dest)) {
+        const size = fs.statSync(dest).size;
+        const checksum = track(ctx.progress, o.key, 'checksum', size);
+        const local = await fileDigest(dest, { crc32: false, onBytes: (n) => checksum.add(n), signal: ctx.signal });
+        checksum.end();
+        if (local.sha256 === m.sha256) {
+          files.push(entry('unchanged', 0));
+          continue;
+        }
+      }
+      const bytes = await withRetry(() => fetchVerified(ctx, o, m, dest, stat.etag), ctx.retry ?? DEFAULT_RETRY, ctx.signal);
+      files.push(entry('downloaded', bytes));
+    } catch (err) {
+      if (err instanceof StoreError && ['credentials', 'bad-credentials', 'no-bucket', 'wrong-region', 'unreachable', 'interrupted'].includes(err.kind)) throw err;
+      files.push(entry('failed', 0, err instanceof StoreError ? err.userMessage : `${o.key}: ${(err as Error).message}`));
+    }
+  }
+  return {
+    bucket: ctx.config.bucket,
+    files,
+    bytesTransferred: files.reduce((n, f) => n + f.bytes, 0),
+    ok: files.every((f) => f.status !== 'failed'),
+    ...linkDefault(ctx.workspace, opts.defaultLanguage ?? DEFAULT_LANGUAGE),
+  };
 }

@@ -1,9 +1,19 @@
-export { createClient, describeError, StoreError, type StoreOptions } from './client';
-export { digestFile } from './digest';
-export { checkLanguage, imagesDir, localManifestPath, uploadAll, uploadImage, uploadSingle, type StoreContext } from './images';
-export { imageKey, IMAGE_KEY_PATTERN, KERNEL_KEY, Manifest, manifestKey } from './layout';
-export { formatListing, listBucket, summarize, type Listing } from './list';
-export { syncDown, type SyncReport } from './download';
-export { humanSize, silentProgress, terminalProgress, type TransferProgress } from './progress';
-export { bucketSetup, iamPolicy } from './policy';
-export { abortIncompleteUploads, uploadFile, type UploadOutcome } from './upload';
+/**
+ * The S3 image store: publishes the kernel and images to one bucket and syncs them to hosts.
+ * Bucket and workspace layout: layout.ts. Operations take a StoreContext (client, bucket
+ * config, workspace, and transfer settings); results are plain data, and format.ts turns them
+ * into text.
+ */
+export { createClient, DEFAULT_RETRY, statObject, type CreateClientOptions, type Credentials, type ObjectStat, type RetryPolicy, type S3Access, type StoreContext } from './client';
+export { StoreError, type StoreErrorKind } from './errors';
+export { DEFAULT_LANGUAGE, DEFAULT_LINK, IMAGE_KEY_PATTERN, imageKey, KERNEL_KEY, Manifest, manifestKey, uploadStateDir, type ImageFacts } from './layout';
+export { digestFile, type FileDigest } from './digest';
+export { listBucket, readManifest, summarize, type ListedObject, type Listing } from './list';
+export { abortIncompleteUploads, choosePartSize, DEFAULT_PART_SIZE, MIN_PART_SIZE } from './multipart';
+export { checkLanguage, uploadAll, uploadImage, uploadKernel, uploadSingle, type UploadOptions, type UploadResult } from './upload';
+export { syncDown, type SyncedFile, type SyncOptions, type SyncReport } from './download';
+export { SparseWriter } from './sparse';
+export { bootstrapScript, bucketUrl, shellQuote, type BootstrapConfig, type BootstrapOptions } from './bootstrap';
+export { abortIncompleteRule, bucketSetup, iamPolicy, type BucketSetupOptions, type IamPolicy, type PolicyOptions } from './policy';
+export { formatListing, formatSeconds, formatSync, formatTimestamp, formatUploads, humanSize } from './format';
+export { formatTransfer, terminalProgress, track, type ProgressSink, type TransferAction, type TransferStatus } from './progress';

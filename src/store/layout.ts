@@ -1,31 +1,79 @@
+import * as path from 'node:path';
 import { z } from 'zod';
-import { NAME_PATTERN } from '../config/schema';
+import { NAME_PATTERN, Sha256Hex } from '../config/schema';
 
 /**
- * Objects at the bucket root, as the original layout has them:
- *   vmlinux                             the kernel
- *   rootfs-<lang>.ext4                  an image
- *   rootfs-<lang>.ext4.manifest.json    written only after its image is complete and verified
- * Every object also carries its sha256 as `x-amz-meta-sha256`, so a sync compares content.
+ * The bucket, flat at its root as Firecracker hosts have always fetched it:
+ *
+ *   vmlinux                               the kernel
+ *   vmlinux.manifest.json                 its manifest
+ *   rootfs-<lang>.ext4                    one image per language
+ *   rootfs-<lang>.ext4.manifest.json      its manifest
+ *
+ * An object also carries its sha256 as `x-amz-meta-sha256` and the full-object CRC32 that S3
+ * checked on upload. A manifest is written only after its object is complete and its checksum
+ * confirmed, and readers trust an object only when its content matches its manifest's sha256.
+ *
+ * The workspace, as the pipeline writes it and Firecracker hosts read it:
+ *
+ *   <workspace>/vmlinux
+ *   <workspace>/images/rootfs-<lang>.ext4
+ *   <workspace>/images/rootfs.ext4 -> rootfs-python.ext4
+ *
+ * Beside each file, a dotfile `.<name>.digest.json` remembers its sha256 and CRC32, valid while
+ * size, mtime and inode are unchanged. While an upload is unfinished, its ID and part size are
+ * kept in `<workspace>/.uploads/<bucket>__<key>.upload.json`, so the next run resumes it.
  */
 
 export const KERNEL_KEY = 'vmlinux';
-export const IMAGE_KEY_PATTERN = new RegExp(`^rootfs-(${NAME_PATTERN.source.slice(1, -1)})\\.ext4$`);
+export const MANIFEST_SUFFIX = '.manifest.json';
+export const DEFAULT_LANGUAGE = 'python';
+export const DEFAULT_LINK = 'rootfs.ext4';
 
-export const imageKey = (language: string) => {
-  if (!NAME_PATTERN.test(language)) throw new Error(`not a language name: ${JSON.stringify(language)}`);
+const LANG = NAME_PATTERN.source.replace(/^\^|\$$/g, '');
+export const IMAGE_KEY_PATTERN = new RegExp(`^rootfs-(${LANG})\\.ext4$`);
+
+export function imageKey(language: string): string {
+  if (!NAME_PATTERN.test(language)) throw new Error(`not a language name: ${JSON.stringify(language).slice(0, 80)}`);
   return `rootfs-${language}.ext4`;
-};
-export const manifestKey = (imageObjectKey: string) => `${imageObjectKey}.manifest.json`;
-export const languageOfKey = (key: string) => IMAGE_KEY_PATTERN.exec(key)?.[1];
+}
+
+export const languageOfKey = (key: string): string | undefined => IMAGE_KEY_PATTERN.exec(key)?.[1];
+export const manifestKey = (key: string): string => `${key}${MANIFEST_SUFFIX}`;
+/** Keys this tool writes (and may abort uploads of): the kernel, images and their manifests. */
+export const isStoreKey = (key: string): boolean =>
+  key === KERNEL_KEY || IMAGE_KEY_PATTERN.test(key) || (key.endsWith(MANIFEST_SUFFIX) && isStoreKey(key.slice(0, -MANIFEST_SUFFIX.length)));
+
+export const imagesDir = (workspace: string) => path.join(workspace, 'images');
+export const kernelPath = (workspace: string) => path.join(workspace, KERNEL_KEY);
+/** Where an object of the bucket lives in the workspace. */
+export const localPathOf = (workspace: string, key: string) => (key === KERNEL_KEY ? kernelPath(workspace) : path.join(imagesDir(workspace), key));
+export const uploadStateDir = (workspace: string) => path.join(workspace, '.uploads');
+/** A dotfile beside `file`: `.<name><suffix>`. */
+export const besideFile = (file: string, suffix: string) => path.join(path.dirname(file), `.${path.basename(file)}${suffix}`);
+
+/** Facts the build knows about an image, recorded in its manifest. */
+export interface ImageFacts {
+  /** First lines of the version checks that passed, e.g. `Python 3.10.12`. */
+  versions?: string[];
+  /** When the image was built (ISO 8601); the file's mtime when unknown. */
+  builtAt?: string;
+  /** The pipeline's content-addressed key of the image artifact. */
+  artifactKey?: string;
+}
 
 export const Manifest = z.object({
-  language: z.string().regex(NAME_PATTERN),
-  key: z.string(),
-  sizeBytes: z.number().int().nonnegative(),
-  sha256: z.string().regex(/^[0-9a-f]{64}$/),
+  format: z.literal(1),
+  key: z.string().refine((k) => k === KERNEL_KEY || IMAGE_KEY_PATTERN.test(k), { error: 'not a kernel or image key' }),
+  kind: z.enum(['kernel', 'image']),
+  language: z.string().regex(NAME_PATTERN).optional(),
+  sizeBytes: z.int().nonnegative(),
+  sha256: Sha256Hex,
+  /** The full-object CRC32 (base64) S3 checked when the object was uploaded. */
+  crc32: z.string().regex(/^[A-Za-z0-9+/]{6}==$/),
   versions: z.array(z.string()).default([]),
   builtAt: z.string(),
   artifactKey: z.string().optional(),
+  uploadedAt: z.string(),
 });
 export type Manifest = z.infer<typeof Manifest>;

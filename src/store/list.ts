@@ -1,70 +1,94 @@
 import { GetObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
-import type { BucketListing } from '../../workflows/types';
-import { describeError } from './client';
-import type { StoreContext } from './images';
-import { Manifest } from './layout';
-import { humanSize } from './progress';
+import { z } from 'zod';
+import { send, type S3Access } from './client';
+import { StoreError } from './errors';
+import { IMAGE_KEY_PATTERN, KERNEL_KEY, languageOfKey, Manifest, MANIFEST_SUFFIX, manifestKey } from './layout';
 
 export interface ListedObject {
   key: string;
   sizeBytes: number;
+  /** ISO 8601. */
   lastModified: string;
+  etag?: string;
+  kind: 'kernel' | 'image' | 'manifest' | 'other';
+  language?: string;
+  /** The object's manifest, for a kernel or image that has a valid one. */
   manifest?: Manifest;
+  /** Why the manifest beside it could not be used, when there is one. */
+  manifestProblem?: string;
 }
 
 export interface Listing {
   bucket: string;
   objects: ListedObject[];
+  totalObjects: number;
   totalBytes: number;
 }
 
-/** Every object in the bucket, with the manifests of images read and attached. */
-export async function listBucket(ctx: Pick<StoreContext, 'client' | 'config'>): Promise<Listing> {
-  const { client, config } = ctx;
-  const objects: ListedObject[] = [];
+const kindOf = (key: string): ListedObject['kind'] =>
+  key === KERNEL_KEY ? 'kernel' : IMAGE_KEY_PATTERN.test(key) ? 'image' : key.endsWith(MANIFEST_SUFFIX) ? 'manifest' : 'other';
+
+/** Reads and validates one manifest object; a problem is returned, not thrown. */
+export async function readManifest(target: S3Access, key: string): Promise<{ manifest?: Manifest; problem?: string }> {
+  const mkey = manifestKey(key);
   try {
-    let token: string | undefined;
-    do {
-      const page = await client.send(new ListObjectsV2Command({ Bucket: config.bucket, ContinuationToken: token }));
-      for (const o of page.Contents ?? []) {
-        objects.push({ key: o.Key!, sizeBytes: o.Size ?? 0, lastModified: (o.LastModified ?? new Date(0)).toISOString() });
-      }
-      token = page.IsTruncated ? page.NextContinuationToken : undefined;
-    } while (token);
+    const text = await send(target, { key: mkey, verb: 'read', action: 's3:GetObject' }, async (c) => {
+      const res = await c.send(new GetObjectCommand({ Bucket: target.config.bucket, Key: mkey }), { abortSignal: target.signal });
+      return res.Body!.transformToString();
+    });
+    const manifest = Manifest.parse(JSON.parse(text));
+    if (manifest.key !== key) return { problem: `${mkey} describes ${manifest.key}` };
+    return { manifest };
   } catch (err) {
-    throw describeError(err, config);
-  }
-  const byKey = new Map(objects.map((o) => [o.key, o]));
-  for (const o of objects) {
-    if (!o.key.endsWith('.manifest.json')) continue;
-    const image = byKey.get(o.key.slice(0, -'.manifest.json'.length));
-    if (!image) continue;
-    try {
-      const res = await client.send(new GetObjectCommand({ Bucket: config.bucket, Key: o.key }));
-      image.manifest = Manifest.parse(JSON.parse(await res.Body!.transformToString()));
-    } catch {
-      // An unreadable manifest only means no version line; the object itself is listed.
+    if (err instanceof StoreError) {
+      if (err.kind === 'not-found') return {};
+      throw err;
     }
+    const why = err instanceof z.ZodError ? z.prettifyError(err).split('\n').join(' ') : (err as Error).message;
+    return { problem: `${mkey} is not a valid manifest: ${why}` };
   }
-  return { bucket: config.bucket, objects, totalBytes: objects.reduce((n, o) => n + o.sizeBytes, 0) };
 }
 
-export function summarize(listing: Listing): BucketListing {
-  return { bucket: listing.bucket, objects: listing.objects.length, totalBytes: listing.totalBytes };
+/** Every object in the bucket, with the manifests of the kernel and images read and attached. */
+export async function listBucket(target: S3Access): Promise<Listing> {
+  const { config } = target;
+  const objects: ListedObject[] = [];
+  let token: string | undefined;
+  do {
+    const page = await send(target, { verb: 'list', action: 's3:ListBucket' }, (c) =>
+      c.send(new ListObjectsV2Command({ Bucket: config.bucket, ContinuationToken: token }), { abortSignal: target.signal }),
+    );
+    for (const o of page.Contents ?? []) {
+      const key = o.Key!;
+      const kind = kindOf(key);
+      objects.push({
+        key,
+        sizeBytes: o.Size ?? 0,
+        lastModified: (o.LastModified ?? new Date(0)).toISOString(),
+        etag: o.ETag,
+        kind,
+        ...(kind === 'image' ? { language: languageOfKey(key) } : {}),
+      });
+    }
+    token = page.IsTruncated ? page.NextContinuationToken : undefined;
+  } while (token);
+
+  const keys = new Set(objects.map((o) => o.key));
+  const described = objects.filter((o) => (o.kind === 'kernel' || o.kind === 'image') && keys.has(manifestKey(o.key)));
+  // A handful of small reads; a few at a time.
+  for (let i = 0; i < described.length; i += 8) {
+    await Promise.all(
+      described.slice(i, i + 8).map(async (o) => {
+        const { manifest, problem } = await readManifest(target, o.key);
+        if (manifest) o.manifest = manifest;
+        if (problem) o.manifestProblem = problem;
+      }),
+    );
+  }
+  return { bucket: config.bucket, objects, totalObjects: objects.length, totalBytes: objects.reduce((n, o) => n + o.sizeBytes, 0) };
 }
 
-/** `aws s3 ls --human-readable --summarize` style, with language and versions under each image. */
-export function formatListing(listing: Listing): string {
-  const pad = (n: number) => String(n).padStart(2, '0');
-  const date = (iso: string) => {
-    const d = new Date(iso);
-    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
-  };
-  const lines: string[] = [];
-  for (const o of listing.objects) {
-    lines.push(`${date(o.lastModified)} ${humanSize(o.sizeBytes).padStart(10)} ${o.key}`);
-    if (o.manifest) lines.push(`${' '.repeat(31)}${o.manifest.language}: ${o.manifest.versions.join('; ') || 'no versions recorded'}`);
-  }
-  lines.push('', `Total Objects: ${listing.objects.length}`, `   Total Size: ${humanSize(listing.totalBytes)}`);
-  return lines.join('\n') + '\n';
+/** The listing's totals, as the workflows report them. */
+export function summarize(listing: Listing): { bucket: string; objects: number; totalBytes: number } {
+  return { bucket: listing.bucket, objects: listing.totalObjects, totalBytes: listing.totalBytes };
 }

@@ -1,53 +1,77 @@
-/** Human sizes the way `aws s3 ls --human-readable` prints them. */
-export function humanSize(bytes: number): string {
-  if (bytes < 1024) return `${bytes} Bytes`;
-  const units = ['KiB', 'MiB', 'GiB', 'TiB'];
-  let v = bytes / 1024;
-  let i = 0;
-  while (v >= 1024 && i < units.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return `${v.toFixed(1)} ${units[i]}`;
-}
+import { humanSize } from './format';
 
-/** Where transfers report progress; the CLI renders it, tests count it. */
-export interface TransferProgress {
-  start(name: string, totalBytes: number): void;
-  advance(name: string, bytes: number): void;
-  finish(name: string, note: string): void;
-}
+export type TransferAction = 'upload' | 'download' | 'checksum';
 
-export const silentProgress: TransferProgress = { start() {}, advance() {}, finish() {} };
+export interface TransferStatus {
+  key: string;
+  action: TransferAction;
+  doneBytes: number;
+  totalBytes: number;
+  elapsedMs: number;
+  bytesPerSecond: number;
+  /** Seconds left at the current rate; undefined until there is a rate. */
+  etaSeconds?: number;
+  /** The last report of this transfer. */
+  finished: boolean;
+}
 
 /**
- * One line per transfer on a TTY (bytes, rate, ETA), redrawn at most 4 times a second and only
- * once the transfer has taken a second; nothing but the final line when not a TTY.
+ * Where transfers report progress; the CLI renders it (see `terminalProgress`). Only transfers
+ * that last longer than a second are reported, at most a few times a second, and each reported
+ * transfer ends with one `finished` status.
  */
-export function terminalProgress(stream: NodeJS.WriteStream = process.stderr): TransferProgress {
-  const state = new Map<string, { total: number; done: number; started: number; drawn: number }>();
-  const tty = stream.isTTY === true;
+export type ProgressSink = (status: TransferStatus) => void;
+
+export const QUIET_AFTER_MS = 1000;
+export const REPORT_EVERY_MS = 250;
+
+export interface Transfer {
+  add(bytes: number): void;
+  end(): void;
+}
+
+/** Starts tracking one transfer; `now` is injectable for tests. */
+export function track(sink: ProgressSink | undefined, key: string, action: TransferAction, totalBytes: number, now: () => number = Date.now): Transfer {
+  if (!sink) return { add() {}, end() {} };
+  const started = now();
+  let done = 0;
+  let lastReport = 0;
+  let reported = false;
+  const status = (finished: boolean): TransferStatus => {
+    const elapsedMs = Math.max(1, now() - started);
+    const bytesPerSecond = (done / elapsedMs) * 1000;
+    const etaSeconds = bytesPerSecond > 0 ? Math.max(0, (totalBytes - done) / bytesPerSecond) : undefined;
+    return { key, action, doneBytes: done, totalBytes, elapsedMs, bytesPerSecond, etaSeconds, finished };
+  };
   return {
-    start(name, total) {
-      state.set(name, { total, done: 0, started: Date.now(), drawn: 0 });
+    add(bytes) {
+      done += bytes;
+      const t = now();
+      if (t - started < QUIET_AFTER_MS || t - lastReport < REPORT_EVERY_MS) return;
+      lastReport = t;
+      reported = true;
+      sink(status(false));
     },
-    advance(name, bytes) {
-      const s = state.get(name);
-      if (!s) return;
-      s.done += bytes;
-      const now = Date.now();
-      if (!tty || now - s.started < 1000 || now - s.drawn < 250) return;
-      s.drawn = now;
-      const rate = s.done / ((now - s.started) / 1000);
-      const eta = rate > 0 ? Math.max(0, (s.total - s.done) / rate) : 0;
-      const pct = s.total ? Math.floor((s.done / s.total) * 100) : 100;
-      stream.write(`\r\x1b[K${name}: ${humanSize(s.done)} / ${humanSize(s.total)} (${pct}%) ${humanSize(rate)}/s ETA ${Math.ceil(eta)} s`);
-    },
-    finish(name, note) {
-      const s = state.get(name);
-      state.delete(name);
-      const secs = s ? (Date.now() - s.started) / 1000 : 0;
-      stream.write(`${tty ? '\r\x1b[K' : ''}${name}: ${note}${secs >= 1 ? ` in ${secs.toFixed(1)} s` : ''}\n`);
+    end() {
+      if (reported || now() - started >= QUIET_AFTER_MS) sink(status(true));
     },
   };
+}
+
+function clock(seconds: number): string {
+  const s = Math.round(seconds);
+  return s < 60 ? `${s}s` : s < 3600 ? `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s` : `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
+}
+
+/** `upload rootfs-python.ext4  512.0 MiB / 2.0 GiB  25%  310.4 MiB/s  ETA 5s` */
+export function formatTransfer(s: TransferStatus): string {
+  const pct = s.totalBytes > 0 ? Math.floor((s.doneBytes / s.totalBytes) * 100) : 100;
+  const tail = s.finished ? `in ${clock(s.elapsedMs / 1000)}` : `ETA ${s.etaSeconds === undefined ? '?' : clock(s.etaSeconds)}`;
+  return `${s.action} ${s.key}  ${humanSize(s.doneBytes)} / ${humanSize(s.totalBytes)}  ${pct}%  ${humanSize(s.bytesPerSecond)}/s  ${tail}`;
+}
+
+/** A one-line, redrawn progress display on a terminal; nothing at all when `stream` is not a TTY. */
+export function terminalProgress(stream: NodeJS.WriteStream = process.stderr): ProgressSink {
+  if (!stream.isTTY) return () => {};
+  return (s) => stream.write(`\r\x1b[K${formatTransfer(s)}${s.finished ? '\n' : ''}`);
 }

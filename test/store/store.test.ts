@@ -1,260 +1,280 @@
 import { strict as assert } from 'node:assert';
-import { spawn } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { HeadObjectCommand, ListMultipartUploadsCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { GetBucketVersioningCommand, GetObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import type { S3Config } from '../../src/config';
 import {
   abortIncompleteUploads,
+  bucketSetup,
   createClient,
   formatListing,
+  formatSync,
+  formatUploads,
+  humanSize,
+  iamPolicy,
   listBucket,
+  Manifest,
   StoreError,
   syncDown,
   uploadAll,
-  uploadFile,
   uploadImage,
   uploadSingle,
   type StoreContext,
+  type TransferStatus,
 } from '../../src/store';
-import { tempDir } from '../support/process';
-import { testS3, type TestS3 } from '../support/s3';
+import { testS3, type TestCredentials, type TestS3 } from '../support/s3';
+import { allocated, MiB, randomFile, sha256File, sparseFile, workspace } from './helpers';
 
-const MiB = 1024 * 1024;
-const sha256 = (file: string) => {
-  const h = crypto.createHash('sha256');
-  const fd = fs.openSync(file, 'r');
-  const buf = Buffer.alloc(8 * MiB);
-  for (let n; (n = fs.readSync(fd, buf)) > 0; ) h.update(buf.subarray(0, n));
-  fs.closeSync(fd);
-  return h.digest('hex');
-};
+const LANGUAGES = ['bash', 'go', 'nodejs', 'python', 'rust'];
 
-function randomFile(file: string, bytes: number): void {
-  fs.writeFileSync(file, crypto.randomBytes(bytes));
-}
-
-/** A sparse file of `size` with random data written at a few offsets. */
-function sparseFile(file: string, size: number, regions: Array<[number, number]>): void {
-  const fd = fs.openSync(file, 'w');
-  for (const [offset, length] of regions) {
-    for (let done = 0; done < length; done += 16 * MiB) fs.writeSync(fd, crypto.randomBytes(Math.min(16 * MiB, length - done)), 0, undefined, offset + done);
-  }
-  fs.ftruncateSync(fd, size);
-  fs.closeSync(fd);
-}
-
-function workspace(): string {
-  const ws = tempDir('ws');
-  fs.mkdirSync(path.join(ws, 'images'));
-  return ws;
-}
-
-function countingClient(s3: TestS3, maxAttempts = 5): { client: S3Client; requests: () => number } {
-  let n = 0;
-  const client = new S3Client({ endpoint: s3.endpoint, region: 'us-east-1', forcePathStyle: true, credentials: s3.credentials, maxAttempts, requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED' });
-  client.middlewareStack.add((next) => async (args) => {
-    n++;
-    return next(args);
-  }, { step: 'initialize', name: 'countRequests' });
-  return { client, requests: () => n };
-}
-
-describe('S3 image store @real', function () {
-  this.timeout(600_000);
+describe('store: upload, list and sync with a real S3 @real', function () {
+  this.timeout(300_000);
   let s3: TestS3;
   let config: S3Config;
+  let credentials: TestCredentials;
   let client: S3Client;
-  const ctxFor = (ws: string, extra: Partial<StoreContext> = {}): StoreContext => ({ client, config, workspace: ws, partSizeBytes: 16 * MiB, ...extra });
+  let source: string;
+  let mirror: string;
+  const ctx = (ws: string, extra: Partial<StoreContext> = {}): StoreContext => ({ client, config, workspace: ws, ...extra });
 
   before(async () => {
     s3 = await testS3();
     config = await s3.freshBucket();
-    client = createClient({ config, credentials: s3.credentials });
+    credentials = s3.credentials;
+    client = createClient({ config, credentials });
   });
+  after(() => client?.destroy());
 
-  const languages = ['bash', 'python', 'nodejs', 'go', 'rust'];
-  let source: string;
-  let mirror: string;
-
-  it('round trip: uploads five images and a kernel, lists them, and downloads byte-identical sparse files', async () => {
-    source = workspace();
+  it('round trip: uploads five images and a kernel, lists them, and syncs byte-identical sparse copies', async () => {
+    source = workspace('source');
     randomFile(path.join(source, 'vmlinux'), 9 * MiB);
     randomFile(path.join(source, 'images/rootfs-bash.ext4'), 5 * MiB);
     randomFile(path.join(source, 'images/rootfs-nodejs.ext4'), 24 * MiB);
     randomFile(path.join(source, 'images/rootfs-go.ext4'), 40 * MiB);
     randomFile(path.join(source, 'images/rootfs-rust.ext4'), 33 * MiB);
-    sparseFile(path.join(source, 'images/rootfs-python.ext4'), 2048 * MiB, [[0, 100 * MiB], [700 * MiB, 120 * MiB], [1900 * MiB, 80 * MiB]]);
-    fs.writeFileSync(
-      path.join(source, 'images/rootfs-python.ext4.manifest.json'),
-      JSON.stringify({ sha256: sha256(path.join(source, 'images/rootfs-python.ext4')), versions: ['Python 3.10.12'] }),
-    );
-
-    let t0 = Date.now();
-    const uploaded = await uploadAll(ctxFor(source));
-    const uploadSeconds = (Date.now() - t0) / 1000;
-    assert.deepEqual(uploaded.map((u) => [u.key, u.status]), [
-      ['vmlinux', 'uploaded'],
-      ['rootfs-bash.ext4', 'uploaded'],
-      ['rootfs-go.ext4', 'uploaded'],
-      ['rootfs-nodejs.ext4', 'uploaded'],
-      ['rootfs-python.ext4', 'uploaded'],
-      ['rootfs-rust.ext4', 'uploaded'],
+    // 2 GiB, of which 300 MiB of data in three regions: an ext4 image's shape.
+    sparseFile(path.join(source, 'images/rootfs-python.ext4'), 2048 * MiB, [
+      [0, 100 * MiB],
+      [700 * MiB, 120 * MiB],
+      [1900 * MiB, 80 * MiB],
     ]);
-    const again = await uploadAll(ctxFor(source));
-    assert.ok(again.every((u) => u.status === 'unchanged' && u.bytesSent === 0), 'a second upload sends nothing');
+    fs.symlinkSync('rootfs-python.ext4', path.join(source, 'images/rootfs.ext4'));
+    const builtAt = '2024-05-01T11:00:00.000Z';
+    const facts = (language: string) => ({ versions: [`${language} 1.2.3`], builtAt, artifactKey: `image-${language}-0123456789abcdef` });
+
+    const statuses: TransferStatus[] = [];
+    let t0 = Date.now();
+    const uploaded = await uploadAll(ctx(source, { progress: (s) => statuses.push(s) }), { facts });
+    const uploadSeconds = (Date.now() - t0) / 1000;
+    assert.deepEqual(
+      uploaded.map((u) => [u.key, u.status]),
+      [['vmlinux', 'uploaded'], ...LANGUAGES.map((l) => [`rootfs-${l}.ext4`, 'uploaded'])],
+    );
+    const python = uploaded.find((u) => u.key === 'rootfs-python.ext4')!;
+    assert.equal(python.partsSent, 128, '2 GiB in 16 MiB parts');
+    assert.ok(statuses.some((s) => s.key === 'rootfs-python.ext4' && s.action === 'upload' && s.finished && s.doneBytes === 2048 * MiB));
+    assert.ok(statuses.every((s) => s.totalBytes > 0 && s.elapsedMs >= 1000), 'only transfers over a second report');
+
+    const again = await uploadAll(ctx(source), { facts });
+    assert.ok(
+      again.every((u) => u.status === 'unchanged' && u.bytesSent === 0 && !u.manifestWritten),
+      'a second upload sends nothing',
+    );
+    assert.match(formatUploads(again), /^0 uploaded, 6 unchanged, 0 Bytes sent$/m);
 
     const listing = await listBucket({ client, config });
+    assert.equal(listing.totalObjects, 12, 'six objects and their manifests');
+    const pythonObject = listing.objects.find((o) => o.key === 'rootfs-python.ext4')!;
+    assert.equal(pythonObject.manifest?.sha256, sha256File(path.join(source, 'images/rootfs-python.ext4')));
+    assert.deepEqual(pythonObject.manifest?.versions, ['python 1.2.3']);
+    assert.equal(pythonObject.manifest?.builtAt, builtAt);
+    assert.equal(pythonObject.manifest?.artifactKey, 'image-python-0123456789abcdef');
+    assert.ok(JSON.parse(JSON.stringify(listing)), 'the listing is plain data');
     const text = formatListing(listing);
-    assert.match(text, /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d {4}2\.0 GiB rootfs-python\.ext4$/m);
-    assert.match(text, /^ +python: Python 3\.10\.12$/m);
+    assert.match(text, /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d {4}2\.0 GiB rootfs-python\.ext4\n {31}python: python 1\.2\.3$/m);
     assert.match(text, /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d {4}9\.0 MiB vmlinux$/m);
-    assert.match(text, /\nTotal Objects: 11\n {3}Total Size: 2\.1 GiB\n$/);
+    assert.match(text, /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d +\d+ Bytes rootfs-bash\.ext4\.manifest\.json$/m);
+    assert.match(text, /\n\nTotal Objects: 12\n {3}Total Size: 2\.1 GiB\n$/);
 
-    mirror = workspace();
+    mirror = workspace('mirror');
     t0 = Date.now();
-    const report = await syncDown(ctxFor(mirror));
+    const report = await syncDown(ctx(mirror));
     const downloadSeconds = (Date.now() - t0) / 1000;
+    assert.ok(report.ok, formatSync(report));
     assert.deepEqual(report.files.map((f) => f.status), Array(6).fill('downloaded'));
-    for (const name of ['vmlinux', ...languages.map((l) => `images/rootfs-${l}.ext4`)]) {
-      assert.equal(sha256(path.join(mirror, name)), sha256(path.join(source, name)), name);
+    for (const name of ['vmlinux', ...LANGUAGES.map((l) => `images/rootfs-${l}.ext4`)]) {
+      assert.equal(sha256File(path.join(mirror, name)), sha256File(path.join(source, name)), name);
     }
-    const python = fs.statSync(path.join(mirror, 'images/rootfs-python.ext4'));
-    assert.equal(python.size, 2048 * MiB);
-    assert.ok(python.blocks * 512 < 320 * MiB, `the 2 GiB image takes ${(python.blocks * 512) / MiB} MiB on disk`);
+    const image = path.join(mirror, 'images/rootfs-python.ext4');
+    assert.equal(fs.statSync(image).size, 2048 * MiB);
+    assert.ok(allocated(image) < 320 * MiB, `the 2 GiB image takes ${humanSize(allocated(image))} on disk`);
     assert.equal(fs.readlinkSync(path.join(mirror, 'images/rootfs.ext4')), 'rootfs-python.ext4');
-    console.log(`      2.1 GiB (300 MiB of data): upload ${uploadSeconds.toFixed(1)} s, download ${downloadSeconds.toFixed(1)} s`);
+    assert.equal(report.link, path.join(mirror, 'images/rootfs.ext4'));
+    assert.deepEqual(fs.readdirSync(path.join(mirror, 'images')).filter((n) => n.endsWith('.partial')), []);
+    const mb = (2048 * MiB) / 1e6;
+    console.log(
+      `      2 GiB sparse image (300 MiB data) + 111 MiB: upload ${uploadSeconds.toFixed(1)} s (python ${python.seconds.toFixed(1)} s, ${(mb / python.seconds).toFixed(0)} MB/s), ` +
+        `download ${downloadSeconds.toFixed(1)} s (python ${report.files.find((f) => f.key === 'rootfs-python.ext4')!.seconds.toFixed(1)} s)`,
+    );
   });
 
-  it('a second download moves nothing; a changed image moves alone', async () => {
-    const second = await syncDown(ctxFor(mirror));
+  it('a second sync moves nothing; an image changed in the bucket moves alone', async () => {
+    const second = await syncDown(ctx(mirror));
     assert.equal(second.bytesTransferred, 0);
     assert.ok(second.files.every((f) => f.status === 'unchanged'));
 
     randomFile(path.join(source, 'images/rootfs-bash.ext4'), 5 * MiB); // same size, new content
-    await uploadImage(ctxFor(source), 'bash', path.join(source, 'images/rootfs-bash.ext4'));
-    const third = await syncDown(ctxFor(mirror));
-    assert.deepEqual(third.files.filter((f) => f.status === 'downloaded').map((f) => f.key), ['rootfs-bash.ext4']);
+    const changed = await uploadImage(ctx(source), 'bash', path.join(source, 'images/rootfs-bash.ext4'));
+    assert.equal(changed.status, 'uploaded');
+    const third = await syncDown(ctx(mirror));
+    assert.deepEqual(
+      third.files.filter((f) => f.status !== 'unchanged').map((f) => [f.key, f.status]),
+      [['rootfs-bash.ext4', 'downloaded']],
+    );
     assert.equal(third.bytesTransferred, 5 * MiB);
-    assert.equal(sha256(path.join(mirror, 'images/rootfs-bash.ext4')), sha256(path.join(source, 'images/rootfs-bash.ext4')));
+    assert.equal(sha256File(path.join(mirror, 'images/rootfs-bash.ext4')), sha256File(path.join(source, 'images/rootfs-bash.ext4')));
   });
 
-  it('a remote image overwritten behind its manifest is reported and the local copy is kept', async () => {
-    const local = path.join(mirror, 'images/rootfs-go.ext4');
-    const before = sha256(local);
-    await client.send(new PutObjectCommand({ Bucket: config.bucket, Key: 'rootfs-go.ext4', Body: crypto.randomBytes(1024) }));
-    const report = await syncDown(ctxFor(mirror));
-    const go = report.files.find((f) => f.key === 'rootfs-go.ext4')!;
-    assert.equal(go.status, 'failed');
-    assert.match(go.error!, /^s3:\/\/test-\w+\/rootfs-go\.ext4: checksum mismatch: the manifest says sha256 [0-9a-f]{64} \(41943040 bytes\), the object says nothing \(1024 bytes\); kept the local copy$/);
-    assert.equal(sha256(local), before);
+  it('an object that does not match its manifest is reported and the good local copy is kept', async () => {
+    const images = path.join(mirror, 'images');
+    const kept = (name: string) => ({ sha256: sha256File(path.join(images, name)), ino: fs.statSync(path.join(images, name)).ino });
+    const before = { go: kept('rootfs-go.ext4'), rust: kept('rootfs-rust.ext4') };
+    // The go image overwritten with other bytes of the same size: S3's checksum of it gives it away.
+    await client.send(new PutObjectCommand({ Bucket: config.bucket, Key: 'rootfs-go.ext4', Body: crypto.randomBytes(40 * MiB) }));
+    // The rust manifest altered to claim another sha256: only the download's own check can tell.
+    const mkey = 'rootfs-rust.ext4.manifest.json';
+    const res = await client.send(new GetObjectCommand({ Bucket: config.bucket, Key: mkey }));
+    const manifest = Manifest.parse(JSON.parse(await res.Body!.transformToString()));
+    await client.send(new PutObjectCommand({ Bucket: config.bucket, Key: mkey, Body: JSON.stringify({ ...manifest, sha256: 'f'.repeat(64) }) }));
 
-    // A forger who also copies the manifest's sum into the object is caught by the content check.
-    await client.send(
-      new PutObjectCommand({ Bucket: config.bucket, Key: 'rootfs-nodejs.ext4', Body: crypto.randomBytes(24 * MiB), Metadata: { sha256: sha256(path.join(source, 'images/rootfs-nodejs.ext4')) } }),
+    const report = await syncDown(ctx(mirror));
+    assert.equal(report.ok, false);
+    const error = (key: string) => report.files.find((f) => f.key === key && f.status === 'failed')?.error;
+    assert.match(
+      error('rootfs-go.ext4') ?? '',
+      /^Cannot download s3:\/\/test-\w+\/rootfs-go\.ext4: the object does not match its manifest \(its CRC32 is \S+, the manifest says \S+\); the local copy was kept\.$/,
     );
-    const nodeLocal = path.join(mirror, 'images/rootfs-nodejs.ext4');
-    fs.writeFileSync(nodeLocal, 'a stale local copy');
-    const forged = (await syncDown(ctxFor(mirror))).files.find((f) => f.key === 'rootfs-nodejs.ext4')!;
-    assert.equal(forged.status, 'failed');
-    assert.match(forged.error!, /rootfs-nodejs\.ext4: checksum mismatch: the bucket says sha256 [0-9a-f]{64}, the content is [0-9a-f]{64}; kept the local copy$/);
-    assert.equal(fs.readFileSync(nodeLocal, 'utf8'), 'a stale local copy');
-    assert.deepEqual(fs.readdirSync(path.join(mirror, 'images')).filter((n) => n.endsWith('.part')), []);
+    assert.match(
+      error('rootfs-rust.ext4') ?? '',
+      /^Cannot download s3:\/\/test-\w+\/rootfs-rust\.ext4: its content \(sha256 [0-9a-f]{12}…, 34603008 bytes\) does not match its manifest \(sha256 f{12}…, 34603008 bytes\); the local copy was kept\.$/,
+    );
+    assert.equal(report.files.find((f) => f.key === 'rootfs-rust.ext4')!.bytes, 0);
+    assert.deepEqual({ go: kept('rootfs-go.ext4'), rust: kept('rootfs-rust.ext4') }, before, 'the same files, untouched');
+    assert.deepEqual(fs.readdirSync(images).filter((n) => n.endsWith('.partial')), []);
+    assert.match(formatSync(report), /^FAILED {4}rootfs-go\.ext4 {5}Cannot download/m);
+
+    // Uploading the good images again repairs the bucket: the go object, and the rust manifest alone.
+    const go = await uploadImage(ctx(source), 'go', path.join(source, 'images/rootfs-go.ext4'));
+    const rust = await uploadImage(ctx(source), 'rust', path.join(source, 'images/rootfs-rust.ext4'));
+    assert.deepEqual([go.status, rust.status, rust.manifestWritten], ['uploaded', 'unchanged', true]);
+    assert.ok((await syncDown(ctx(mirror))).files.every((f) => f.status === 'unchanged'));
   });
 
   it('refuses hostile and malformed language names before sending any request', async () => {
-    const { client: counted, requests } = countingClient(s3);
-    const ctx = { ...ctxFor(source), client: counted };
-    for (const name of ['python;rm -rf /', '../x', 'Python', '', 'ruby']) {
-      await assert.rejects(uploadSingle(ctx, name, languages), /not a language name|not a configured language/);
-    }
-    assert.equal(requests(), 0);
-  });
-
-  it('an upload cut off by the server going away leaves no object and resumes with only the missing parts', async () => {
-    const ws = workspace();
-    const file = path.join(ws, 'images/rootfs-rust.ext4');
-    randomFile(file, 64 * MiB); // 13 parts of 5 MiB
-    const { client: fragile } = countingClient(s3, 2);
-    let sent = 0;
-    let stopping: Promise<void> | undefined;
-    await assert.rejects(
-      uploadFile({
-        client: fragile,
-        config,
-        key: 'resume-me.ext4',
-        file,
-        stateDir: path.join(ws, '.uploads'),
-        partSizeBytes: 5 * MiB,
-        concurrency: 1,
-        onPartSent: () => {
-          if (++sent === 4) stopping = s3.stop();
-        },
-      }),
-      (err: unknown) => err instanceof StoreError && err.transient && /cannot reach the S3 endpoint .* resume/.test(err.message),
-    );
-    await stopping;
-    await s3.start();
-    await assert.rejects(client.send(new HeadObjectCommand({ Bucket: config.bucket, Key: 'resume-me.ext4' })), /NotFound|404/);
-    let resent = 0;
-    const done = await uploadFile({ client, config, key: 'resume-me.ext4', file, stateDir: path.join(ws, '.uploads'), partSizeBytes: 5 * MiB, onPartSent: () => resent++ });
-    assert.ok(done.partsReused >= 4, `reused ${done.partsReused} parts`);
-    assert.equal(done.partsReused + done.partsSent, 13);
-    assert.equal(resent, done.partsSent);
-    const head = await client.send(new HeadObjectCommand({ Bucket: config.bucket, Key: 'resume-me.ext4' }));
-    assert.equal(head.ContentLength, 64 * MiB);
-    assert.equal(head.Metadata?.sha256, sha256(file));
-  });
-
-  it('an upload whose process is killed resumes on the next run; abort leaves no incomplete upload', async () => {
-    const ws = workspace();
-    const file = path.join(ws, 'images/rootfs-go.ext4');
-    randomFile(file, 64 * MiB);
-    const script = `
-      const { createClient, uploadFile } = require(${JSON.stringify(path.join(__dirname, '../../src/store'))});
-      const client = createClient({ config: ${JSON.stringify(config)}, credentials: ${JSON.stringify(s3.credentials)} });
-      uploadFile({ client, config: ${JSON.stringify(config)}, key: 'killed.ext4', file: ${JSON.stringify(file)},
-        stateDir: ${JSON.stringify(path.join(ws, '.uploads'))}, partSizeBytes: 5 * 1024 * 1024, concurrency: 1,
-        onPartSent: (n) => console.log('part ' + n) });`;
-    const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
-    await new Promise<void>((resolve) => {
-      let parts = 0;
-      child.stdout.on('data', (c: Buffer) => {
-        parts += (c.toString().match(/part /g) ?? []).length;
-        if (parts >= 5 && child.exitCode === null) {
-          child.kill('SIGKILL');
-          resolve();
-        }
+    const counted = s3.countingClient(config, credentials);
+    const c = ctx(source, { client: counted.client });
+    for (const name of ['python;rm -rf /', '../x', '../../etc/passwd', 'Python', '', 'rust\n', '$(reboot)', 'ruby']) {
+      await assert.rejects(uploadSingle(c, name, LANGUAGES), (e: unknown) => {
+        assert.ok(e instanceof StoreError && e.kind === 'invalid-input', String(e));
+        assert.match(e.message, /is not a (language name|configured language)/);
+        return true;
       });
-    });
-    await new Promise((r) => child.once('exit', r));
-    const done = await uploadFile({ client, config, key: 'killed.ext4', file, stateDir: path.join(ws, '.uploads'), partSizeBytes: 5 * MiB });
-    assert.ok(done.partsReused >= 5, `reused ${done.partsReused} parts`);
-    assert.equal(done.partsReused + done.partsSent, 13);
-
-    // Leave one incomplete upload behind on purpose, then clean up.
-    const again = spawn(process.execPath, ['-e', script.replace("'killed.ext4'", "'orphan.ext4'")], { stdio: ['ignore', 'pipe', 'inherit'] });
-    await new Promise<void>((resolve) => again.stdout.once('data', () => (again.kill('SIGKILL'), resolve())));
-    await new Promise((r) => again.once('exit', r));
-    const pending = await client.send(new ListMultipartUploadsCommand({ Bucket: config.bucket }));
-    assert.ok((pending.Uploads ?? []).length >= 1);
-    assert.ok((await abortIncompleteUploads(client, config, path.join(ws, '.uploads'))) >= 1);
-    const after = await client.send(new ListMultipartUploadsCommand({ Bucket: config.bucket }));
-    assert.deepEqual(after.Uploads ?? [], []);
+    }
+    assert.equal(counted.requests(), 0, 'no request was sent');
+    // The counter does count: one real upload of an unchanged image makes requests.
+    await uploadSingle(c, 'nodejs', LANGUAGES);
+    assert.ok(counted.requests() > 0);
+    counted.client.destroy();
   });
 
-  it('says plainly what is wrong: unknown bucket, refused credentials, unreachable server', async () => {
-    const missing = { ...config, bucket: 'no-such-bucket-here' };
-    await assert.rejects(listBucket({ client: createClient({ config: missing, credentials: s3.credentials }), config: missing }), {
-      message: 'bucket no-such-bucket-here does not exist (region us-east-1)',
+  it('works with exactly the permissions of iamPolicy, and says which one is missing when denied', async () => {
+    const own = await s3.freshBucket();
+    const limited = await s3.restrictedCredentials(iamPolicy(own));
+    const c = createClient({ config: own, credentials: limited });
+    try {
+      const ws = workspace('policy');
+      randomFile(path.join(ws, 'vmlinux'), MiB);
+      randomFile(path.join(ws, 'images/rootfs-bash.ext4'), 12 * MiB);
+      // Cut the first upload off after one part, then resume it (ListParts), then list, sync and abort.
+      const stop = new AbortController();
+      await assert.rejects(
+        uploadAll({ client: c, config: own, workspace: ws, partSizeBytes: 5 * MiB, concurrency: 1, signal: stop.signal, onPartSent: (key) => key !== 'vmlinux' && stop.abort() }),
+        (e: unknown) => e instanceof StoreError && e.kind === 'interrupted',
+      );
+      const results = await uploadAll({ client: c, config: own, workspace: ws, partSizeBytes: 5 * MiB });
+      assert.deepEqual(results.map((r) => [r.key, r.status, r.partsReused]), [['vmlinux', 'unchanged', 0], ['rootfs-bash.ext4', 'uploaded', 1]]);
+      assert.equal((await listBucket({ client: c, config: own })).totalObjects, 4);
+      const mirrorWs = workspace('policy-mirror');
+      assert.ok((await syncDown({ client: c, config: own, workspace: mirrorWs })).ok);
+      assert.equal(await abortIncompleteUploads(c, own, path.join(ws, '.uploads')), 0);
+
+      const readOnly = createClient({ config: own, credentials: await s3.restrictedCredentials(iamPolicy(own, { access: 'read-only' })) });
+      randomFile(path.join(ws, 'images/rootfs-bash.ext4'), MiB);
+      await assert.rejects(uploadImage({ client: readOnly, config: own, workspace: ws }, 'bash', path.join(ws, 'images/rootfs-bash.ext4')), {
+        message: `Cannot upload s3://${own.bucket}/rootfs-bash.ext4: access denied (the credentials' policy must allow s3:PutObject).`,
+      });
+      assert.ok((await syncDown({ client: readOnly, config: own, workspace: mirrorWs })).ok, 'read-only is enough to sync');
+      readOnly.destroy();
+    } finally {
+      c.destroy();
+    }
+  });
+
+  it('says in one sentence what is wrong: no credentials, refused credentials, no bucket, wrong region, no server', async () => {
+    const check = async (cfg: S3Config, creds: TestCredentials | undefined, message: string, kind: string) => {
+      const c = createClient({ config: cfg, credentials: creds, maxAttempts: 1 });
+      try {
+        await assert.rejects(listBucket({ client: c, config: cfg }), (e: unknown) => {
+          assert.ok(e instanceof StoreError, String(e));
+          assert.equal(e.message, message);
+          assert.equal(e.userMessage, message);
+          assert.equal(e.kind, kind);
+          assert.ok(!e.message.includes('\n') && !/\bat \S+:\d+/.test(e.message), 'no stack trace in the message');
+          return true;
+        });
+      } finally {
+        c.destroy();
+      }
+    };
+    const saved = { ...process.env };
+    try {
+      // The SDK's chain: nothing in the environment, no profile files, no instance metadata.
+      for (const k of ['AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'AWS_PROFILE']) delete process.env[k];
+      Object.assign(process.env, { AWS_EC2_METADATA_DISABLED: 'true', AWS_SHARED_CREDENTIALS_FILE: '/nonexistent/credentials', AWS_CONFIG_FILE: '/nonexistent/config' });
+      await check(config, undefined, `Cannot list s3://${config.bucket}: no AWS credentials were found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or use an instance role).`, 'credentials');
+    } finally {
+      for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k];
+      Object.assign(process.env, saved);
+    }
+    await check(config, { accessKeyId: 'nobody', secretAccessKey: 'wrong-secret' }, `Cannot list s3://${config.bucket}: the AWS credentials were refused (InvalidAccessKeyId).`, 'bad-credentials');
+    await check({ ...config, bucket: 'no-such-bucket-here' }, credentials, 'Cannot list s3://no-such-bucket-here: bucket no-such-bucket-here does not exist in region us-east-1.', 'no-bucket');
+    await check({ ...config, region: 'eu-west-1' }, credentials, `Cannot list s3://${config.bucket}: the bucket is not in region eu-west-1 (it is in us-east-1); set s3.region or S3_REGION.`, 'wrong-region');
+    await check({ ...config, endpoint: 'http://127.0.0.1:9' }, credentials, `Cannot list s3://${config.bucket}: http://127.0.0.1:9 is unreachable (ECONNREFUSED).`, 'unreachable');
+    // A HEAD answers with a bare status; the reason is still found and said, with the key.
+    const wrongRegion = { ...config, region: 'eu-west-1' };
+    const c = createClient({ config: wrongRegion, credentials });
+    await assert.rejects(uploadImage({ client: c, config: wrongRegion, workspace: source }, 'bash', path.join(source, 'images/rootfs-bash.ext4')), {
+      message: `Cannot check s3://${config.bucket}/rootfs-bash.ext4: the bucket is not in region eu-west-1 (it is in us-east-1); set s3.region or S3_REGION.`,
     });
-    await assert.rejects(listBucket({ client: createClient({ config, credentials: { accessKeyId: 'nobody', secretAccessKey: 'wrong-secret' } }), config }), {
-      message: `the AWS credentials were refused for bucket ${config.bucket} (InvalidAccessKeyId)`,
-    });
-    const closed = { ...config, endpoint: 'http://127.0.0.1:9' };
-    await assert.rejects(listBucket({ client: createClient({ config: closed, credentials: s3.credentials }), config: closed }), {
-      message: `cannot reach the S3 endpoint http://127.0.0.1:9 for bucket ${config.bucket} (ECONNREFUSED)`,
-    });
+    c.destroy();
+  });
+
+  it('bucketSetup turns on versioning and reports a server without abort rules plainly', async () => {
+    const own = await s3.freshBucket();
+    const c = createClient({ config: own, credentials });
+    const done = await bucketSetup({ client: c, config: own }, { versioning: true, abortIncompleteDays: 7 });
+    assert.equal(done[0], `Versioning is on for bucket ${own.bucket}: overwritten images keep their earlier versions.`);
+    // MinIO has no AbortIncompleteMultipartUpload rule (it expires stale uploads itself).
+    assert.match(done[1]!, new RegExp(`^The server of bucket ${own.bucket} does not support a lifecycle rule that aborts incomplete uploads \\(InvalidArgument\\)`));
+    assert.equal((await c.send(new GetBucketVersioningCommand({ Bucket: own.bucket }))).Status, 'Enabled');
+    assert.deepEqual(await bucketSetup({ client: c, config: own }, {}), []);
+    // Versioned or not, an upload and its manifest go through.
+    const ws = workspace('versioned');
+    randomFile(path.join(ws, 'images/rootfs-bash.ext4'), MiB);
+    await uploadAll({ client: c, config: own, workspace: ws });
+    const res = await c.send(new GetObjectCommand({ Bucket: own.bucket, Key: 'rootfs-bash.ext4.manifest.json' }));
+    assert.equal(Manifest.parse(JSON.parse(await res.Body!.transformToString())).sha256, sha256File(path.join(ws, 'images/rootfs-bash.ext4')));
+    c.destroy();
   });
 });

@@ -6,20 +6,69 @@ import { requireTool } from '../../src/setup/tools';
 import { freePort, startServer, tempDir, waitUntilReady, type ServerProcess } from './process';
 
 /**
- * A real MinIO on free loopback ports with its data in a temp dir and credentials generated for
- * this run. It can be stopped and started again on the same port and data, to test what a
- * transfer does when the server goes away.
+ * A real MinIO on free loopback ports, its data in a temp dir, with root credentials generated
+ * for this run (given to MinIO through its environment, never printed). It can be stopped and
+ * started again on the same port and data, to test what a transfer does when the server dies.
  */
+export interface TestCredentials {
+  accessKeyId: string;
+  secretAccessKey: string;
+  sessionToken?: string;
+}
+
 export interface TestS3 {
   endpoint: string;
-  credentials: { accessKeyId: string; secretAccessKey: string };
-  /** Environment that lets the AWS SDK (or a child process) reach this server. */
+  /** Credentials that may use every bucket of the server (its root user's). */
+  credentials: TestCredentials;
+  /** The environment through which the AWS SDK (or curl, or a child process) finds `credentials`. */
   env: Record<string, string>;
+  /** The same for other credentials, e.g. from `restrictedCredentials`. */
+  envFor(credentials: TestCredentials): Record<string, string>;
+  /** A new, empty bucket and the config that points at it; use it with `credentials`. */
+  freshBucket(): Promise<S3Config>;
+  /** A client for `config` (by default the server's root credentials). */
+  client(config?: S3Config, credentials?: TestCredentials): S3Client;
+  /** A client for `config` whose every request (retries included) is counted. */
+  countingClient(config: S3Config, credentials?: TestCredentials, maxAttempts?: number): { client: S3Client; requests: () => number };
+  /** Temporary credentials limited to `policy` (STS AssumeRole with a session policy). */
+  restrictedCredentials(policy: object): Promise<TestCredentials>;
   stop(): Promise<void>;
   start(): Promise<void>;
-  /** A new, empty bucket and the config that points at it. */
-  freshBucket(): Promise<S3Config>;
-  client(): S3Client;
+  running(): boolean;
+}
+
+const REGION = 'us-east-1';
+
+const hmac = (key: crypto.BinaryLike, data: string) => crypto.createHmac('sha256', key).update(data).digest();
+const sha256Hex = (data: string) => crypto.createHash('sha256').update(data).digest('hex');
+
+/** A SigV4-signed form POST (what STS takes); small enough to write out rather than depend on a signer package. */
+async function signedFormPost(endpoint: string, service: string, creds: TestCredentials, form: Record<string, string>): Promise<string> {
+  const url = new URL(endpoint);
+  const body = new URLSearchParams(form).toString();
+  const amzDate = new Date().toISOString().replace(/[-:]|\.\d{3}/g, '');
+  const day = amzDate.slice(0, 8);
+  const headers: Record<string, string> = {
+    'content-type': 'application/x-www-form-urlencoded; charset=utf-8',
+    host: url.host,
+    'x-amz-content-sha256': sha256Hex(body),
+    'x-amz-date': amzDate,
+  };
+  const names = Object.keys(headers).sort();
+  const canonical = ['POST', '/', '', ...names.map((n) => `${n}:${headers[n]}`), '', names.join(';'), headers['x-amz-content-sha256']].join('\n');
+  const scope = `${day}/${REGION}/${service}/aws4_request`;
+  const toSign = ['AWS4-HMAC-SHA256', amzDate, scope, sha256Hex(canonical)].join('\n');
+  const key = hmac(hmac(hmac(hmac(`AWS4${creds.secretAccessKey}`, day), REGION), service), 'aws4_request');
+  const signature = crypto.createHmac('sha256', key).update(toSign).digest('hex');
+  const { host: _host, ...sent } = headers;
+  const res = await fetch(`${url.origin}/`, {
+    method: 'POST',
+    headers: { ...sent, authorization: `AWS4-HMAC-SHA256 Credential=${creds.accessKeyId}/${scope}, SignedHeaders=${names.join(';')}, Signature=${signature}` },
+    body,
+  });
+  const text = await res.text();
+  if (!res.ok) throw new Error(`${service} request failed: ${res.status} ${text.slice(0, 300)}`);
+  return text;
 }
 
 async function startS3(): Promise<TestS3> {
@@ -28,36 +77,81 @@ async function startS3(): Promise<TestS3> {
   const port = await freePort();
   const consolePort = await freePort();
   const endpoint = `http://127.0.0.1:${port}`;
-  const credentials = { accessKeyId: `test${crypto.randomBytes(6).toString('hex')}`, secretAccessKey: crypto.randomBytes(18).toString('hex') };
-  const env = {
-    AWS_ACCESS_KEY_ID: credentials.accessKeyId,
-    AWS_SECRET_ACCESS_KEY: credentials.secretAccessKey,
-    AWS_REGION: 'us-east-1',
-  };
+  const credentials = { accessKeyId: `root${crypto.randomBytes(6).toString('hex')}`, secretAccessKey: crypto.randomBytes(24).toString('base64url') };
   let server: ServerProcess | undefined;
+
+  const running = () => !!server && server.child.exitCode === null && server.child.signalCode === null;
   const start = async () => {
-    server = startServer(minio, ['server', path.join(dir, 'data'), '--address', `127.0.0.1:${port}`, '--console-address', `127.0.0.1:${consolePort}`, '--quiet'], {
-      env: { ...process.env, MINIO_ROOT_USER: credentials.accessKeyId, MINIO_ROOT_PASSWORD: credentials.secretAccessKey, MINIO_BROWSER: 'off' },
-      logFile: path.join(dir, 'minio.log'),
-    });
+    if (running()) return;
+    server = startServer(
+      minio,
+      ['server', path.join(dir, 'data'), '--address', `127.0.0.1:${port}`, '--console-address', `127.0.0.1:${consolePort}`, '--quiet'],
+      {
+        env: {
+          ...process.env,
+          MINIO_ROOT_USER: credentials.accessKeyId,
+          MINIO_ROOT_PASSWORD: credentials.secretAccessKey,
+          // A region of its own, so that a client signing for another one is refused as on AWS.
+          MINIO_SITE_REGION: REGION,
+          MINIO_BROWSER: 'off',
+          MINIO_UPDATE: 'off',
+        },
+        logFile: path.join(dir, 'minio.log'),
+      },
+    );
     await waitUntilReady(server, 'minio', async () => (await fetch(`${endpoint}/minio/health/ready`)).ok);
   };
   await start();
-  const client = () => new S3Client({ endpoint, region: 'us-east-1', forcePathStyle: true, credentials });
+
+  const clientFor = (config: S3Config, creds: TestCredentials = credentials, maxAttempts = 3) =>
+    new S3Client({ endpoint: config.endpoint ?? endpoint, region: config.region, forcePathStyle: true, credentials: creds, maxAttempts });
+  const envFor = (creds: TestCredentials) => ({
+    AWS_ACCESS_KEY_ID: creds.accessKeyId,
+    AWS_SECRET_ACCESS_KEY: creds.secretAccessKey,
+    ...(creds.sessionToken ? { AWS_SESSION_TOKEN: creds.sessionToken } : {}),
+    AWS_REGION: REGION,
+  });
+
   return {
     endpoint,
     credentials,
-    env,
-    start,
-    stop: async () => server?.stop(),
-    client,
+    env: envFor(credentials),
+    envFor,
     async freshBucket() {
       const bucket = `test-${crypto.randomBytes(5).toString('hex')}`;
-      const c = client();
+      const config: S3Config = { bucket, region: REGION, endpoint, forcePathStyle: true };
+      const c = clientFor(config);
       await c.send(new CreateBucketCommand({ Bucket: bucket }));
       c.destroy();
-      return { bucket, region: 'us-east-1', endpoint, forcePathStyle: true };
+      return config;
     },
+    client: (config = { bucket: 'unused', region: REGION, endpoint, forcePathStyle: true }, creds = credentials) => clientFor(config, creds),
+    countingClient(config, creds = credentials, maxAttempts = 3) {
+      let n = 0;
+      const client = clientFor(config, creds, maxAttempts);
+      // The finalize step runs once per attempt, so retries count too.
+      client.middlewareStack.add(
+        (next) => async (args) => {
+          n++;
+          return next(args);
+        },
+        { step: 'finalizeRequest', name: 'countRequests' },
+      );
+      return { client, requests: () => n };
+    },
+    async restrictedCredentials(policy) {
+      const xml = await signedFormPost(endpoint, 'sts', credentials, {
+        Action: 'AssumeRole',
+        Version: '2011-06-15',
+        DurationSeconds: '3600',
+        Policy: JSON.stringify(policy),
+      });
+      const field = (name: string) => new RegExp(`<${name}>([^<]+)</${name}>`).exec(xml)?.[1] ?? '';
+      return { accessKeyId: field('AccessKeyId'), secretAccessKey: field('SecretAccessKey'), sessionToken: field('SessionToken') };
+    },
+    start,
+    stop: async () => server?.stop(),
+    running,
   };
 }
 

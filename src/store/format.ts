@@ -1,0 +1,83 @@
+import type { SyncReport } from './download';
+import type { Listing } from './list';
+import type { UploadResult } from './upload';
+
+/**
+ * Text for people, from the structured results. Sizes and the listing follow
+ * `aws s3 ls --human-readable --summarize`, so the output reads the same as before.
+ */
+
+const UNITS = ['KiB', 'MiB', 'GiB', 'TiB', 'PiB', 'EiB'];
+
+/** `1 Byte`, `512 Bytes`, `1.0 KiB`, `512.0 MiB`: the AWS CLI's rule, rounding included. */
+export function humanSize(bytes: number): string {
+  if (bytes === 1) return '1 Byte';
+  if (bytes < 1024) return `${Math.floor(bytes)} Bytes`;
+  let i = 0;
+  // The next unit as soon as this one would round to 1024 (so 1048575 bytes is `1.0 MiB`).
+  while (Math.round(bytes / 1024 ** (i + 1)) >= 1024 && i < UNITS.length - 1) i++;
+  return `${(bytes / 1024 ** (i + 1)).toFixed(1)} ${UNITS[i]}`;
+}
+
+const pad2 = (n: number) => String(n).padStart(2, '0');
+
+/** `2024-05-01 12:00:00`, in local time like the AWS CLI, or UTC. */
+export function formatTimestamp(d: Date, utc = false): string {
+  const [y, mo, da, h, mi, s] = utc
+    ? [d.getUTCFullYear(), d.getUTCMonth() + 1, d.getUTCDate(), d.getUTCHours(), d.getUTCMinutes(), d.getUTCSeconds()]
+    : [d.getFullYear(), d.getMonth() + 1, d.getDate(), d.getHours(), d.getMinutes(), d.getSeconds()];
+  return `${y}-${pad2(mo)}-${pad2(da)} ${pad2(h)}:${pad2(mi)}:${pad2(s)}`;
+}
+
+export function formatSeconds(seconds: number): string {
+  return seconds < 10 ? `${seconds.toFixed(1)}s` : `${Math.round(seconds)}s`;
+}
+
+/**
+ * One line per object, then the totals; under an image with a manifest, its language and the
+ * versions verified at build:
+ *
+ *     2024-05-01 12:00:00  512.0 MiB rootfs-python.ext4
+ *                                    python: Python 3.10.12
+ *
+ *     Total Objects: 2
+ *        Total Size: 512.0 MiB
+ */
+export function formatListing(listing: Listing, opts: { utc?: boolean } = {}): string {
+  const lines: string[] = [];
+  for (const o of listing.objects) {
+    lines.push(`${formatTimestamp(new Date(o.lastModified), opts.utc)} ${humanSize(o.sizeBytes).padStart(10)} ${o.key}`);
+    const m = o.manifest;
+    if (m?.language) lines.push(`${' '.repeat(31)}${m.language}: ${m.versions.length ? m.versions.join('; ') : 'no versions recorded'}`);
+  }
+  lines.push('', `Total Objects: ${listing.totalObjects}`, `   Total Size: ${humanSize(listing.totalBytes)}`);
+  return lines.join('\n') + '\n';
+}
+
+export function formatUploads(results: UploadResult[]): string {
+  const width = Math.max(0, ...results.map((r) => r.key.length));
+  const lines = results.map((r) => {
+    const head = `${r.status.padEnd(9)} ${r.key.padEnd(width)} ${humanSize(r.sizeBytes).padStart(10)}`;
+    if (r.status === 'unchanged') return head;
+    const parts = r.partsReused ? `, resumed: ${r.partsSent} part(s) sent, ${r.partsReused} already stored` : '';
+    return `${head}  ${formatSeconds(r.seconds)}${parts}`;
+  });
+  const sent = results.reduce((n, r) => n + r.bytesSent, 0);
+  const uploaded = results.filter((r) => r.status === 'uploaded').length;
+  lines.push(`${uploaded} uploaded, ${results.length - uploaded} unchanged, ${humanSize(sent)} sent`);
+  return lines.join('\n') + '\n';
+}
+
+export function formatSync(report: SyncReport): string {
+  const width = Math.max(0, ...report.files.map((f) => f.key.length));
+  const lines = report.files.map((f) =>
+    f.status === 'failed'
+      ? `FAILED    ${f.key.padEnd(width)} ${f.error ?? ''}`
+      : `${f.status.padEnd(9)} ${f.key.padEnd(width)} ${humanSize(f.sizeBytes).padStart(10)}${f.status === 'downloaded' ? `  ${formatSeconds(f.seconds)}` : ''}`,
+  );
+  const count = (s: string) => report.files.filter((f) => f.status === s).length;
+  lines.push(`${count('downloaded')} downloaded (${humanSize(report.bytesTransferred)}), ${count('unchanged')} unchanged, ${count('failed')} failed`);
+  if (report.link) lines.push(`${report.link} -> ${report.linkTarget}`);
+  if (report.linkProblem) lines.push(report.linkProblem);
+  return lines.join('\n') + '\n';
+}
