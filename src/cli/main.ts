@@ -125,6 +125,11 @@ function program(setExit: (code: number) => void): Command {
   s3.command('download').description('sync the bucket into the workspace (only what differs), link rootfs.ext4 to python')
     .addHelpText('after', '\nExample:\n  rootfs s3 download')
     .action(async () => setExit(await s3Commands.download(await runtime(true))));
+  s3.command('bootstrap-script').description('print the script a new build host runs at first boot to sync kernel and images')
+    .option('--fallback-url <url>', 'where to fetch from when the bucket has no images (serves SHA256SUMS too)')
+    .addHelpText('after', '\nExample:\n  rootfs s3 bootstrap-script --fallback-url https://images.example.internal/rootfs > user-data.sh')
+    .action(async (opts: { fallbackUrl?: string }) =>
+      setExit(await s3Commands.bootstrapScript({ loaded: loadConfig({ file: cli.opts().config }) } as CliRuntime, opts.fallbackUrl)));
   s3.command('iam-policy').description('print the least-privilege IAM policy for the bucket').option('--with-bucket-setup', 'include what bucket-setup needs')
     .addHelpText('after', '\nExample:\n  rootfs s3 iam-policy > policy.json')
     .action(async (opts: { withBucketSetup?: boolean }) => setExit(await s3Commands.iamPolicy({ loaded: loadConfig({ file: cli.opts().config }) } as CliRuntime, !!opts.withBucketSetup)));

@@ -2,8 +2,10 @@ import {
   abortIncompleteUploads,
   bucketSetup,
   createClient,
+  bootstrapScript,
   formatListing,
-  humanSize,
+  formatSync,
+  formatUploads,
   iamPolicy,
   listBucket,
   syncDown,
@@ -41,28 +43,28 @@ export const s3Commands = {
     withStore(rt, async (ctx) => {
       const results = await uploadAll(ctx);
       if (!results.length) console.error(`nothing to upload in ${ctx.workspace} (vmlinux, images/rootfs-*.ext4)`);
-      const sent = results.reduce((n, r) => n + r.bytesSent, 0);
-      console.error(`${results.filter((r) => r.status === 'uploaded').length} uploaded, ${results.filter((r) => r.status === 'unchanged').length} unchanged, ${humanSize(sent)} sent`);
+      else process.stderr.write(formatUploads(results));
       return 0;
     }),
 
   uploadSingle: (rt: CliRuntime, language: string) =>
     withStore(rt, async (ctx) => {
-      await uploadSingle(ctx, language, Object.keys(rt.loaded.config.languages));
+      process.stderr.write(formatUploads([await uploadSingle(ctx, language, Object.keys(rt.loaded.config.languages))]));
       return 0;
     }),
 
   download: (rt: CliRuntime) =>
     withStore(rt, async (ctx) => {
       const report = await syncDown(ctx);
-      const failed = report.files.filter((f) => f.status === 'failed');
-      for (const f of failed) console.error(`error: ${f.error}`);
-      console.error(
-        `${report.files.filter((f) => f.status === 'downloaded').length} downloaded, ${report.files.filter((f) => f.status === 'unchanged').length} unchanged, ` +
-          `${failed.length} failed, ${humanSize(report.bytesTransferred)} transferred${report.link ? `; ${report.link} -> rootfs-python.ext4` : ''}`,
-      );
-      return failed.length ? 1 : 0;
+      process.stderr.write(formatSync(report));
+      return report.ok ? 0 : 1;
     }),
+
+  bootstrapScript: (rt: CliRuntime, fallbackUrl?: string) => {
+    const { config } = rt.loaded;
+    process.stdout.write(bootstrapScript({ s3: config.s3, workspace: config.workspace, languages: config.languages }, { fallbackUrl }));
+    return Promise.resolve(0);
+  },
 
   iamPolicy: (rt: CliRuntime, withSetup: boolean) => {
     console.log(JSON.stringify(iamPolicy(rt.loaded.config.s3.bucket, { includeBucketSetup: withSetup }), null, 2));
