@@ -38,7 +38,9 @@ export async function follow(handle: WorkflowHandle, out: (line: string) => void
   let done = false;
   const result = handle.result().finally(() => (done = true));
   result.catch(() => undefined);
-  while (!done && !signal?.aborted) {
+  while (!signal?.aborted) {
+    // One more poll after the workflow closed, so the last steps' changes are printed too.
+    const finished = done;
     try {
       const all: LanguageProgress[] = await handle.query(progressQuery);
       for (const p of all) {
@@ -55,6 +57,7 @@ export async function follow(handle: WorkflowHandle, out: (line: string) => void
     } catch {
       // a query can fail while no worker runs; the next poll tries again
     }
+    if (finished) break;
     await new Promise((r) => setTimeout(r, 1000));
   }
 }
@@ -145,6 +148,20 @@ export async function statusCommand(rt: CliRuntime, workflowId: string | undefin
     if (opts.follow) {
       await follow(client.workflow.getHandle(workflowId), (l) => console.log(l));
       return 0;
+    }
+    const handle = client.workflow.getHandle(workflowId);
+    const described = await handle.describe().catch((err) => {
+      if (err instanceof WorkflowNotFoundError) throw new Error(`no build with workflow ID ${workflowId}`);
+      throw err;
+    });
+    if (described.status.name !== 'RUNNING') {
+      // A closed build answers from its result: a query would need a worker to replay it.
+      const summary = await handle.result().catch((err: Error & { cause?: { details?: unknown[] } }) => {
+        console.error(`build ${workflowId} ${described.status.name.toLowerCase()}: ${err.cause ? (err.cause as Error).message : err.message}`);
+        return err.cause?.details?.[0] as CreateAllSummary | undefined;
+      });
+      if (summary) console.log(opts.json ? JSON.stringify(summary, null, 2) : summaryTable(summary));
+      return described.status.name === 'COMPLETED' ? 0 : 1;
     }
     const all = await progressOf(client, workflowId);
     console.log(opts.json ? JSON.stringify(all, null, 2) : progressTable(all));

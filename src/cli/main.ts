@@ -2,6 +2,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { ConfigError, loadConfig } from '../config';
 import { checkLanguage, StoreError } from '../store';
 import { createCommand, resumeCommand, statusCommand, workerCommand } from './build';
@@ -193,5 +194,7 @@ function quietSdkNodeWarning(): void {
 
 if (require.main === module) {
   quietSdkNodeWarning();
+  // The worker's own state changes are not news to a person at a terminal.
+  Runtime.install({ logger: new DefaultLogger('WARN') });
   void main(process.argv).then((code) => process.exit(code));
 }
