@@ -1,6 +1,7 @@
 import * as crypto from 'node:crypto';
 import * as path from 'node:path';
 import { KEY_PATTERN } from './keys';
+import { check } from '../host';
 import type { StepRunner } from './context';
 
 /**
@@ -90,10 +91,13 @@ export class ArtifactStore {
     }
   }
 
-  /** rm that never crosses into a mount a crashed chroot left behind. */
+  /**
+   * rm that never crosses into a mount a crashed chroot left behind. It runs without the
+   * step's abort signal: cleaning up after a cancelled step must still happen.
+   */
   async removeTree(dir: string): Promise<void> {
     if (!dir.startsWith(`${this.root}/`)) throw new Error(`refusing to remove ${dir}: outside ${this.root}`);
-    await this.runner.run(['rm', '-rf', '--one-file-system', dir]);
+    await check(this.runner.host, ['rm', '-rf', '--one-file-system', dir]);
   }
 
   private async removeLeftovers(key: string): Promise<void> {

@@ -1,6 +1,7 @@
 import { strict as assert } from 'node:assert';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { ORCHESTRATOR_TASK_QUEUE } from '../../worker';
 import { createRootfs } from '../../workflows';
 import { progressQuery } from '../../workflows/messages';
@@ -27,10 +28,11 @@ function processesUnder(dir: string): string[] {
 
 describe('worker crash @real', function () {
   this.timeout(30 * 60 * 1000);
+  let env: Awaited<ReturnType<typeof createBuildEnv>>;
 
   it('a worker killed during the runtime step is replaced and the build finishes without repeating earlier steps', async () => {
     const { client } = (await testTemporal()).env;
-    const env = await createBuildEnv('crash', { languages: { bash: null, nodejs: null, go: null, rust: null } });
+    env = await createBuildEnv('crash', { languages: { bash: null, nodejs: null, go: null, rust: null } });
     const first = await env.spawnWorker();
     const runTag = `crash-${crypto.randomBytes(3).toString('hex')}`;
     const handle = await client.workflow.start(createRootfs, {
@@ -67,5 +69,40 @@ describe('worker crash @real', function () {
     assert.deepEqual(await activityRuns(handle, 'base'), [1]);
     // One runtime activity: its first attempt died with the worker (heartbeat timeout), the next finished.
     assert.deepEqual(await activityRuns(handle, 'runtime'), [2]);
+  });
+
+  it('cancelling a build stops the running step at once: its processes are killed and nothing half-built is kept', async () => {
+    const { client } = (await testTemporal()).env;
+    // A language whose runtime step has not been built yet (the base is reused from the test above).
+    env.writeConfig({ languages: { bash: null, nodejs: null, go: null, rust: null, tools: { runtime: [{ kind: 'apt', packages: ['python3-pip', 'git'] }], verify: [{ argv: ['git', '--version'], expect: '^git version' }] } } });
+    const runTag = `cancel-${crypto.randomBytes(3).toString('hex')}`;
+    const handle = await client.workflow.start(createRootfs, {
+      taskQueue: ORCHESTRATOR_TASK_QUEUE,
+      workflowId: childWorkflowId(runTag, 'tools'),
+      args: [{ language: 'tools', runTag, options: { ...env.options, heartbeatTimeoutMs: 10_000 } }],
+    });
+    await waitFor(
+      'the runtime step to run',
+      async () => {
+        const [p]: LanguageProgress[] = await handle.query(progressQuery);
+        return p?.steps.find((s) => s.name === 'runtime')?.state === 'running' ? true : undefined;
+      },
+      10 * 60 * 1000,
+    );
+    await new Promise((r) => setTimeout(r, 3000));
+    const t0 = Date.now();
+    await handle.cancel();
+    await assert.rejects(handle.result(), /cancel/i);
+    let left = processesUnder(env.workspace);
+    for (let i = 0; i < 150 && left.length; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      left = processesUnder(env.workspace);
+    }
+    assert.deepEqual(left, [], 'the step was stopped');
+    assert.ok(Date.now() - t0 < 30_000, `stopped in ${(Date.now() - t0) / 1000} s`);
+    const tmp = path.join(env.workspace, 'artifacts', '.tmp');
+    for (let i = 0; i < 50 && fs.readdirSync(tmp).length; i++) await new Promise((r) => setTimeout(r, 100));
+    assert.deepEqual(fs.readdirSync(tmp), [], 'no half-built artifact is left');
+    assert.deepEqual(fs.readdirSync(path.join(env.workspace, 'artifacts')).filter((n) => n.startsWith('runtime-')).length, 1, 'only the python runtime was published');
   });
 });
