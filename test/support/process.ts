@@ -26,6 +26,13 @@ export async function runCleanups(): Promise<void> {
   }
 }
 
+// Interrupted (Ctrl-C, CI's timeout): stop the servers properly before going.
+for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(sig, () => {
+    void runCleanups().finally(() => process.exit(130));
+  });
+}
+
 process.on('exit', () => {
   for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
 });
