@@ -3,9 +3,10 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { ConfigError, loadConfig } from '../../src/config';
+import { tempDir } from '../support/process';
 
 function withFile(text: string): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rootfs-config-'));
+  const dir = tempDir('config');
   const file = path.join(dir, 'rootfs.yaml');
   fs.writeFileSync(file, text);
   return file;
