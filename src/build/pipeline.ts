@@ -339,7 +339,7 @@ export class Pipeline {
 }
 
 /** `env -i` arguments for version checks: the unit's environment with a PATH that finds the runtime. */
-function verifyEnvironment(spec: LanguageSpec): string[] {
+export function verifyEnvironment(spec: LanguageSpec): string[] {
   const system = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
   const env: Record<string, string> = { HOME: '/root', LC_ALL: 'C', ...spec.environment };
   env.PATH = spec.environment.PATH ?? [...spec.path, system].join(':');

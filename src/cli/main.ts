@@ -5,6 +5,8 @@ import { Command, CommanderError, InvalidArgumentError, Option } from 'commander
 import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { ConfigError, loadConfig } from '../config';
 import { checkLanguage, StoreError } from '../store';
+import { formatImageReport, verifyImage } from '../build/verify-image';
+import { LocalHost } from '../host';
 import { createCommand, resumeCommand, statusCommand, workerCommand } from './build';
 import { devStack, resolveRuntime, type CliRuntime } from './runtime';
 import { s3Commands } from './s3';
@@ -97,6 +99,25 @@ function program(setExit: (code: number) => void): Command {
     .argument('<workflowId>')
     .addHelpText('after', '\nExample:\n  rootfs abort build-20261123/rust')
     .action(async (id: string) => setExit(await resumeCommand(await runtime(false), id, { abort: true })));
+
+  cli
+    .command('verify')
+    .description('check a built image without booting it: version lines and size/used/available/use%')
+    .argument('<language>')
+    .option('--json', 'print as JSON')
+    .addHelpText('after', '\nExample:\n  rootfs verify python')
+    .action(async (lang: string, opts: { json?: boolean }) => {
+      const { config } = loadConfig({ file: cli.opts().config });
+      let language: string;
+      try {
+        language = checkLanguage(lang, Object.keys(config.languages));
+      } catch (err) {
+        throw new UsageError((err as Error).message);
+      }
+      const report = await verifyImage(new LocalHost(), path.join(config.workspace, 'images', `rootfs-${language}.ext4`), config.languages[language]!);
+      process.stdout.write(opts.json ? JSON.stringify(report, null, 2) + '\n' : formatImageReport(report));
+      setExit(report.ok ? EXIT.ok : EXIT.failed);
+    });
 
   cli
     .command('worker')

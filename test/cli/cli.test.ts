@@ -38,7 +38,7 @@ describe('rootfs CLI', function () {
   });
 
   it('prints help with an example for every command', async () => {
-    for (const cmd of [['create-all'], ['status'], ['resume'], ['s3', 'list'], ['s3', 'download'], ['s3', 'bootstrap-script']]) {
+    for (const cmd of [['create-all'], ['status'], ['verify'], ['resume'], ['s3', 'list'], ['s3', 'download'], ['s3', 'bootstrap-script']]) {
       const help = await rootfs([...cmd, '--help']);
       assert.equal(help.code, 0, cmd.join(' '));
       assert.match(help.stdout, /Example:\n {2}rootfs /, cmd.join(' '));
@@ -72,6 +72,12 @@ describe('rootfs CLI', function () {
     const status = await rootfs(['--config', config, 'status', 'cli-test/all']);
     assert.equal(status.code, 0, status.stderr);
     assert.match(status.stdout, /^bash +rootfs-bash\.ext4 .* 6 ran, 0 reused$/m);
+
+    const verify = await rootfs(['--config', config, 'verify', 'bash']);
+    assert.equal(verify.code, 0, verify.stderr);
+    assert.match(verify.stdout, /^ok {3}GNU bash, version 5\.1\.\d+/m);
+    assert.match(verify.stdout, /^Filesystem +Size +Used +Avail Use%\nrootfs-bash\.ext4 +[\d.]+[MG] +[\d.]+[MG] +[\d.]+[MG] +\d+%$/m);
+    assert.equal(fs.readFileSync('/proc/self/mountinfo', 'utf8').includes('rootfs-verify-'), false, 'verify leaves no mount');
 
     const list = await rootfs(['--config', config, 's3', 'list'], s3.env);
     assert.match(list.stdout, /rootfs-bash\.ext4\n +bash: GNU bash, version 5\.1/);
