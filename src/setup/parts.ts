@@ -33,6 +33,7 @@ export const APT_PACKAGES = [
   'file',
   'gnupg', // the tests' signed apt repository fixture
   'dpkg-dev',
+  'chromium', // the Temporal Web UI browser test (driven by playwright-core)
 ];
 
 async function dpkgInstalled(pkg: string): Promise<boolean> {
