@@ -1,3 +1,4 @@
+import * as path from 'node:path';
 import { WorkflowNotFoundError, type Client, type WorkflowHandle } from '@temporalio/client';
 import { hostTaskQueue, ORCHESTRATOR_TASK_QUEUE, runWorkers } from '../../worker';
 import { createAllRootfs } from '../../workflows';
@@ -5,7 +6,9 @@ import { abortUpdate, progressQuery, retryStepUpdate } from '../../workflows/mes
 import { parentWorkflowId, STEP_TITLES, type CreateAllSummary, type LanguageProgress } from '../../workflows/types';
 import { Name } from '../config';
 import { humanSize } from '../store';
+import { ensureBackgroundWorker, waitForPoller } from './background-worker';
 import { temporalClient, workerConnection, workflowUrl, type CliRuntime } from './runtime';
+import { lineReporter, liveReporter, watch } from './watch';
 
 /** A run tag per UTC day by default: starting the same build twice attaches to the first. */
 export function defaultRunTag(now = new Date()): string {
@@ -32,33 +35,15 @@ export function summaryTable(summary: CreateAllSummary): string {
   return lines.join('\n');
 }
 
-/** Prints one line whenever a step changes state, until the workflow closes. */
-export async function follow(handle: WorkflowHandle, out: (line: string) => void, signal?: AbortSignal): Promise<void> {
-  const seen = new Map<string, string>();
-  let done = false;
-  const result = handle.result().finally(() => (done = true));
-  result.catch(() => undefined);
-  while (!signal?.aborted) {
-    // One more poll after the workflow closed, so the last steps' changes are printed too.
-    const finished = done;
-    try {
-      const all: LanguageProgress[] = await handle.query(progressQuery);
-      for (const p of all) {
-        for (const s of p.steps) {
-          const id = `${p.language}/${s.name}`;
-          const text = `${s.state}${s.state === 'awaiting-retry' && s.error ? `: ${s.error.split('\n')[0]}` : ''}`;
-          if (s.state !== 'pending' && seen.get(id) !== text) {
-            seen.set(id, text);
-            const took = s.durationMs !== undefined && (s.state === 'done' || s.state === 'reused') ? ` (${(s.durationMs / 1000).toFixed(1)} s)` : '';
-            out(`${p.language.padEnd(8)} ${STEP_TITLES[s.name].padEnd(24)} ${text}${took}`);
-          }
-        }
-      }
-    } catch {
-      // a query can fail while no worker runs; the next poll tries again
-    }
-    if (finished) break;
-    await new Promise((r) => setTimeout(r, 1000));
+/** Follows a build until it closes or `signal` aborts: a live block on a terminal, step lines otherwise. */
+export async function follow(handle: WorkflowHandle, stream: NodeJS.WriteStream, signal?: AbortSignal): Promise<void> {
+  const hint = `fix the cause, then: rootfs resume ${handle.workflowId}   (or give up: rootfs abort ${handle.workflowId})`;
+  if (!stream.isTTY) return watch(handle, lineReporter((l) => stream.write(`${l}\n`), hint), signal);
+  const live = liveReporter(handle, stream, hint);
+  try {
+    await watch(handle, (all) => live.update(all), signal);
+  } finally {
+    live.finish();
   }
 }
 
@@ -72,6 +57,27 @@ export interface CreateOptions {
   json: boolean;
 }
 
+/**
+ * Makes sure a worker serves this build host: the background worker for this config (started or
+ * found running), or with `--no-worker` a check that some other worker polls the host's queue.
+ */
+async function ensureWorker(rt: CliRuntime, client: Client, start: boolean): Promise<void> {
+  const { alias } = rt.loaded.config.buildHost;
+  const queue = hostTaskQueue(alias);
+  if (!start) {
+    if (!(await waitForPoller(client, rt.namespace, queue, undefined, 5000))) {
+      console.error(`no worker serves build host ${alias} yet (task queue ${queue}); the build waits until one runs: rootfs worker`);
+    }
+    return;
+  }
+  const worker = ensureBackgroundWorker({ configFile: rt.configFile, address: rt.address, namespace: rt.namespace, alias });
+  if (worker.replaced) console.error(`worker: the one from older code (pid ${worker.replaced}) finishes its running steps and stops`);
+  if (worker.started) console.error(`worker: started in the background for build host ${alias} (pid ${worker.pid}, log ${path.relative(process.cwd(), worker.log) || worker.log})`);
+  if (!(await waitForPoller(client, rt.namespace, queue, worker))) {
+    console.error(`worker: not polling yet after 90 s; see ${worker.log}`);
+  }
+}
+
 export async function createCommand(rt: CliRuntime, opts: CreateOptions): Promise<number> {
   const { config } = rt.loaded;
   for (const l of opts.languages ?? []) {
@@ -80,14 +86,8 @@ export async function createCommand(rt: CliRuntime, opts: CreateOptions): Promis
   }
   const runTag = Name.parse(opts.runTag ?? defaultRunTag());
   const { client, close } = await temporalClient(rt);
-  const controller = new AbortController();
-  let workers: Promise<void> | undefined;
-  if (opts.worker) {
-    const connection = await workerConnection(rt);
-    workers = runWorkers({ connection, namespace: rt.namespace, configOptions: { file: rt.configFile } }, controller.signal).finally(() => connection.close());
-    workers.catch((err: Error) => console.error(`worker stopped: ${err.message}`));
-  }
   try {
+    await ensureWorker(rt, client, opts.worker);
     const workflowId = parentWorkflowId(runTag);
     const handle = await client.workflow.start(createAllRootfs, {
       taskQueue: ORCHESTRATOR_TASK_QUEUE,
@@ -101,13 +101,19 @@ export async function createCommand(rt: CliRuntime, opts: CreateOptions): Promis
       console.error(`detached; follow it with: rootfs status --follow ${workflowId}`);
       return 0;
     }
+    // Ctrl-C stops the watching only: the workflow and the background worker go on.
     const interrupted = new AbortController();
-    process.once('SIGINT', () => {
-      console.error(`\ndetached: the build goes on${opts.worker ? ' when a worker runs (rootfs worker)' : ''}; re-attach with: rootfs status --follow ${workflowId}`);
-      interrupted.abort();
-    });
-    await follow(handle, (l) => console.error(l), interrupted.signal);
-    if (interrupted.signal.aborted) return 130;
+    const onInterrupt = () => interrupted.abort();
+    process.once('SIGINT', onInterrupt);
+    try {
+      await follow(handle, process.stderr, interrupted.signal);
+    } finally {
+      process.removeListener('SIGINT', onInterrupt);
+    }
+    if (interrupted.signal.aborted) {
+      console.error(`\ndetached: the build goes on${opts.worker ? ' in the background worker' : ''}; re-attach with: rootfs status --follow ${workflowId}`);
+      return 130;
+    }
     try {
       const summary = await handle.result();
       if (opts.json) console.log(JSON.stringify(summary, null, 2));
@@ -118,8 +124,6 @@ export async function createCommand(rt: CliRuntime, opts: CreateOptions): Promis
       return 1;
     }
   } finally {
-    controller.abort();
-    await workers?.catch(() => undefined);
     await close();
   }
 }
@@ -145,15 +149,28 @@ export async function statusCommand(rt: CliRuntime, workflowId: string | undefin
       console.log(lines.length ? lines.join('\n') : 'no builds yet');
       return 0;
     }
-    if (opts.follow) {
-      await follow(client.workflow.getHandle(workflowId), (l) => console.log(l));
-      return 0;
-    }
     const handle = client.workflow.getHandle(workflowId);
-    const described = await handle.describe().catch((err) => {
-      if (err instanceof WorkflowNotFoundError) throw new Error(`no build with workflow ID ${workflowId}`);
-      throw err;
-    });
+    const describe = () =>
+      handle.describe().catch((err) => {
+        if (err instanceof WorkflowNotFoundError) throw new Error(`no build with workflow ID ${workflowId}`);
+        throw err;
+      });
+    let described = await describe();
+    if (opts.follow && described.status.name === 'RUNNING') {
+      const interrupted = new AbortController();
+      const onInterrupt = () => interrupted.abort();
+      process.once('SIGINT', onInterrupt);
+      try {
+        await follow(handle, process.stderr, interrupted.signal);
+      } finally {
+        process.removeListener('SIGINT', onInterrupt);
+      }
+      if (interrupted.signal.aborted) {
+        console.error(`\nstopped watching; the build goes on (rootfs status --follow ${workflowId})`);
+        return 130;
+      }
+      described = await describe();
+    }
     if (described.status.name !== 'RUNNING') {
       // A closed build answers from its result: a query would need a worker to replay it.
       const summary = await handle.result().catch((err: Error & { cause?: { details?: unknown[] } }) => {
@@ -172,9 +189,11 @@ export async function statusCommand(rt: CliRuntime, workflowId: string | undefin
 }
 
 /** Sends retryStep (or abort) to every build under `workflowId` that waits for the operator. */
-export async function resumeCommand(rt: CliRuntime, workflowId: string, opts: { step?: string; abort: boolean }): Promise<number> {
+export async function resumeCommand(rt: CliRuntime, workflowId: string, opts: { step?: string; abort: boolean; worker?: boolean }): Promise<number> {
   const { client, close } = await temporalClient(rt);
   try {
+    // The retried step needs a worker; the one that started the build may have stopped since.
+    if (!opts.abort) await ensureWorker(rt, client, opts.worker ?? true);
     const waiting = (await progressOf(client, workflowId)).filter((p) => p.state === 'awaiting-retry');
     if (!waiting.length) {
       console.error(`nothing under ${workflowId} is waiting for a retry`);
@@ -196,20 +215,21 @@ export async function resumeCommand(rt: CliRuntime, workflowId: string, opts: { 
   }
 }
 
-export async function workerCommand(rt: CliRuntime): Promise<number> {
+export async function workerCommand(rt: CliRuntime, graceMs: number): Promise<number> {
   const connection = await workerConnection(rt);
   const controller = new AbortController();
   for (const sig of ['SIGTERM', 'SIGINT'] as const) {
     process.once(sig, () => {
-      console.error(`worker: ${sig}: finishing running steps, then cancelling them…`);
+      console.error(`worker: ${sig}: running steps may finish for ${graceMs / 1000} s, then they are cancelled and resume on the next worker`);
       controller.abort();
     });
   }
-  console.error(`worker: build host ${rt.loaded.config.buildHost.alias}, Temporal ${rt.address} (${rt.namespace})`);
+  console.error(`worker: build host ${rt.loaded.config.buildHost.alias}, Temporal ${rt.address} (${rt.namespace}), pid ${process.pid}`);
   try {
-    await runWorkers({ connection, namespace: rt.namespace, configOptions: { file: rt.configFile } }, controller.signal);
+    await runWorkers({ connection, namespace: rt.namespace, configOptions: { file: rt.configFile }, shutdownGraceMs: graceMs }, controller.signal);
   } finally {
     await connection.close();
   }
+  console.error('worker: stopped');
   return 0;
 }

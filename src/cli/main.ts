@@ -8,6 +8,7 @@ import { checkLanguage, StoreError } from '../store';
 import { formatImageReport, verifyImage } from '../build/verify-image';
 import { LocalHost } from '../host';
 import { createCommand, resumeCommand, statusCommand, workerCommand } from './build';
+import { listBackgroundWorkers, stopBackgroundWorkers } from './background-worker';
 import { devStack, resolveRuntime, type CliRuntime } from './runtime';
 import { s3Commands } from './s3';
 import { projectRoot } from '../util/paths';
@@ -60,8 +61,8 @@ function program(setExit: (code: number) => void): Command {
       .option('--run-tag <tag>', 'names the run; starting the same tag again attaches to it (default: build-YYYYMMDD)')
       .option('--concurrency <n>', 'images built at once', positiveInt, 2)
       .option('--no-upload', 'build only, do not upload to S3')
-      .option('--no-worker', 'do not run a worker in this process (one runs elsewhere)')
-      .option('--detach', 'start and return at once')
+      .option('--no-worker', 'do not start the background worker for this build host (one runs elsewhere: rootfs worker)')
+      .option('--detach', 'start and return at once (Ctrl-C while watching detaches too)')
       .option('--json', 'print the summary as JSON')
       .addHelpText('after', `\nExample:\n  ${example}`)
       .action(async (...args: unknown[]) => {
@@ -90,8 +91,10 @@ function program(setExit: (code: number) => void): Command {
     .description('retry the failed step of every image of a build that waits for it')
     .argument('<workflowId>')
     .option('--step <step>', 'only if this is the step that failed')
+    .option('--no-worker', 'do not start the background worker for this build host')
     .addHelpText('after', '\nExample:\n  rootfs resume build-20261123/all')
-    .action(async (id: string, opts: { step?: string }) => setExit(await resumeCommand(await runtime(false), id, { step: opts.step, abort: false })));
+    .action(async (id: string, opts: { step?: string; worker: boolean }) =>
+      setExit(await resumeCommand(await runtime(opts.worker), id, { step: opts.step, abort: false, worker: opts.worker })));
 
   cli
     .command('abort')
@@ -121,9 +124,10 @@ function program(setExit: (code: number) => void): Command {
 
   cli
     .command('worker')
-    .description('run a worker for the configured build host until SIGTERM/SIGINT (graceful)')
-    .addHelpText('after', '\nExample:\n  rootfs worker --config builder-1.yaml')
-    .action(async () => setExit(await workerCommand(await runtime(true))));
+    .description('run a worker for the configured build host in the foreground until SIGTERM/SIGINT (graceful)')
+    .option('--grace <seconds>', 'on SIGTERM/SIGINT, how long running steps may finish before they are cancelled', positiveInt, 30)
+    .addHelpText('after', '\nExample:\n  rootfs --config builder-1.yaml worker --grace 120')
+    .action(async (opts: { grace: number }) => setExit(await workerCommand(await runtime(true), opts.grace * 1000)));
 
   const s3 = cli.command('s3').description('the image bucket');
   s3.command('list').description('every object with date and size, totals, and image versions').option('--json', 'print as JSON')
@@ -164,7 +168,7 @@ function program(setExit: (code: number) => void): Command {
     .addHelpText('after', '\nExample:\n  rootfs s3 abort-uploads')
     .action(async () => setExit(await s3Commands.abortUploads(await runtime(true))));
 
-  const dev = cli.command('dev').description('the embedded local stack (Temporal dev server, S3 server) under .rootfs/');
+  const dev = cli.command('dev').description('the embedded local stack (Temporal dev server, S3 server) and the background workers, under .rootfs/');
   dev.command('up').description('start it (or find it running)').action(
     run(async () => {
       const stack = devStack();
@@ -175,11 +179,18 @@ function program(setExit: (code: number) => void): Command {
       return EXIT.ok;
     }),
   );
-  dev.command('down').description('stop it').action(run(async () => (console.log(`stopped: ${devStack().down().join(', ') || 'nothing'}`), EXIT.ok)));
-  dev.command('status').description('is it running').action(
+  dev.command('down').description('stop the background workers (gracefully), then the stack').action(
+    run(async () => {
+      const workers = (await stopBackgroundWorkers()).map((w) => `worker ${w.alias} (pid ${w.pid})`);
+      console.log(`stopped: ${[...workers, ...devStack().down()].join(', ') || 'nothing'}`);
+      return EXIT.ok;
+    }),
+  );
+  dev.command('status').description('is it running, and which background workers run').action(
     run(async () => {
       const s = await devStack().status();
       console.log(`temporal: ${s.temporal ? 'up' : 'down'}\ns3: ${s.s3 ? 'up' : 'down'}`);
+      for (const w of listBackgroundWorkers()) console.log(`worker ${w.alias}: ${w.running ? `up (pid ${w.pid})` : 'down'}  ${w.address} ${w.namespace}  log ${w.log}`);
       return EXIT.ok;
     }),
   );
@@ -213,9 +224,19 @@ function quietSdkNodeWarning(): void {
   });
 }
 
-if (require.main === module) {
+/** Runs the CLI as a program: exits with its code. */
+export function runCli(argv: string[]): void {
   quietSdkNodeWarning();
-  // The worker's own state changes are not news to a person at a terminal.
-  Runtime.install({ logger: new DefaultLogger('WARN') });
-  void main(process.argv).then((code) => process.exit(code));
+  // `rootfs … | head`: a reader that went away is not an error.
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on('error', (err: NodeJS.ErrnoException) => process.exit(err.code === 'EPIPE' ? 0 : 1));
+  }
+  // The worker's own state changes are not news to a person at a terminal; neither is that the
+  // orchestrator worker has no activities and the build-host worker no workflows (by design).
+  const byDesign = /^No (activities|workflows) registered, not polling/;
+  const plain = new DefaultLogger('WARN');
+  Runtime.install({ logger: new DefaultLogger('WARN', (entry) => void (byDesign.test(entry.message) || plain.log(entry.level, entry.message, entry.meta))) });
+  void main(argv).then((code) => process.exit(code));
 }
+
+if (require.main === module) runCli(process.argv);

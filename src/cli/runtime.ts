@@ -5,7 +5,7 @@ import { Client, Connection } from '@temporalio/client';
 import { NativeConnection } from '@temporalio/worker';
 import { loadConfig, type LoadedConfig } from '../config';
 import { DevStack, DEV_TEMPORAL } from '../dev/stack';
-import { projectRoot } from '../util/paths';
+import { stateDir } from '../util/paths';
 
 /**
  * Where a command finds Temporal and S3. With no cluster configured and nothing answering on
@@ -23,7 +23,7 @@ export interface CliRuntime {
   embedded: { temporal: boolean; s3: boolean };
 }
 
-export const devStack = () => new DevStack(path.join(projectRoot(), '.rootfs'));
+export const devStack = () => new DevStack(stateDir());
 
 function hasAwsCredentials(): boolean {
   const env = process.env;

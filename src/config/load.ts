@@ -33,7 +33,7 @@ type Raw = Record<string, unknown>;
 const isPlainObject = (v: unknown): v is Raw => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 /**
- * Environment overrides. `S3_*` win over the file; the AWS SDK's own `AWS_REGION` and endpoint
+ * Environment overrides. `S3_*` and `TEMPORAL_ADDRESS`/`TEMPORAL_NAMESPACE` win over the file; the AWS SDK's own `AWS_REGION` and endpoint
  * variables fill in only what the file leaves unset. Credentials are never read here: the SDK
  * takes them from its usual chain, so they never enter a config object.
  */
@@ -47,6 +47,11 @@ function applyEnv(raw: Raw, env: NodeJS.ProcessEnv): void {
     s3.endpoint = env.AWS_ENDPOINT_URL_S3 || env.AWS_ENDPOINT_URL;
   }
   if (Object.keys(s3).length) raw.s3 = s3;
+  // TEMPORAL_ADDRESS / TEMPORAL_NAMESPACE, as the Temporal CLI reads them.
+  const temporal: Raw = isPlainObject(raw.temporal) ? { ...raw.temporal } : {};
+  if (env.TEMPORAL_ADDRESS) temporal.address = env.TEMPORAL_ADDRESS;
+  if (env.TEMPORAL_NAMESPACE) temporal.namespace = env.TEMPORAL_NAMESPACE;
+  if (Object.keys(temporal).length) raw.temporal = temporal;
 }
 
 /** Lays the file's `languages:` over the profile's: an entry's fields replace the profile's, `null` drops it. */

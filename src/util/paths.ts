@@ -19,6 +19,16 @@ export function projectRoot(): string {
   }
 }
 
+/**
+ * The CLI's local state: the embedded stack's data and the background workers' PID files and
+ * logs. `<project>/.rootfs` unless ROOTFS_STATE_DIR says otherwise (tests use a temp dir).
+ */
+export function stateDir(): string {
+  const dir = process.env.ROOTFS_STATE_DIR;
+  if (dir && !path.isAbsolute(dir)) throw new Error(`ROOTFS_STATE_DIR must be an absolute path, not ${dir}`);
+  return dir || path.join(projectRoot(), '.rootfs');
+}
+
 /** Where `npm run setup` puts the tools it installs; ignored by git. */
 export function toolsDir(): string {
   return path.join(projectRoot(), '.tools');

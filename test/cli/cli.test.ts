@@ -4,7 +4,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { stringify } from 'yaml';
 import { requireTool } from '../../src/setup/tools';
-import { tempDir } from '../support/process';
+import { stopBackgroundWorkers } from '../../src/cli/background-worker';
+import { onCleanup, tempDir } from '../support/process';
 import { testS3 } from '../support/s3';
 import { testTemporal } from '../support/temporal';
 
@@ -45,11 +46,13 @@ describe('rootfs CLI', function () {
     }
   });
 
-  it('@real create builds an image through Temporal with its own worker, then status shows it done', async () => {
+  it('@real create builds in a background worker; Ctrl-C on the live view detaches, status --follow re-attaches', async () => {
     const temporal = await testTemporal();
     const s3 = await testS3();
     const bucket = await s3.freshBucket();
     const dir = tempDir('cli');
+    const state = path.join(dir, 'state');
+    onCleanup(() => stopBackgroundWorkers(30_000, state).then(() => undefined));
     const config = path.join(dir, 'rootfs.yaml');
     fs.writeFileSync(
       config,
@@ -61,25 +64,88 @@ describe('rootfs CLI', function () {
         s3: bucket,
       }),
     );
-    const run = await rootfs(['--config', config, 'create', 'bash', '--run-tag', 'cli-test'], s3.env);
-    assert.equal(run.code, 0, run.stderr);
-    assert.match(run.stderr, /^workflow cli-test\/all$/m);
-    assert.match(run.stderr, /^bash +debootstrap base +done \(\d+\.\d s\)$/m);
-    assert.match(run.stderr, /^bash +upload +done/m);
-    assert.match(run.stdout, /^bash +rootfs-bash\.ext4 +\d+\.\d MiB +[0-9a-f]{12} +6 ran, 0 reused\n +GNU bash, version 5\.1/m);
-    assert.match(run.stdout, new RegExp(`^bucket ${bucket.bucket}: 2 objects`, 'm'));
+    const env = { ...s3.env, ROOTFS_STATE_DIR: state };
 
-    const status = await rootfs(['--config', config, 'status', 'cli-test/all']);
+    // On a terminal (a pty from script(1)): the live block, then a real Ctrl-C once the base is being built.
+    const tty = await onTerminal(['--config', config, 'create', 'bash', '--run-tag', 'cli-test'], env, (out) => / 1\/7 +debootstrap base +0:0[3-9]/.test(out));
+    assert.equal(tty.code, 130, tty.output);
+    assert.match(tty.output, /worker: started in the background for build host cli-test \(pid \d+/);
+    assert.match(tty.output, /^workflow cli-test\/all\r?$/m);
+    assert.match(tty.output, /\x1b\[\d+A/, 'the live block is redrawn in place');
+    assert.match(tty.output, /bash +\[###-+\] 1\/7 +debootstrap base +\d+:\d\d/);
+    assert.match(tty.output, /detached: the build goes on in the background worker; re-attach with: rootfs status --follow cli-test\/all/);
+    const handle = temporal.env.client.workflow.getHandle('cli-test/all');
+    assert.equal((await handle.describe()).status.name, 'RUNNING', 'Ctrl-C never stops the build');
+
+    // Re-attach from a pipe: append-only step lines until the build ends, then the summary.
+    const follow = await rootfs(['--config', config, 'status', '--follow', 'cli-test/all'], env);
+    assert.equal(follow.code, 0, follow.stderr);
+    assert.match(follow.stderr, /^bash +debootstrap base +done \(\d+\.\d s\)$/m);
+    assert.match(follow.stderr, /^bash +upload +done/m);
+    assert.doesNotMatch(follow.stderr, /\x1b\[/, 'no cursor movement when not a terminal');
+    assert.match(follow.stdout, /^bash +rootfs-bash\.ext4 +\d+\.\d MiB +[0-9a-f]{12} +6 ran, 0 reused\n +GNU bash, version 5\.1/m);
+    assert.match(follow.stdout, new RegExp(`^bucket ${bucket.bucket}: 2 objects`, 'm'));
+
+    // A second build finds the worker running and every step's artifact already there.
+    const again = await rootfs(['--config', config, 'create', 'bash', '--run-tag', 'cli-again'], env);
+    assert.equal(again.code, 0, again.stderr);
+    assert.doesNotMatch(again.stderr, /worker: started/);
+    assert.match(again.stdout, /^bash +rootfs-bash\.ext4 .* 0 ran, 6 reused$/m);
+
+    const status = await rootfs(['--config', config, 'status', 'cli-test/all'], env);
     assert.equal(status.code, 0, status.stderr);
     assert.match(status.stdout, /^bash +rootfs-bash\.ext4 .* 6 ran, 0 reused$/m);
 
-    const verify = await rootfs(['--config', config, 'verify', 'bash']);
+    const verify = await rootfs(['--config', config, 'verify', 'bash'], env);
     assert.equal(verify.code, 0, verify.stderr);
     assert.match(verify.stdout, /^ok {3}GNU bash, version 5\.1\.\d+/m);
     assert.match(verify.stdout, /^Filesystem +Size +Used +Avail Use%\nrootfs-bash\.ext4 +[\d.]+[MG] +[\d.]+[MG] +[\d.]+[MG] +\d+%$/m);
     assert.equal(fs.readFileSync('/proc/self/mountinfo', 'utf8').includes('rootfs-verify-'), false, 'verify leaves no mount');
 
-    const list = await rootfs(['--config', config, 's3', 'list'], s3.env);
+    const list = await rootfs(['--config', config, 's3', 'list'], env);
     assert.match(list.stdout, /rootfs-bash\.ext4\n +bash: GNU bash, version 5\.1/);
+
+    // dev status lists the worker; dev down stops it gracefully.
+    const devStatus = await rootfs(['dev', 'status'], env);
+    const pid = Number(/^worker cli-test: up \(pid (\d+)\)/m.exec(devStatus.stdout)?.[1]);
+    assert.ok(pid > 0, devStatus.stdout);
+    const down = await rootfs(['dev', 'down'], env);
+    assert.match(down.stdout, new RegExp(`stopped: worker cli-test \\(pid ${pid}\\)`));
+    assert.equal(running(pid), false, 'the worker is gone');
   });
 });
+
+/**
+ * Runs the CLI on a pseudo-terminal (script(1)) and types Ctrl-C once `ready(output)` holds.
+ * The ^C byte goes through the terminal's line discipline, as a person's key press does.
+ */
+function onTerminal(args: string[], env: NodeJS.ProcessEnv, ready: (output: string) => boolean): Promise<{ code: number | null; output: string }> {
+  const command = [process.execPath, CLI, ...args].map(shellQuote).join(' ');
+  return new Promise((resolve, reject) => {
+    const child = spawn('script', ['--quiet', '--return', '--command', command, '/dev/null'], { env: { ...process.env, ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
+    let output = '';
+    let sent = false;
+    const timer = setTimeout(() => (child.kill('SIGKILL'), reject(new Error(`never ready; output so far:\n${output}`))), 5 * 60 * 1000);
+    const onData = (c: Buffer) => {
+      output += c.toString();
+      if (!sent && ready(output)) {
+        sent = true;
+        child.stdin.write('\x03');
+      }
+    };
+    child.stdout.on('data', onData);
+    child.stderr.on('data', onData);
+    child.once('exit', (code) => (clearTimeout(timer), resolve({ code, output })));
+  });
+}
+
+/** Alive and not a zombie (an orphan waits for a reaper that a container may not have). */
+function running(pid: number): boolean {
+  try {
+    return !/^\d+ \(.*\) Z/.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return false;
+  }
+}
+
+const shellQuote = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;

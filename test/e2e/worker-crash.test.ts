@@ -7,24 +7,10 @@ import { createRootfs } from '../../workflows';
 import { progressQuery } from '../../workflows/messages';
 import { childWorkflowId, type LanguageProgress } from '../../workflows/types';
 import { createBuildEnv } from '../support/build-env';
+import { processesUnder } from '../support/process';
 import { activityRuns, waitFor } from '../support/history';
 import { e2fsckStatus } from '../support/image';
 import { testTemporal } from '../support/temporal';
-
-/** Processes whose command line or chroot root lies in `dir`: what a build left running. */
-function processesUnder(dir: string): string[] {
-  const found: string[] = [];
-  for (const pid of fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
-    try {
-      const root = fs.readlinkSync(`/proc/${pid}/root`);
-      const cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0/g, ' ');
-      if (root.startsWith(dir) || cmdline.includes(dir)) found.push(`${pid} ${cmdline}`);
-    } catch {
-      // exited meanwhile
-    }
-  }
-  return found;
-}
 
 describe('worker crash @real', function () {
   this.timeout(30 * 60 * 1000);

@@ -26,7 +26,8 @@ export interface BuildEnv {
   /** Rewrites the config file (the worker re-reads it for every step). */
   writeConfig(extra: Record<string, unknown>): void;
   startWorker(extra?: Partial<WorkerOptions>): Promise<{ stop(): Promise<void> }>;
-  spawnWorker(): Promise<ChildProcess>;
+  /** A worker process (`worker/main.js`), as a service manager runs it; `args` e.g. `['--grace', '5']`. */
+  spawnWorker(args?: string[]): Promise<ChildProcess>;
 }
 
 export async function createBuildEnv(name: string, extra: Record<string, unknown> = {}): Promise<BuildEnv> {
@@ -88,8 +89,8 @@ export async function createBuildEnv(name: string, extra: Record<string, unknown
       onCleanup(() => stop().catch(() => {}));
       return { stop };
     },
-    async spawnWorker() {
-      const child = spawn(process.execPath, [path.join(__dirname, '../../worker/main.js'), '--config', configFile], {
+    async spawnWorker(args = []) {
+      const child = spawn(process.execPath, [path.join(__dirname, '../../worker/main.js'), '--config', configFile, ...args], {
         stdio: ['ignore', 'inherit', 'inherit'],
       });
       onCleanup(() => {

@@ -126,3 +126,18 @@ export async function waitUntilReady(
   await server.stop();
   throw new Error(`${what} was not ready after ${timeoutMs} ms:\n${server.log().slice(-4000)}`);
 }
+
+/** Processes whose command line or chroot root lies in `dir`: what a build left running. */
+export function processesUnder(dir: string): string[] {
+  const found: string[] = [];
+  for (const pid of fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
+    try {
+      const root = fs.readlinkSync(`/proc/${pid}/root`);
+      const cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0/g, ' ');
+      if (root.startsWith(dir) || cmdline.includes(dir)) found.push(`${pid} ${cmdline}`);
+    } catch {
+      // exited meanwhile
+    }
+  }
+  return found;
+}
