@@ -6,10 +6,10 @@ import * as crypto from 'node:crypto';
  * always give the identical key: looking a key up is both "resume" and "nothing changed".
  */
 
-export const STEP_NAMES = ['base', 'runtime', 'operator', 'verify', 'image', 'upload'] as const;
+export const STEP_NAMES = ['base', 'runtime', 'operator', 'verify', 'image', 'upload', 'customize'] as const;
 export type StepName = (typeof STEP_NAMES)[number];
 
-export const KEY_PATTERN = /^(base|runtime|operator|verify|image|upload)-[0-9a-f]{32}$/;
+export const KEY_PATTERN = /^(base|runtime|operator|verify|image|upload|customize)-[0-9a-f]{32}$/;
 
 /** JSON with object keys sorted, so that equal values always serialize to equal text. */
 export function canonicalJson(value: unknown): string {

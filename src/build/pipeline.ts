@@ -12,7 +12,7 @@ import { inspectTree } from './inspect';
 import { installSource, sha256OnHost, type SourceRecord } from './sources';
 
 /** Bumped when a step's recipe changes in a way its inputs do not show, to invalidate old artifacts. */
-const RECIPE = { base: 1, runtime: 1, operator: 1, verify: 1, image: 1 } as const;
+const RECIPE = { base: 1, runtime: 1, operator: 1, verify: 1, image: 1, customize: 1 } as const;
 
 /** Packages every image gets on top of minbase: an init (systemd as PID 1), apt, and apt's keyring. */
 export const BASE_PACKAGES = ['systemd-sysv', 'apt', 'ubuntu-keyring'];
@@ -273,7 +273,7 @@ export class Pipeline {
    * the content plus headroom unless a fixed size is configured, and checks it with `e2fsck -fn`.
    * UUID, hash seed and timestamps derive from the key, so equal trees give equal images.
    */
-  async image(language: string, verifyKey: string, operatorKey: string): Promise<StepOutcome> {
+  async image(language: string, verifyKey: string, operatorKey: string, customizations: string[][] = []): Promise<StepOutcome> {
     const { sizeMiB, headroomMiB } = this.input.config.image;
     const key = stepKey('image', verifyKey, { recipe: RECIPE.image, sizeMiB: sizeMiB ?? null, headroomMiB, operatorKey, language });
     const file = `rootfs-${language}.ext4`;
@@ -311,8 +311,44 @@ export class Pipeline {
       versions,
       builtAt: meta.createdAt,
       artifactKey: key,
+      // The tree the image was made from: where `rootfs customize` starts.
+      treeKey: operatorKey,
+      ...(customizations.length ? { customizations } : {}),
     });
     return { key, reused, data: { ...meta.data, path: this.imagePath(language), versions } };
+  }
+
+  /** What the build wrote beside the published image of `language`, if it has been built. */
+  async publishedManifest(language: string): Promise<{ treeKey?: string; customizations?: string[][]; artifactKey?: string } | null> {
+    const file = `${this.imagePath(language)}.manifest.json`;
+    if (!(await this.runner.host.stat(file))) return null;
+    return JSON.parse((await this.runner.host.readFile(file)).toString('utf8')) as { treeKey?: string; customizations?: string[][] };
+  }
+
+  /**
+   * A one-off change: runs `argv` in a copy of the tree behind the published image of `language`
+   * (as in the runtime step: no services start, DNS works, apt caches are cleaned after) and keeps
+   * the result as a new artifact. Verify and image steps then run on it as on any tree.
+   */
+  async customize(language: string, argv: string[], output?: (chunk: Buffer) => void): Promise<StepOutcome & { fromKey: string; customizations: string[][] }> {
+    this.spec(language);
+    const manifest = await this.publishedManifest(language);
+    if (!manifest) throw new BuildError(`${language} has no image yet: build it first (rootfs create ${language})`, 'InvalidInput');
+    const fromKey = manifest.treeKey;
+    if (!fromKey || !(await this.store.lookup(fromKey))) {
+      throw new BuildError(`the tree behind ${this.imagePath(language)} is not in the artifact store: rebuild it (rootfs create ${language})`, 'InvalidInput');
+    }
+    const key = stepKey('customize', fromKey, { recipe: RECIPE.customize, argv });
+    const { meta, reused } = await this.store.ensure(key, 'customize', async (work) => {
+      const tree = await this.copyTree(fromKey, work);
+      await this.withChrootSetup(tree, async () => {
+        this.runner.phase(`running ${argv.join(' ')}`);
+        await this.runner.chroot(tree, ['env', '-i', ...verifyEnvironment(this.spec(language)), ...argv], output ? { onStdout: output, onStderr: output } : {});
+        await this.cleanApt(tree);
+      });
+      return { argv, fromKey };
+    });
+    return { key, reused, data: meta.data, fromKey, customizations: [...(manifest.customizations ?? []), argv] };
   }
 
   /**

@@ -8,6 +8,7 @@ import { checkLanguage, StoreError } from '../store';
 import { formatImageReport, verifyImage } from '../build/verify-image';
 import { LocalHost } from '../host';
 import { createCommand, resumeCommand, statusCommand, workerCommand } from './build';
+import { customizeCommand } from './customize';
 import { listBackgroundWorkers, stopBackgroundWorkers } from './background-worker';
 import { devStack, resolveRuntime, type CliRuntime } from './runtime';
 import { s3Commands } from './s3';
@@ -120,6 +121,30 @@ function program(setExit: (code: number) => void): Command {
       const report = await verifyImage(new LocalHost(), path.join(config.workspace, 'images', `rootfs-${language}.ext4`), config.languages[language]!);
       process.stdout.write(opts.json ? JSON.stringify(report, null, 2) + '\n' : formatImageReport(report));
       setExit(report.ok ? EXIT.ok : EXIT.failed);
+    });
+
+  cli
+    .command('customize')
+    .description('one-off change: run a command in the chroot of a built image, keep it as a new artifact, re-make the image')
+    .argument('<language>')
+    .argument('<command...>', 'the command and its arguments, after --')
+    .addHelpText('after', [
+      '',
+      'A rebuild from config replaces a customized image: for a lasting change use the config',
+      '(languages.<lang>.packages and languages.<lang>.files).',
+      '',
+      'Example:',
+      "  rootfs customize python -- sh -c 'pip3 install --no-cache-dir requests'",
+    ].join('\n'))
+    .action(async (lang: string, argv: string[]) => {
+      const loaded = loadConfig({ file: cli.opts().config });
+      let language: string;
+      try {
+        language = checkLanguage(lang, Object.keys(loaded.config.languages));
+      } catch (err) {
+        throw new UsageError((err as Error).message);
+      }
+      setExit(await customizeCommand(loaded, language, argv));
     });
 
   cli

@@ -5,6 +5,7 @@ import * as path from 'node:path';
 import { stringify } from 'yaml';
 import { requireTool } from '../../src/setup/tools';
 import { stopBackgroundWorkers } from '../../src/cli/background-worker';
+import { catInImage, e2fsckStatus } from '../support/image';
 import { onCleanup, tempDir } from '../support/process';
 import { testS3 } from '../support/s3';
 import { testTemporal } from '../support/temporal';
@@ -104,6 +105,25 @@ describe('rootfs CLI', function () {
 
     const list = await rootfs(['--config', config, 's3', 'list'], env);
     assert.match(list.stdout, /rootfs-bash\.ext4\n +bash: GNU bash, version 5\.1/);
+
+    // customize: a one-off change becomes a new artifact and a re-made, verified image; a failing one changes nothing.
+    const image = path.join(dir, 'workspace', 'images', 'rootfs-bash.ext4');
+    const custom = await rootfs(['--config', config, 'customize', 'bash', '--', 'sh', '-c', 'echo "$1" > /etc/motd.d-custom', 'sh', 'hello from customize'], env);
+    assert.equal(custom.code, 0, custom.stderr);
+    assert.match(custom.stderr, /^warning: this changes only the current bash image; the next build from config replaces it/m);
+    assert.match(custom.stderr, /bash: changed: artifact customize-[0-9a-f]{32}/);
+    assert.match(custom.stdout, /^rootfs-bash\.ext4 +[\d.]+ MiB +sha256 [0-9a-f]{12} +GNU bash, version 5\.1/m);
+    assert.equal(catInImage(image, '/etc/motd.d-custom'), 'hello from customize\n');
+    assert.equal(e2fsckStatus(image), 0);
+    const manifest = JSON.parse(fs.readFileSync(`${image}.manifest.json`, 'utf8')) as { customizations: string[][] };
+    assert.deepEqual(manifest.customizations, [['sh', '-c', 'echo "$1" > /etc/motd.d-custom', 'sh', 'hello from customize']]);
+    const before = fs.readFileSync(image);
+    const failing = await rootfs(['--config', config, 'customize', 'bash', '--', 'sh', '-c', 'echo broken >&2; exit 3'], env);
+    assert.equal(failing.code, 1);
+    assert.match(failing.stderr, /broken/);
+    assert.match(failing.stderr, /the published image is unchanged/);
+    assert.ok(fs.readFileSync(image).equals(before), 'the image is untouched');
+    assert.equal((await rootfs(['--config', config, 'customize', '../x', '--', 'true'], env)).code, 2);
 
     // dev status lists the worker; dev down stops it gracefully.
     const devStatus = await rootfs(['dev', 'status'], env);
