@@ -222,6 +222,35 @@ function program(setExit: (code: number) => void): Command {
   return cli;
 }
 
+/**
+ * Parses a command line as `rootfs` would, checking commands, arguments and options, without
+ * running anything (the docs test checks every documented command line with it).
+ */
+export async function parseOnly(args: string[]): Promise<void> {
+  const cli = program(() => {});
+  const quiet = (c: Command) => {
+    c.configureOutput({ writeOut: () => {}, writeErr: () => {} });
+    if (c.commands.length) c.commands.forEach(quiet);
+    else if (c !== cli) c.action(() => {});
+  };
+  quiet(cli);
+  await cli.parseAsync(args, { from: 'user' });
+}
+
+/** Every command's `Example:` lines from its help. */
+export function helpExamples(): string[] {
+  const examples: string[] = [];
+  const walk = (c: Command) => {
+    let help = '';
+    c.configureOutput({ writeOut: (s) => (help += s) });
+    c.outputHelp();
+    examples.push(...[...help.matchAll(/^ {2}(rootfs .*)$/gm)].map((m) => m[1]!));
+    c.commands.forEach(walk);
+  };
+  walk(program(() => {}));
+  return examples;
+}
+
 export async function main(argv: string[]): Promise<number> {
   let code: number = EXIT.ok;
   const cli = program((c) => (code = c));
