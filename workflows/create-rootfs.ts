@@ -178,6 +178,7 @@ export async function createRootfs(input: CreateRootfsInput): Promise<ImageSumma
     sha256: image.data.sha256 as string,
     versions: (verify.data.versions as string[]) ?? [],
     steps: Object.fromEntries(progress.steps.filter((s) => s.name !== 'allocate').map((s) => [s.name, ran(s)])),
+    durationsMs: Object.fromEntries(progress.steps.filter((s) => s.name !== 'allocate' && s.durationMs !== undefined).map((s) => [s.name, s.durationMs!])),
     s3Key,
   };
 }

@@ -71,6 +71,8 @@ export interface ImageSummary {
   versions: string[];
   /** Per step: ran, reused, or skipped. */
   steps: Partial<Record<Step, 'ran' | 'reused' | 'skipped'>>;
+  /** Per step that ran or was reused: how long its last attempt took. */
+  durationsMs?: Partial<Record<Step, number>>;
   s3Key?: string;
 }
 

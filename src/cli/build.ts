@@ -3,33 +3,46 @@ import { WorkflowNotFoundError, type Client, type WorkflowHandle } from '@tempor
 import { hostTaskQueue, ORCHESTRATOR_TASK_QUEUE, runWorkers } from '../../worker';
 import { createAllRootfs } from '../../workflows';
 import { abortUpdate, progressQuery, retryStepUpdate } from '../../workflows/messages';
-import { parentWorkflowId, STEP_TITLES, type CreateAllSummary, type LanguageProgress } from '../../workflows/types';
+import { parentWorkflowId, STEP_TITLES, STEPS, type CreateAllSummary, type LanguageProgress } from '../../workflows/types';
 import { Name } from '../config';
 import { humanSize } from '../store';
 import { ensureBackgroundWorker, waitForPoller } from './background-worker';
 import { temporalClient, workerConnection, workflowUrl, type CliRuntime } from './runtime';
-import { lineReporter, liveReporter, watch } from './watch';
+import { clock, lineReporter, liveReporter, watch } from './watch';
 
 /** A run tag per UTC day by default: starting the same build twice attaches to the first. */
 export function defaultRunTag(now = new Date()): string {
   return `build-${now.toISOString().slice(0, 10).replace(/-/g, '')}`;
 }
 
-export function progressTable(all: LanguageProgress[]): string {
-  const rows = all.map((p) => {
-    const current = p.steps.find((s) => s.state === 'running' || s.state === 'awaiting-retry');
-    const done = p.steps.filter((s) => s.state === 'done' || s.state === 'reused').length;
-    const err = p.steps.find((s) => s.state === 'awaiting-retry')?.error;
-    return `${p.language.padEnd(8)} ${p.state.padEnd(15)} ${String(done).padStart(1)}/${p.steps.length}  ${current ? STEP_TITLES[current.name] : ''}${err ? `\n${' '.repeat(9)}error: ${err.split('\n')[0]}` : ''}`;
-  });
-  return ['language state           steps current', ...rows].join('\n');
+const seconds = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
+
+/** A running build, per language and per step: state, duration (or elapsed), attempts, last error. */
+export function progressTable(all: LanguageProgress[], now = Date.now()): string {
+  const out: string[] = [];
+  for (const p of all) {
+    const done = p.steps.filter((s) => s.state === 'done' || s.state === 'reused' || s.state === 'skipped').length;
+    out.push(`${p.language}  ${p.state} (${done}/${p.steps.length} steps)  ${p.workflowId}`);
+    for (const s of p.steps) {
+      const took = s.state === 'running' && s.startedAt ? `${clock(now - Date.parse(s.startedAt))} so far` : s.durationMs !== undefined ? seconds(s.durationMs) : '';
+      const tries = s.attempts > 1 ? `  ${s.attempts} attempts` : '';
+      out.push(`  ${STEP_TITLES[s.name].padEnd(24)} ${s.state.padEnd(15)} ${took.padEnd(12)}${tries}${s.error ? `  error: ${s.error.split('\n')[0]}` : ''}`.trimEnd());
+    }
+  }
+  return out.join('\n');
 }
 
+/** A finished build: per language the image, its size and digest, versions, and each step ran or reused (and how long). */
 export function summaryTable(summary: CreateAllSummary): string {
   const lines = ['language image                      size        sha256        steps', ...summary.images.map((i) => {
     const ran = Object.values(i.steps).filter((s) => s === 'ran').length;
     const reused = Object.values(i.steps).filter((s) => s === 'reused').length;
-    return `${i.language.padEnd(8)} ${(i.path ?? '-').split('/').pop()!.padEnd(26)} ${(i.sizeBytes ? humanSize(i.sizeBytes) : '-').padStart(10)}  ${(i.sha256 ?? '-').slice(0, 12)}  ${ran} ran, ${reused} reused\n${' '.repeat(9)}${i.versions.join('; ')}`;
+    const steps = STEPS.filter((s) => i.steps[s]).map((s) => `${s} ${i.steps[s]}${i.durationsMs?.[s] !== undefined ? ` ${seconds(i.durationsMs[s])}` : ''}`);
+    return [
+      `${i.language.padEnd(8)} ${(i.path ?? '-').split('/').pop()!.padEnd(26)} ${(i.sizeBytes ? humanSize(i.sizeBytes) : '-').padStart(10)}  ${(i.sha256 ?? '-').slice(0, 12).padEnd(12)}  ${ran} ran, ${reused} reused`,
+      ...(i.versions.length ? [`${' '.repeat(9)}${i.versions.join('; ')}`] : []),
+      ...(steps.length ? [`${' '.repeat(9)}${steps.join(' · ')}`] : [`${' '.repeat(9)}${i.state}`]),
+    ].join('\n');
   })];
   if (summary.bucket) lines.push(`bucket ${summary.bucket.bucket}: ${summary.bucket.objects} objects, ${humanSize(summary.bucket.totalBytes)}`);
   return lines.join('\n');

@@ -82,6 +82,7 @@ export function renderLive(all: LanguageProgress[], now: number, details: Readon
     let line = `${p.language.padEnd(8)} ${bar} ${done}/${p.steps.length}  ${what.padEnd(24)} ${took === undefined ? '    ' : clock(took).padStart(5)}`;
     if (current?.state === 'awaiting-retry') line += `  waiting for retry: ${firstLine(current.error ?? 'failed')}`;
     else if (current && details.get(p.language)) line += `  ${details.get(p.language)}`;
+    line = line.trimEnd();
     lines.push(line.length > width ? `${line.slice(0, width - 1)}…` : line);
   }
   return lines;
