@@ -194,7 +194,7 @@ function program(setExit: (code: number) => void): Command {
     .action(async () => setExit(await s3Commands.abortUploads(await runtime(true))));
 
   const dev = cli.command('dev').description('the embedded local stack (Temporal dev server, S3 server) and the background workers, under .rootfs/');
-  dev.command('up').description('start it (or find it running)').action(
+  dev.command('up').description('start it (or find it running)').addHelpText('after', '\nExample:\n  rootfs dev up').action(
     run(async () => {
       const stack = devStack();
       const { config } = loadConfig({ file: cli.opts().config });
@@ -204,14 +204,14 @@ function program(setExit: (code: number) => void): Command {
       return EXIT.ok;
     }),
   );
-  dev.command('down').description('stop the background workers (gracefully), then the stack').action(
+  dev.command('down').description('stop the background workers (gracefully), then the stack').addHelpText('after', '\nExample:\n  rootfs dev down').action(
     run(async () => {
       const workers = (await stopBackgroundWorkers()).map((w) => `worker ${w.alias} (pid ${w.pid})`);
       console.log(`stopped: ${[...workers, ...devStack().down()].join(', ') || 'nothing'}`);
       return EXIT.ok;
     }),
   );
-  dev.command('status').description('is it running, and which background workers run').action(
+  dev.command('status').description('is it running, and which background workers run').addHelpText('after', '\nExample:\n  rootfs dev status').action(
     run(async () => {
       const s = await devStack().status();
       console.log(`temporal: ${s.temporal ? 'up' : 'down'}\ns3: ${s.s3 ? 'up' : 'down'}`);
@@ -237,18 +237,20 @@ export async function parseOnly(args: string[]): Promise<void> {
   await cli.parseAsync(args, { from: 'user' });
 }
 
-/** Every command's `Example:` lines from its help. */
-export function helpExamples(): string[] {
-  const examples: string[] = [];
-  const walk = (c: Command) => {
-    let help = '';
-    c.configureOutput({ writeOut: (s) => (help += s) });
-    c.outputHelp();
-    examples.push(...[...help.matchAll(/^ {2}(rootfs .*)$/gm)].map((m) => m[1]!));
-    c.commands.forEach(walk);
+/** Every command's `Example:` lines from its help, per command (`s3 list`, …). */
+export function helpExamples(): Array<{ command: string; examples: string[] }> {
+  const found: Array<{ command: string; examples: string[] }> = [];
+  const walk = (c: Command, prefix: string[]) => {
+    if (!c.commands.length) {
+      let help = '';
+      c.configureOutput({ writeOut: (s) => (help += s) });
+      c.outputHelp();
+      found.push({ command: prefix.join(' '), examples: [...help.matchAll(/^ {2}(rootfs .*)$/gm)].map((m) => m[1]!) });
+    }
+    for (const sub of c.commands) walk(sub, [...prefix, sub.name()]);
   };
-  walk(program(() => {}));
-  return examples;
+  walk(program(() => {}), []);
+  return found;
 }
 
 export async function main(argv: string[]): Promise<number> {
