@@ -105,7 +105,14 @@ export async function runWorkers(opts: WorkerOptions, signal: AbortSignal): Prom
   if (signal.aborted) stop();
   else signal.addEventListener('abort', stop, { once: true });
   try {
-    await Promise.all([orchestrator.run(), host.run()]);
+    // Both run to their end before this returns, also when one fails: the caller closes the
+    // connection next, which must not happen while a worker still holds it.
+    const ended = await Promise.allSettled([orchestrator.run(), host.run()]);
+    const failed = ended.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) {
+      stop();
+      throw failed.reason;
+    }
   } finally {
     await hosts.close();
   }

@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { NativeConnection } from '@temporalio/worker';
 import { stringify } from 'yaml';
 import type { S3Config } from '../../src/config';
 import { requireTool } from '../../src/setup/tools';
@@ -71,9 +72,12 @@ export async function createBuildEnv(name: string, extra: Record<string, unknown
     writeConfig,
     async startWorker(more = {}) {
       const controller = new AbortController();
+      // A connection of its own: the SDK refuses two workers for one task queue on one connection,
+      // and another test's worker may still be running.
+      const connection = await NativeConnection.connect({ address: temporal.address });
       const running = runWorkers(
         {
-          connection: temporal.env.nativeConnection,
+          connection,
           namespace: temporal.namespace,
           configOptions: { file: configFile },
           workflowBundle: await workflowBundle(),
@@ -84,7 +88,11 @@ export async function createBuildEnv(name: string, extra: Record<string, unknown
       );
       const stop = async () => {
         controller.abort();
-        await running;
+        try {
+          await running;
+        } finally {
+          await connection.close();
+        }
       };
       onCleanup(() => stop().catch(() => {}));
       return { stop };
