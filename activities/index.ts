@@ -1,10 +1,11 @@
+import * as path from 'node:path';
 import { ApplicationFailure, Context } from '@temporalio/activity';
 import { z } from 'zod';
 import { ConfigError, Name, type LoadedConfig } from '../src/config';
 import { BuildError, StepRunner, type Progress } from '../src/build/context';
 import { KEY_PATTERN, stepKey } from '../src/build/keys';
 import { Pipeline } from '../src/build/pipeline';
-import type { Host } from '../src/host';
+import { HostKeyMismatchError, type Host } from '../src/host';
 import type { BucketListing, StepResult } from '../workflows/types';
 
 /**
@@ -21,7 +22,16 @@ export interface ActivityDeps {
   /** Resolves the operator binary and keyring paths for a loaded config. */
   paths(loaded: LoadedConfig): { operatorPath: string; keyringPath: string };
   /** Uploads a finished image (S3 issue); absent until a store is configured. */
-  upload?(args: { loaded: LoadedConfig; language: string; imagePath: string; manifest: Record<string, unknown> }): Promise<StepResult>;
+  upload?(args: {
+    loaded: LoadedConfig;
+    language: string;
+    imagePath: string;
+    /** The image inside its artifact on the build host: immutable, unlike the published copy. */
+    artifactImagePath: string;
+    host: Host;
+    manifest: Record<string, unknown>;
+    signal?: AbortSignal;
+  }): Promise<StepResult>;
   listBucket?(loaded: LoadedConfig): Promise<BucketListing>;
 }
 
@@ -31,6 +41,7 @@ const LanguageInput = z.strictObject({ language: Name });
 function toFailure(err: unknown): unknown {
   if (err instanceof BuildError) return ApplicationFailure.create({ message: err.message, type: err.type, nonRetryable: true });
   if (err instanceof ConfigError) return ApplicationFailure.create({ message: err.message, type: 'ConfigError', nonRetryable: true });
+  if (err instanceof HostKeyMismatchError) return ApplicationFailure.create({ message: err.message, type: 'HostKeyMismatch', nonRetryable: true });
   if (err instanceof z.ZodError) {
     return ApplicationFailure.create({ message: `invalid activity input: ${z.prettifyError(err)}`, type: 'InvalidInput', nonRetryable: true });
   }
@@ -110,6 +121,9 @@ export function createActivities(deps: ActivityDeps) {
           loaded,
           language,
           imagePath: p.imagePath(language),
+          artifactImagePath: path.posix.join(p.store.dir(imageKey), String(meta.data.file ?? `rootfs-${language}.ext4`)),
+          host: await deps.host(),
+          signal: Context.current().cancellationSignal,
           manifest: { language, versions, artifactKey: imageKey, sha256: meta.data.sha256, sizeBytes: meta.data.sizeBytes },
         });
         const { bucket, region, endpoint } = loaded.config.s3;

@@ -1,29 +1,77 @@
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import type { ActivityDeps } from '../activities';
-import { BuildError } from '../src/build/context';
-import { createClient, listBucket, summarize, uploadImage } from '../src/store';
+import { capture } from '../src/util/exec';
+import type { Host } from '../src/host';
+import { createClient, fileDigest, imageKey, listBucket, readManifest, statObject, summarize, uploadImage, type StoreContext } from '../src/store';
 
 /**
  * The S3 side of the build: the upload step and the closing bucket listing. Credentials come
  * from the AWS SDK's own chain in the worker's environment; they never enter workflow data.
+ *
+ * On a local build host the published image is uploaded in place. From an SSH build host the
+ * image is first copied here (SFTP) into a staging cache, holes punched back, and checked
+ * against the sha256 the build host computed; then it is uploaded like a local one. When the
+ * bucket already holds exactly this image (same sha256, size and artifact), nothing is copied.
  */
+
+/** Where images pulled from SSH build hosts wait for their upload; one per language and host. */
+export function stagingDir(alias: string): string {
+  const base = process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache');
+  return path.join(base, 'rootfs-pipeline', 'staging', alias);
+}
+
+async function pullImage(host: Host, remote: string, local: string, sha256: string, signal?: AbortSignal): Promise<void> {
+  const cached = fs.existsSync(local) ? await fileDigest(local, { crc32: false, signal }).catch(() => undefined) : undefined;
+  if (cached?.sha256 === sha256) return;
+  fs.mkdirSync(path.dirname(local), { recursive: true });
+  const tmp = `${local}.${crypto.randomBytes(4).toString('hex')}.tmp`;
+  try {
+    await host.getFile(remote, tmp);
+    // SFTP reads holes as zeros: punch them again, so a 2 GiB image takes its data size here too.
+    await capture('fallocate', ['--dig-holes', tmp]);
+    fs.renameSync(tmp, local);
+    // Digested under its final name, so the upload that follows finds the digest cached.
+    const got = await fileDigest(local, { crc32: true, signal });
+    if (got.sha256 !== sha256) {
+      fs.rmSync(local, { force: true });
+      // A damaged transfer, not a damaged image: an ordinary error, so the step is retried.
+      throw new Error(`the copy of ${remote} from the build host has sha256 ${got.sha256}, the build recorded ${sha256}`);
+    }
+  } finally {
+    fs.rmSync(tmp, { force: true });
+  }
+}
+
 export function s3StoreDeps(): Pick<ActivityDeps, 'upload' | 'listBucket'> {
   return {
-    async upload({ loaded, language, imagePath, manifest }) {
-      if (loaded.config.buildHost.kind !== 'local') {
-        // The image lives on the remote host; streaming it through SFTP to S3 is not built yet.
-        throw new BuildError(
-          `uploading from the SSH build host ${loaded.config.buildHost.alias} is not supported yet: run \`rootfs s3 upload-single ${language}\` on that host`,
-          'InvalidInput',
-        );
-      }
+    async upload({ loaded, language, imagePath, artifactImagePath, host, manifest, signal }) {
       const client = createClient({ config: loaded.config.s3 });
+      const ctx: StoreContext = { client, config: loaded.config.s3, workspace: loaded.config.workspace, signal };
+      const facts = { versions: manifest.versions as string[], artifactKey: manifest.artifactKey as string };
       try {
-        const outcome = await uploadImage({ client, config: loaded.config.s3, workspace: loaded.config.workspace }, language, imagePath, {
-          versions: manifest.versions as string[],
-          artifactKey: manifest.artifactKey as string,
-        });
+        let file = imagePath;
+        const { buildHost } = loaded.config;
+        if (buildHost.kind !== 'local') {
+          const key = imageKey(language);
+          const sha256 = manifest.sha256 as string;
+          const remote = await statObject(ctx, key);
+          if (remote?.sha256 === sha256 && remote.sizeBytes === manifest.sizeBytes) {
+            const current = (await readManifest(ctx, key)).manifest;
+            if (current?.sha256 === sha256 && current.artifactKey === facts.artifactKey) {
+              return { key: facts.artifactKey, reused: true, data: { s3Key: key, bucket: loaded.config.s3.bucket, bytesSent: 0, sha256 } };
+            }
+          }
+          file = path.join(stagingDir(buildHost.alias), `rootfs-${language}.ext4`);
+          await pullImage(host, artifactImagePath, file, sha256, signal);
+          // The local store keeps its resumable-upload state beside the staging copy, not at the remote's path.
+          ctx.workspace = stagingDir(buildHost.alias);
+        }
+        const outcome = await uploadImage(ctx, language, file, facts);
         return {
-          key: manifest.artifactKey as string,
+          key: facts.artifactKey,
           reused: outcome.status === 'unchanged',
           data: { s3Key: outcome.key, bucket: loaded.config.s3.bucket, bytesSent: outcome.bytesSent, sha256: outcome.sha256 },
         };

@@ -13,6 +13,13 @@ export function sshFingerprint(keyBlob: Buffer): string {
   return `SHA256:${crypto.createHash('sha256').update(keyBlob).digest('base64').replace(/=+$/, '')}`;
 }
 
+/**
+ * The server offered a host key other than the pinned one. Retrying cannot fix that (the pin is
+ * stale, or another machine answers at that address): the activities turn it into a
+ * non-retryable failure, so the step pauses for the operator at once.
+ */
+export class HostKeyMismatchError extends Error {}
+
 export interface SshHostOptions {
   host: string;
   port: number;
@@ -62,7 +69,7 @@ export class SshHost implements Host {
       client.once('ready', () => resolve());
       client.once('error', (err: Error & { level?: string }) => {
         if (offered && offered !== opts.hostKeySha256) {
-          reject(new Error(`host key mismatch for ${where}: expected ${opts.hostKeySha256}, got ${offered} (refusing to connect)`));
+          reject(new HostKeyMismatchError(`host key mismatch for ${where}: expected ${opts.hostKeySha256}, got ${offered} (refusing to connect)`));
         } else if (err.level === 'client-authentication') {
           reject(new Error(`SSH authentication failed for ${where} with key ${opts.keyPath} (the server did not accept it)`));
         } else if (err.level === 'client-timeout') {

@@ -7,7 +7,7 @@
 export { createClient, DEFAULT_RETRY, statObject, type CreateClientOptions, type Credentials, type ObjectStat, type RetryPolicy, type S3Access, type StoreContext } from './client';
 export { StoreError, type StoreErrorKind } from './errors';
 export { DEFAULT_LANGUAGE, DEFAULT_LINK, IMAGE_KEY_PATTERN, imageKey, KERNEL_KEY, Manifest, manifestKey, uploadStateDir, type ImageFacts } from './layout';
-export { digestFile, type FileDigest } from './digest';
+export { digestFile, fileDigest, type FileDigest } from './digest';
 export { listBucket, readManifest, summarize, type ListedObject, type Listing } from './list';
 export { abortIncompleteUploads, choosePartSize, DEFAULT_PART_SIZE, MIN_PART_SIZE } from './multipart';
 export { checkLanguage, uploadAll, uploadImage, uploadKernel, uploadSingle, type UploadOptions, type UploadResult } from './upload';
