@@ -16,6 +16,8 @@ import { projectRoot, stateDir } from '../util/paths';
 
 export interface WorkerTarget {
   configFile?: string;
+  /** `--ssh NAME` for the worker: build on that SSH host of the config. */
+  sshHost?: string;
   address: string;
   namespace: string;
   alias: string;
@@ -106,7 +108,7 @@ export function ensureBackgroundWorker(target: WorkerTarget): BackgroundWorker {
   }
   fs.mkdirSync(dir, { recursive: true });
   const out = fs.openSync(log, 'a');
-  const args = [CLI_MAIN(), ...(target.configFile ? ['--config', path.resolve(target.configFile)] : []), 'worker'];
+  const args = [CLI_MAIN(), ...(target.configFile ? ['--config', path.resolve(target.configFile)] : []), 'worker', ...(target.sshHost ? ['--ssh', target.sshHost] : [])];
   // Its own session: a Ctrl-C at the terminal reaches the command, not the worker.
   const child = spawn(process.execPath, args, { stdio: ['ignore', out, out], detached: true, env: process.env });
   fs.closeSync(out);

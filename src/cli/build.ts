@@ -83,7 +83,7 @@ async function ensureWorker(rt: CliRuntime, client: Client, start: boolean): Pro
     }
     return;
   }
-  const worker = ensureBackgroundWorker({ configFile: rt.configFile, address: rt.address, namespace: rt.namespace, alias });
+  const worker = ensureBackgroundWorker({ configFile: rt.configFile, sshHost: rt.sshHost, address: rt.address, namespace: rt.namespace, alias });
   if (worker.replaced) console.error(`worker: the one from older code (pid ${worker.replaced}) finishes its running steps and stops`);
   if (worker.started) console.error(`worker: started in the background for build host ${alias} (pid ${worker.pid}, log ${path.relative(process.cwd(), worker.log) || worker.log})`);
   if (!(await waitForPoller(client, rt.namespace, queue, worker))) {
@@ -239,7 +239,7 @@ export async function workerCommand(rt: CliRuntime, graceMs: number): Promise<nu
   }
   console.error(`worker: build host ${rt.loaded.config.buildHost.alias}, Temporal ${rt.address} (${rt.namespace}), pid ${process.pid}`);
   try {
-    await runWorkers({ connection, namespace: rt.namespace, configOptions: { file: rt.configFile }, shutdownGraceMs: graceMs }, controller.signal);
+    await runWorkers({ connection, namespace: rt.namespace, configOptions: { file: rt.configFile, sshHost: rt.sshHost }, shutdownGraceMs: graceMs }, controller.signal);
   } finally {
     await connection.close();
   }

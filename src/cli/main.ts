@@ -39,16 +39,18 @@ function program(setExit: (code: number) => void): Command {
     .exitOverride()
     .showHelpAfterError();
 
-  const runtime = (needS3: boolean): Promise<CliRuntime> => resolveRuntime(cli.opts().config, { needS3, log: (l) => console.error(l) });
-  const run = (fn: () => Promise<number>) => async () => setExit(await fn());
+  const runtime = (needS3: boolean, sshHost?: string): Promise<CliRuntime> => resolveRuntime(cli.opts().config, { needS3, sshHost, log: (l) => console.error(l) });
+  const sshOption = (): Option => new Option('--ssh <name>', 'build on the SSH host of this name in the config (sshHosts), not on buildHost');
+  const run = <A extends unknown[]>(fn: (...args: A) => Promise<number>) => async (...args: A) => setExit(await fn(...args));
 
   cli
     .command('config')
     .description('validate the configuration and print it resolved (profile and environment applied)')
-    .addHelpText('after', '\nExample:\n  rootfs config --config rootfs.yaml')
+    .addOption(sshOption())
+    .addHelpText('after', '\nExample:\n  rootfs --config rootfs.yaml config --ssh builder-1')
     .action(
-      run(async () => {
-        const { config, file } = loadConfig({ file: cli.opts().config });
+      run(async (opts: { ssh?: string }) => {
+        const { config, file } = loadConfig({ file: cli.opts().config, sshHost: opts.ssh });
         console.error(file ? `config: ${file}` : 'config: built-in defaults (no config file)');
         console.log(JSON.stringify(config, null, 2));
         return EXIT.ok;
@@ -62,14 +64,15 @@ function program(setExit: (code: number) => void): Command {
       .option('--run-tag <tag>', 'names the run; starting the same tag again attaches to it (default: build-YYYYMMDD)')
       .option('--concurrency <n>', 'images built at once', positiveInt, 2)
       .option('--no-upload', 'build only, do not upload to S3')
+      .addOption(sshOption())
       .option('--no-worker', 'do not start the background worker for this build host (one runs elsewhere: rootfs worker)')
       .option('--detach', 'start and return at once (Ctrl-C while watching detaches too)')
       .option('--json', 'print the summary as JSON')
       .addHelpText('after', `\nExample:\n  ${example}`)
       .action(async (...args: unknown[]) => {
         const languages = takesLanguages ? (args[0] as string[]) : undefined;
-        const opts = args[takesLanguages ? 1 : 0] as { runTag?: string; concurrency: number; upload: boolean; worker: boolean; detach: boolean; json: boolean };
-        const rt = await runtime(opts.upload);
+        const opts = args[takesLanguages ? 1 : 0] as { runTag?: string; concurrency: number; upload: boolean; worker: boolean; detach: boolean; json: boolean; ssh?: string };
+        const rt = await runtime(opts.upload, opts.ssh);
         setExit(await createCommand(rt, { ...opts, languages }));
       });
   };
@@ -93,9 +96,10 @@ function program(setExit: (code: number) => void): Command {
     .argument('<workflowId>')
     .option('--step <step>', 'only if this is the step that failed')
     .option('--no-worker', 'do not start the background worker for this build host')
+    .addOption(sshOption())
     .addHelpText('after', '\nExample:\n  rootfs resume build-20261123/all')
-    .action(async (id: string, opts: { step?: string; worker: boolean }) =>
-      setExit(await resumeCommand(await runtime(opts.worker), id, { step: opts.step, abort: false, worker: opts.worker })));
+    .action(async (id: string, opts: { step?: string; worker: boolean; ssh?: string }) =>
+      setExit(await resumeCommand(await runtime(opts.worker, opts.ssh), id, { step: opts.step, abort: false, worker: opts.worker })));
 
   cli
     .command('abort')
@@ -128,6 +132,7 @@ function program(setExit: (code: number) => void): Command {
     .description('one-off change: run a command in the chroot of a built image, keep it as a new artifact, re-make the image')
     .argument('<language>')
     .argument('<command...>', 'the command and its arguments, after --')
+    .addOption(sshOption())
     .addHelpText('after', [
       '',
       'A rebuild from config replaces a customized image: for a lasting change use the config',
@@ -136,8 +141,8 @@ function program(setExit: (code: number) => void): Command {
       'Example:',
       "  rootfs customize python -- sh -c 'pip3 install --no-cache-dir requests'",
     ].join('\n'))
-    .action(async (lang: string, argv: string[]) => {
-      const loaded = loadConfig({ file: cli.opts().config });
+    .action(async (lang: string, argv: string[], opts: { ssh?: string }) => {
+      const loaded = loadConfig({ file: cli.opts().config, sshHost: opts.ssh });
       let language: string;
       try {
         language = checkLanguage(lang, Object.keys(loaded.config.languages));
@@ -151,8 +156,9 @@ function program(setExit: (code: number) => void): Command {
     .command('worker')
     .description('run a worker for the configured build host in the foreground until SIGTERM/SIGINT (graceful)')
     .option('--grace <seconds>', 'on SIGTERM/SIGINT, how long running steps may finish before they are cancelled', positiveInt, 30)
-    .addHelpText('after', '\nExample:\n  rootfs --config builder-1.yaml worker --grace 120')
-    .action(async (opts: { grace: number }) => setExit(await workerCommand(await runtime(true), opts.grace * 1000)));
+    .addOption(sshOption())
+    .addHelpText('after', '\nExamples:\n  rootfs --config /etc/rootfs/builder-1.yaml worker --grace 120\n  rootfs worker --ssh builder-2')
+    .action(async (opts: { grace: number; ssh?: string }) => setExit(await workerCommand(await runtime(true, opts.ssh), opts.grace * 1000)));
 
   const s3 = cli.command('s3').description('the image bucket');
   s3.command('list').description('every object with date and size, totals, and image versions').option('--json', 'print as JSON')

@@ -17,6 +17,8 @@ import { stateDir } from '../util/paths';
 export interface CliRuntime {
   loaded: LoadedConfig;
   configFile?: string;
+  /** `--ssh NAME`: the SSH host of `sshHosts` the build runs on instead of `buildHost`. */
+  sshHost?: string;
   address: string;
   namespace: string;
   uiUrl?: string;
@@ -41,8 +43,9 @@ async function reachable(address: string): Promise<boolean> {
   }
 }
 
-export async function resolveRuntime(configFile: string | undefined, opts: { needS3: boolean; log: (line: string) => void }): Promise<CliRuntime> {
-  let loaded = loadConfig({ file: configFile });
+export async function resolveRuntime(configFile: string | undefined, opts: { needS3: boolean; log: (line: string) => void; sshHost?: string }): Promise<CliRuntime> {
+  const { sshHost } = opts;
+  let loaded = loadConfig({ file: configFile, sshHost });
   const { temporal, s3 } = loaded.config;
   const embedded = { temporal: false, s3: false };
   let uiUrl: string | undefined;
@@ -60,10 +63,10 @@ export async function resolveRuntime(configFile: string | undefined, opts: { nee
     opts.log(`${dev.started ? 'started' : 'using'} the local S3 server at ${dev.endpoint} (no AWS credentials configured; state in .rootfs/s3)`);
     Object.assign(process.env, { S3_ENDPOINT: dev.endpoint, AWS_ACCESS_KEY_ID: dev.accessKeyId, AWS_SECRET_ACCESS_KEY: dev.secretAccessKey });
     process.env.AWS_REGION ??= s3.region;
-    loaded = loadConfig({ file: configFile });
+    loaded = loadConfig({ file: configFile, sshHost });
     embedded.s3 = true;
   }
-  return { loaded, configFile, address: temporal.address, namespace: temporal.namespace, uiUrl, embedded };
+  return { loaded, configFile, sshHost, address: temporal.address, namespace: temporal.namespace, uiUrl, embedded };
 }
 
 export async function temporalClient(rt: CliRuntime): Promise<{ client: Client; close(): Promise<void> }> {

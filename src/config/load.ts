@@ -26,6 +26,8 @@ export interface LoadOptions {
   file?: string;
   env?: NodeJS.ProcessEnv;
   cwd?: string;
+  /** Build on the SSH host of this name in `sshHosts` instead of `buildHost` (`--ssh NAME`). */
+  sshHost?: string;
 }
 
 type Raw = Record<string, unknown>;
@@ -133,7 +135,16 @@ export function loadConfig(opts: LoadOptions = {}): LoadedConfig {
   mergeLanguages(raw);
   const parsed = Config.safeParse(raw);
   if (!parsed.success) throw new ConfigError(formatIssues(parsed.error.issues, file, doc, lines));
-  return { config: parsed.data, file, baseDir: file ? path.dirname(file) : cwd };
+  const config = parsed.data;
+  if (opts.sshHost !== undefined) {
+    const target = config.sshHosts[opts.sshHost];
+    if (!target) {
+      const named = Object.keys(config.sshHosts);
+      throw new ConfigError([`--ssh ${JSON.stringify(opts.sshHost).slice(0, 40)}: no such SSH host in sshHosts (${named.length ? `configured: ${named.join(', ')}` : 'none configured'})`]);
+    }
+    config.buildHost = { kind: 'ssh', alias: opts.sshHost, ...target };
+  }
+  return { config, file, baseDir: file ? path.dirname(file) : cwd };
 }
 
 /** Resolves a path from the config (operator binary, SSH key) against the config's directory. */

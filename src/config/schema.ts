@@ -156,20 +156,24 @@ export const Base = z.strictObject({
   packages: z.array(DebPackage).default([]),
 });
 
+/** How to reach an SSH build host; the private key stays on the machine running the worker. */
+const SshTarget = {
+  host: z.string().regex(/^[A-Za-z0-9.-]+$|^\[[0-9a-fA-F:]+\]$/, { error: 'expected a host name or address' }),
+  port: z.int().min(1).max(65535).default(22),
+  user: z.string().regex(/^[a-z_][a-z0-9_-]{0,31}$/, { error: 'expected a user name' }),
+  /** Path of the private key on the machine running the worker; the key itself never leaves it. */
+  keyPath: z.string().min(1),
+  /** The host key's pinned fingerprint, as `ssh-keygen -lf` prints it. */
+  hostKeySha256: z.string().regex(/^SHA256:[A-Za-z0-9+/]{43}$/, { error: 'expected SHA256:<43 base64 characters>' }),
+};
+
 export const BuildHost = z.discriminatedUnion('kind', [
   z.strictObject({ kind: z.literal('local'), alias: Name.default('local') }),
-  z.strictObject({
-    kind: z.literal('ssh'),
-    alias: Name,
-    host: z.string().regex(/^[A-Za-z0-9.-]+$|^\[[0-9a-fA-F:]+\]$/, { error: 'expected a host name or address' }),
-    port: z.int().min(1).max(65535).default(22),
-    user: z.string().regex(/^[a-z_][a-z0-9_-]{0,31}$/, { error: 'expected a user name' }),
-    /** Path of the private key on the machine running the worker; the key itself never leaves it. */
-    keyPath: z.string().min(1),
-    /** The host key's pinned fingerprint, as `ssh-keygen -lf` prints it. */
-    hostKeySha256: z.string().regex(/^SHA256:[A-Za-z0-9+/]{43}$/, { error: 'expected SHA256:<43 base64 characters>' }),
-  }),
+  z.strictObject({ kind: z.literal('ssh'), alias: Name, ...SshTarget }),
 ]);
+
+/** Named SSH build hosts: `rootfs worker --ssh <name>` (and create/resume/customize --ssh) build there. */
+export const SshHosts = z.record(Name, z.strictObject(SshTarget));
 
 export const S3 = z.strictObject({
   bucket: z
@@ -204,6 +208,7 @@ export const Config = z.strictObject({
   base: Base.default(Base.parse({})),
   languages: z.record(Name, Language),
   buildHost: BuildHost.default({ kind: 'local', alias: 'local' }),
+  sshHosts: SshHosts.default({}),
   workspace: AbsolutePath.default('/srv/firecracker'),
   s3: S3.default(S3.parse({})),
   image: Image.default(Image.parse({})),

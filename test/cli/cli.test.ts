@@ -35,6 +35,9 @@ describe('rootfs CLI', function () {
     assert.match(bad.stderr, /rootfs\.yaml:1: workspace: expected an absolute path/);
     assert.match(bad.stderr, /rootfs\.yaml:3: s3\.bucket: expected an S3 bucket name/);
     assert.equal((await rootfs(['no-such-command'])).code, 2);
+    const noHost = await rootfs(['config', '--ssh', 'builder-9']);
+    assert.equal(noHost.code, 2);
+    assert.match(noHost.stderr, /--ssh "builder-9": no such SSH host in sshHosts \(none configured\)/);
     const hostile = await rootfs(['s3', 'upload-single', 'python;rm -rf /']);
     assert.equal(hostile.code, 2);
     assert.match(hostile.stderr, /not a language name/);

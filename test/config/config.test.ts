@@ -49,6 +49,24 @@ describe('config', () => {
     assert.equal(b.s3.endpoint, 'http://127.0.0.1:9000');
   });
 
+  it('lets TEMPORAL_ADDRESS and TEMPORAL_NAMESPACE override the file', () => {
+    const file = withFile('temporal:\n  address: temporal.example.internal:7233\n  namespace: builds\n');
+    assert.deepEqual(loadConfig({ file, env: emptyEnv }).config.temporal.address, 'temporal.example.internal:7233');
+    const { temporal } = loadConfig({ file, env: { TEMPORAL_ADDRESS: '127.0.0.1:7300', TEMPORAL_NAMESPACE: 'dev' } }).config;
+    assert.equal(temporal.address, '127.0.0.1:7300');
+    assert.equal(temporal.namespace, 'dev');
+  });
+
+  it('--ssh NAME builds on a named SSH host of sshHosts; an unknown name is refused', () => {
+    const pin = `SHA256:${'A'.repeat(43)}`;
+    const file = withFile(`sshHosts:\n  builder-2:\n    host: 10.0.0.6\n    user: root\n    keyPath: keys/builder\n    hostKeySha256: "${pin}"\n`);
+    assert.deepEqual(loadConfig({ file, env: emptyEnv }).config.buildHost, { kind: 'local', alias: 'local' });
+    const { buildHost } = loadConfig({ file, env: emptyEnv, sshHost: 'builder-2' }).config;
+    assert.deepEqual(buildHost, { kind: 'ssh', alias: 'builder-2', host: '10.0.0.6', port: 22, user: 'root', keyPath: 'keys/builder', hostKeySha256: pin });
+    assert.deepEqual(problemsOf(() => loadConfig({ file, env: emptyEnv, sshHost: 'builder-3' })), ['--ssh "builder-3": no such SSH host in sshHosts (configured: builder-2)']);
+    assert.match(problemsOf(() => loadConfig({ file: withFile('sshHosts:\n  Bad_Name: {}\n'), env: emptyEnv })).join('\n'), /sshHosts/);
+  });
+
   it('lays language entries over the profile and drops a language set to null', () => {
     const file = withFile('languages:\n  python:\n    packages: [python3-venv]\n  rust: null\n');
     const { config } = loadConfig({ file, env: emptyEnv });

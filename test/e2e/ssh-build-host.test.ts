@@ -62,13 +62,15 @@ describe('build host over SSH @real', function () {
       hostKeySha256: sshd.hostKeySha256,
     };
     // A fresh workspace: the base is really built over SSH, nothing is reused from other tests.
-    env = await createBuildEnv('ssh', { buildHost });
+    // Named in sshHosts and chosen with --ssh (here the worker's configOptions), as `rootfs worker --ssh NAME` does.
+    const { kind: _kind, alias: _alias, ...target } = buildHost;
+    env = await createBuildEnv('ssh', { sshHosts: { [alias]: target } });
     // The worker serves the queue of the configured build host's alias. The upload step copies
     // the image from the build host into a staging cache first: a temp one for this test.
     options = { ...env.options, hostTaskQueue: hostTaskQueue(alias) };
     process.env.XDG_CACHE_HOME = tempDir('ssh-cache');
     staged = path.join(stagingDir(alias), 'rootfs-bash.ext4');
-    await env.startWorker();
+    await env.startWorker({ configOptions: { file: env.configFile, sshHost: alias } });
   });
 
   it('builds the bash image with every command and file going over SSH to the pinned host', async () => {
@@ -152,7 +154,8 @@ describe('build host over SSH @real', function () {
     const wrong = `SHA256:${crypto.randomBytes(32).toString('base64').replace(/=+$/, '')}`;
     assert.notEqual(wrong, sshd.hostKeySha256);
     // The worker reads the config for every step and reconnects when the build host changes.
-    env.writeConfig({ buildHost: { ...buildHost, hostKeySha256: wrong } });
+    const { kind: _kind, alias, ...target } = buildHost;
+    env.writeConfig({ sshHosts: { [alias as string]: { ...target, hostKeySha256: wrong } } });
     const logFrom = sshdLogSize(sshd);
     const runTag = `ssh-wrong-key-${crypto.randomBytes(3).toString('hex')}`;
     const handle = await client.workflow.start(createRootfs, {
