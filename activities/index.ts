@@ -4,7 +4,7 @@ import { z } from 'zod';
 import { ConfigError, Name, type LoadedConfig } from '../src/config';
 import { BuildError, StepRunner, type Progress } from '../src/build/context';
 import { KEY_PATTERN, stepKey } from '../src/build/keys';
-import { Pipeline } from '../src/build/pipeline';
+import { Pipeline, type ArchiveSnapshot } from '../src/build/pipeline';
 import { HostKeyMismatchError, type Host } from '../src/host';
 import type { BucketListing, StepResult } from '../workflows/types';
 
@@ -37,6 +37,7 @@ export interface ActivityDeps {
 
 const Key = z.string().regex(KEY_PATTERN);
 const LanguageInput = z.strictObject({ language: Name });
+const Snapshot = z.record(z.string().regex(/^[a-z0-9][a-z0-9.-]{0,63}$/), z.string().regex(/^[0-9a-f]{64}$/));
 
 function toFailure(err: unknown): unknown {
   if (err instanceof BuildError) return ApplicationFailure.create({ message: err.message, type: err.type, nonRetryable: true });
@@ -82,14 +83,19 @@ export function createActivities(deps: ActivityDeps) {
       return withPipeline(async (p) => p.prepare(LanguageInput.parse(input).language));
     },
 
-    async base(input: { language: string }): Promise<StepResult> {
-      LanguageInput.parse(input);
-      return withPipeline((p) => p.base());
+    /** The archive's state, read once per build so that every image of it agrees on the base. */
+    async archiveSnapshot(): Promise<ArchiveSnapshot> {
+      return withPipeline((p) => p.archiveSnapshot());
     },
 
-    async runtime(input: { language: string; baseKey: string }): Promise<StepResult> {
-      const { language, baseKey } = z.strictObject({ language: Name, baseKey: Key }).parse(input);
-      return withPipeline((p) => p.runtime(language, baseKey));
+    async base(input: { language: string; archive?: ArchiveSnapshot }): Promise<StepResult> {
+      const { archive } = z.strictObject({ language: Name, archive: Snapshot.optional() }).parse(input);
+      return withPipeline((p) => p.base(archive));
+    },
+
+    async runtime(input: { language: string; baseKey: string; archive?: ArchiveSnapshot }): Promise<StepResult> {
+      const { language, baseKey, archive } = z.strictObject({ language: Name, baseKey: Key, archive: Snapshot.optional() }).parse(input);
+      return withPipeline((p) => p.runtime(language, baseKey, archive));
     },
 
     async operator(input: { language: string; runtimeKey: string; operatorSha256: string }): Promise<StepResult> {

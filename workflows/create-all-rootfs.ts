@@ -2,6 +2,7 @@ import {
   ApplicationFailure,
   condition,
   ParentClosePolicy,
+  patched,
   proxyActivities,
   setCurrentDetails,
   setHandler,
@@ -24,6 +25,14 @@ export async function createAllRootfs(input: CreateAllRootfsInput): Promise<Crea
   });
 
   const languages = input.languages ?? (await light.plan()).languages;
+  // One archive state for every child: an archive publish during the build must not give two
+  // children two different bases. When it cannot be read here, each child reads it (and pauses
+  // for the operator if it cannot either). Histories from before this step replay without it.
+  let childOptions = options;
+  if (patched('archive-snapshot') && !options.archive) {
+    const archive = await light.archiveSnapshot().catch(() => undefined);
+    if (archive) childOptions = { ...options, archive };
+  }
   const progress = new Map<string, LanguageProgress>(
     languages.map((language) => [
       language,
@@ -61,7 +70,7 @@ export async function createAllRootfs(input: CreateAllRootfsInput): Promise<Crea
     try {
       const child = await startChild(createRootfs, {
         workflowId: childWorkflowId(runTag, language),
-        args: [{ language, runTag, options }],
+        args: [{ language, runTag, options: childOptions }],
         staticSummary: `${language} image`,
         parentClosePolicy: ParentClosePolicy.REQUEST_CANCEL,
       });

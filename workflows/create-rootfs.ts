@@ -152,8 +152,9 @@ export async function createRootfs(input: CreateRootfsInput): Promise<ImageSumma
   }
 
   const { operatorSha256 } = await runStep('allocate', 'allocate', { language });
-  const base = await runStep('base', 'base', { language });
-  const runtime = await runStep('runtime', 'runtime', { language, baseKey: base.key });
+  const archive = options.archive ? { archive: options.archive } : {};
+  const base = await runStep('base', 'base', { language, ...archive });
+  const runtime = await runStep('runtime', 'runtime', { language, baseKey: base.key, ...archive });
   const operator = await runStep('operator', 'operator', { language, runtimeKey: runtime.key, operatorSha256 });
   const verify = await runStep('verify', 'verify', { language, operatorKey: operator.key });
   const image = await runStep('image', 'image', { language, verifyKey: verify.key, operatorKey: operator.key });

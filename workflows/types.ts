@@ -52,6 +52,11 @@ export interface BuildOptions {
   stepTimeoutMs?: number;
   /** Upload the image to S3 at the end. Default true. */
   upload?: boolean;
+  /**
+   * The apt archive's state (InRelease sha256 per dist) pinned for the whole build by
+   * createAllRootfs, so every image agrees on one base. Absent: each apt step reads it.
+   */
+  archive?: Record<string, string>;
 }
 
 export interface CreateRootfsInput {

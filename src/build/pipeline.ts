@@ -34,6 +34,9 @@ export interface PipelineInput {
   clientEnv?: Record<string, string>;
 }
 
+/** sha256 of the signed InRelease per dist (`jammy`, `jammy-updates`): which archive a build saw. */
+export type ArchiveSnapshot = Record<string, string>;
+
 const sha256Local = (file: string) => crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
 
 export class Pipeline {
@@ -87,6 +90,22 @@ export class Pipeline {
     return [suite, ...pockets.map((p) => `${suite}-${p}`)];
   }
 
+  /**
+   * The archive state an apt step's key includes: the build's snapshot when it has one (taken once
+   * by createAllRootfs, so that an archive publish in the middle of a build cannot split the shared
+   * base in two), else read now. A snapshot of other dists than configured is not used.
+   */
+  private async archiveFor(snapshot?: ArchiveSnapshot): Promise<Record<string, string>> {
+    const dists = this.dists();
+    if (snapshot && Object.keys(snapshot).sort().join() === [...dists].sort().join()) return snapshot;
+    return this.archiveState(await this.mirror());
+  }
+
+  /** The archive's state now: for a build to pin at its start (see archiveFor). */
+  async archiveSnapshot(): Promise<ArchiveSnapshot> {
+    return this.archiveState(await this.mirror());
+  }
+
   /** sha256 of each dist's signed InRelease: the archive's state, part of every apt step's key. */
   private async archiveState(mirror: string): Promise<Record<string, string>> {
     const state: Record<string, string> = {};
@@ -115,11 +134,11 @@ export class Pipeline {
   }
 
   /** The base tree shared by every language: minbase + updates pocket + systemd-sysv, signed sources only. */
-  async base(): Promise<StepOutcome> {
+  async base(snapshot?: ArchiveSnapshot): Promise<StepOutcome> {
     const base = this.input.config.base;
     const mirror = await this.mirror();
     this.runner.phase('reading the archive state');
-    const archive = await this.archiveState(mirror);
+    const archive = await this.archiveFor(snapshot);
     const keyring = await this.keyringOnHost();
     const packages = [...new Set([...BASE_PACKAGES, ...base.packages])].sort();
     const key = stepKey('base', null, {
@@ -183,10 +202,10 @@ export class Pipeline {
     return tree;
   }
 
-  async runtime(language: string, baseKey: string): Promise<StepOutcome> {
+  async runtime(language: string, baseKey: string, snapshot?: ArchiveSnapshot): Promise<StepOutcome> {
     const spec = this.spec(language);
     const usesApt = spec.packages.length > 0 || spec.runtime.some((s) => s.kind === 'apt');
-    const archive = usesApt ? await this.archiveState(await this.mirror()) : null;
+    const archive = usesApt ? await this.archiveFor(snapshot) : null;
     const key = stepKey('runtime', baseKey, {
       recipe: RECIPE.runtime,
       runtime: spec.runtime,

@@ -1,4 +1,4 @@
-import type { WorkflowHandle } from '@temporalio/client';
+import { defaultPayloadConverter, type WorkflowHandle } from '@temporalio/client';
 
 /**
  * How often an activity of `type` was scheduled in a workflow's history, and the attempts each
@@ -25,4 +25,13 @@ export async function waitFor<T>(what: string, fn: () => Promise<T | undefined>,
     await new Promise((r) => setTimeout(r, 1000));
   }
   throw new Error(`timed out waiting for ${what}`);
+}
+
+/** The result of the first completed activity of `type` in a workflow's history. */
+export async function activityResult<T>(handle: WorkflowHandle, type: string): Promise<T | undefined> {
+  const events = (await handle.fetchHistory()).events ?? [];
+  const scheduled = new Set(events.filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === type).map((e) => String(e.eventId)));
+  const done = events.find((e) => e.activityTaskCompletedEventAttributes && scheduled.has(String(e.activityTaskCompletedEventAttributes.scheduledEventId)));
+  const payload = done?.activityTaskCompletedEventAttributes?.result?.payloads?.[0];
+  return payload ? defaultPayloadConverter.fromPayload<T>(payload as never) : undefined;
 }
