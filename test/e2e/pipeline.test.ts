@@ -91,6 +91,16 @@ describe('pipeline @real', function () {
     const failed = waiting.steps.find((s) => s.state === 'awaiting-retry')!;
     assert.equal(failed.name, 'runtime');
     assert.match(failed.error!, /503|rust-extra/);
+    // "Every build waiting for me" is one filter in Temporal Web (visibility lags a moment).
+    const filter = `RootfsState = 'awaiting-retry' AND RootfsStep = 'runtime' AND RootfsLanguage = 'rust'`;
+    await waitFor(
+      'the search attributes to show rust waiting',
+      async () => {
+        for await (const w of client.workflow.list({ query: filter })) if (w.workflowId === rustId) return true;
+        return undefined;
+      },
+      60_000,
+    );
 
     // The operator fixes the cause (the vendor is back), then resumes the build.
     fixture.serve('/rust-extra.tgz', rustExtra.tarball);
