@@ -8,7 +8,7 @@ import { Name } from '../config';
 import { humanSize } from '../store';
 import { ensureBackgroundWorker, waitForPoller } from './background-worker';
 import { temporalClient, workerConnection, workflowUrl, type CliRuntime } from './runtime';
-import { clock, lineReporter, liveReporter, watch } from './watch';
+import { clock, finishedStep, firstLine, lineReporter, liveReporter, watch } from './watch';
 
 /** A run tag per UTC day by default: starting the same build twice attaches to the first. */
 export function defaultRunTag(now = new Date()): string {
@@ -21,12 +21,12 @@ const seconds = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
 export function progressTable(all: LanguageProgress[], now = Date.now()): string {
   const out: string[] = [];
   for (const p of all) {
-    const done = p.steps.filter((s) => s.state === 'done' || s.state === 'reused' || s.state === 'skipped').length;
+    const done = p.steps.filter(finishedStep).length;
     out.push(`${p.language}  ${p.state} (${done}/${p.steps.length} steps)  ${p.workflowId}`);
     for (const s of p.steps) {
       const took = s.state === 'running' && s.startedAt ? `${clock(now - Date.parse(s.startedAt))} so far` : s.durationMs !== undefined ? seconds(s.durationMs) : '';
       const tries = s.attempts > 1 ? `  ${s.attempts} attempts` : '';
-      out.push(`  ${STEP_TITLES[s.name].padEnd(24)} ${s.state.padEnd(15)} ${took.padEnd(12)}${tries}${s.error ? `  error: ${s.error.split('\n')[0]}` : ''}`.trimEnd());
+      out.push(`  ${STEP_TITLES[s.name].padEnd(24)} ${s.state.padEnd(15)} ${took.padEnd(12)}${tries}${s.error ? `  error: ${firstLine(s.error)}` : ''}`.trimEnd());
     }
   }
   return out.join('\n');
@@ -58,6 +58,19 @@ export async function follow(handle: WorkflowHandle, stream: NodeJS.WriteStream,
   } finally {
     live.finish();
   }
+}
+
+/** Follows on stderr until the build closes or Ctrl-C, which stops the watching only: the workflow and its worker go on. */
+async function followUntilCtrlC(handle: WorkflowHandle): Promise<'closed' | 'detached'> {
+  const interrupted = new AbortController();
+  const onInterrupt = () => interrupted.abort();
+  process.once('SIGINT', onInterrupt);
+  try {
+    await follow(handle, process.stderr, interrupted.signal);
+  } finally {
+    process.removeListener('SIGINT', onInterrupt);
+  }
+  return interrupted.signal.aborted ? 'detached' : 'closed';
 }
 
 export interface CreateOptions {
@@ -114,16 +127,7 @@ export async function createCommand(rt: CliRuntime, opts: CreateOptions): Promis
       console.error(`detached; follow it with: rootfs status --follow ${workflowId}`);
       return 0;
     }
-    // Ctrl-C stops the watching only: the workflow and the background worker go on.
-    const interrupted = new AbortController();
-    const onInterrupt = () => interrupted.abort();
-    process.once('SIGINT', onInterrupt);
-    try {
-      await follow(handle, process.stderr, interrupted.signal);
-    } finally {
-      process.removeListener('SIGINT', onInterrupt);
-    }
-    if (interrupted.signal.aborted) {
+    if ((await followUntilCtrlC(handle)) === 'detached') {
       console.error(`\ndetached: the build goes on${opts.worker ? ' in the background worker' : ''}; re-attach with: rootfs status --follow ${workflowId}`);
       return 130;
     }
@@ -170,15 +174,7 @@ export async function statusCommand(rt: CliRuntime, workflowId: string | undefin
       });
     let described = await describe();
     if (opts.follow && described.status.name === 'RUNNING') {
-      const interrupted = new AbortController();
-      const onInterrupt = () => interrupted.abort();
-      process.once('SIGINT', onInterrupt);
-      try {
-        await follow(handle, process.stderr, interrupted.signal);
-      } finally {
-        process.removeListener('SIGINT', onInterrupt);
-      }
-      if (interrupted.signal.aborted) {
+      if ((await followUntilCtrlC(handle)) === 'detached') {
         console.error(`\nstopped watching; the build goes on (rootfs status --follow ${workflowId})`);
         return 130;
       }

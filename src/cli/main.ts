@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
-import { ConfigError, loadConfig } from '../config';
+import { ConfigError, loadConfig, type Config } from '../config';
 import { checkLanguage, StoreError } from '../store';
 import { formatImageReport, verifyImage } from '../build/verify-image';
 import { LocalHost } from '../host';
@@ -19,6 +19,15 @@ export const EXIT = { ok: 0, failed: 1, usage: 2 } as const;
 
 /** A mistake in the command line itself (exit 2). */
 class UsageError extends Error {}
+
+/** A language name from the command line, checked against the config before any I/O (exit 2 when wrong). */
+function languageArgument(lang: string, config: Config): string {
+  try {
+    return checkLanguage(lang, Object.keys(config.languages));
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+}
 
 const positiveInt = (v: string) => {
   const n = Number(v);
@@ -116,12 +125,7 @@ function program(setExit: (code: number) => void): Command {
     .addHelpText('after', '\nExample:\n  rootfs verify python')
     .action(async (lang: string, opts: { json?: boolean }) => {
       const { config } = loadConfig({ file: cli.opts().config });
-      let language: string;
-      try {
-        language = checkLanguage(lang, Object.keys(config.languages));
-      } catch (err) {
-        throw new UsageError((err as Error).message);
-      }
+      const language = languageArgument(lang, config);
       const report = await verifyImage(new LocalHost(), path.join(config.workspace, 'images', `rootfs-${language}.ext4`), config.languages[language]!);
       process.stdout.write(opts.json ? JSON.stringify(report, null, 2) + '\n' : formatImageReport(report));
       setExit(report.ok ? EXIT.ok : EXIT.failed);
@@ -143,12 +147,7 @@ function program(setExit: (code: number) => void): Command {
     ].join('\n'))
     .action(async (lang: string, argv: string[], opts: { ssh?: string }) => {
       const loaded = loadConfig({ file: cli.opts().config, sshHost: opts.ssh });
-      let language: string;
-      try {
-        language = checkLanguage(lang, Object.keys(loaded.config.languages));
-      } catch (err) {
-        throw new UsageError((err as Error).message);
-      }
+      const language = languageArgument(lang, loaded.config);
       setExit(await customizeCommand(loaded, language, argv));
     });
 
@@ -171,12 +170,7 @@ function program(setExit: (code: number) => void): Command {
     .addHelpText('after', '\nExample:\n  rootfs s3 upload-single python')
     .action(async (lang: string) => {
       // Refused before any I/O: no server is started, no request sent.
-      try {
-        checkLanguage(lang, Object.keys(loadConfig({ file: cli.opts().config }).config.languages));
-      } catch (err) {
-        if (err instanceof ConfigError) throw err;
-        throw new UsageError((err as Error).message);
-      }
+      languageArgument(lang, loadConfig({ file: cli.opts().config }).config);
       setExit(await s3Commands.uploadSingle(await runtime(true), lang));
     });
   s3.command('download').description('sync the bucket into the workspace (only what differs), link rootfs.ext4 to python')

@@ -29,7 +29,7 @@ export async function watch(handle: WorkflowHandle, onProgress: (all: LanguagePr
   }
 }
 
-const firstLine = (s: string) => s.split('\n')[0]!;
+export const firstLine = (s: string) => s.split('\n')[0]!;
 
 /** Append-only: one line whenever a step changes state. */
 export function lineReporter(out: (line: string) => void, resumeHint?: string): (all: LanguageProgress[]) => void {
@@ -54,7 +54,7 @@ export function clock(ms: number): string {
   return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, '0')}`;
 }
 
-const finishedStep = (s: StepProgress) => s.state === 'done' || s.state === 'reused' || s.state === 'skipped';
+export const finishedStep = (s: StepProgress) => s.state === 'done' || s.state === 'reused' || s.state === 'skipped';
 
 /** Time from the first step's start to the last step's end (or to `now` while it runs). */
 function elapsed(p: LanguageProgress, now: number): number | undefined {
