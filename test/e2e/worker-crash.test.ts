@@ -4,11 +4,10 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ORCHESTRATOR_TASK_QUEUE } from '../../worker';
 import { createRootfs } from '../../workflows';
-import { progressQuery } from '../../workflows/messages';
-import { childWorkflowId, type LanguageProgress } from '../../workflows/types';
+import { childWorkflowId } from '../../workflows/types';
 import { createBuildEnv } from '../support/build-env';
-import { processesUnder } from '../support/process';
-import { activityRuns, waitFor } from '../support/history';
+import { processesLeftUnder } from '../support/process';
+import { activityRuns, waitForRunningStep } from '../support/history';
 import { e2fsckStatus } from '../support/image';
 import { testTemporal } from '../support/temporal';
 
@@ -26,25 +25,13 @@ describe('worker crash @real', function () {
       workflowId: childWorkflowId(runTag, 'python'),
       args: [{ language: 'python', runTag, options: { ...env.options, maxAttempts: 3 } }],
     });
-    await waitFor(
-      'the runtime step to run',
-      async () => {
-        const [p]: LanguageProgress[] = await handle.query(progressQuery);
-        return p?.steps.find((s) => s.name === 'runtime')?.state === 'running' ? true : undefined;
-      },
-      10 * 60 * 1000,
-    );
+    await waitForRunningStep(handle, 'runtime');
     await new Promise((r) => setTimeout(r, 3000)); // well inside apt's work
     first.kill('SIGKILL');
     await new Promise((r) => first.once('exit', r));
     // Everything the dead worker started dies with it (the kernel tears down the build's PID
     // namespace; a process in uninterruptible I/O may take a moment): no apt keeps writing the tree.
-    let left = processesUnder(env.workspace);
-    for (let i = 0; i < 100 && left.length; i++) {
-      await new Promise((r) => setTimeout(r, 100));
-      left = processesUnder(env.workspace);
-    }
-    assert.deepEqual(left, [], 'no build process outlives its worker');
+    assert.deepEqual(await processesLeftUnder(env.workspace, 10_000), [], 'no build process outlives its worker');
 
     await env.spawnWorker();
     const summary = await handle.result();
@@ -67,24 +54,12 @@ describe('worker crash @real', function () {
       workflowId: childWorkflowId(runTag, 'tools'),
       args: [{ language: 'tools', runTag, options: { ...env.options, heartbeatTimeoutMs: 10_000 } }],
     });
-    await waitFor(
-      'the runtime step to run',
-      async () => {
-        const [p]: LanguageProgress[] = await handle.query(progressQuery);
-        return p?.steps.find((s) => s.name === 'runtime')?.state === 'running' ? true : undefined;
-      },
-      10 * 60 * 1000,
-    );
+    await waitForRunningStep(handle, 'runtime');
     await new Promise((r) => setTimeout(r, 3000));
     const t0 = Date.now();
     await handle.cancel();
     await assert.rejects(handle.result(), /cancel/i);
-    let left = processesUnder(env.workspace);
-    for (let i = 0; i < 150 && left.length; i++) {
-      await new Promise((r) => setTimeout(r, 100));
-      left = processesUnder(env.workspace);
-    }
-    assert.deepEqual(left, [], 'the step was stopped');
+    assert.deepEqual(await processesLeftUnder(env.workspace, 15_000), [], 'the step was stopped');
     assert.ok(Date.now() - t0 < 30_000, `stopped in ${(Date.now() - t0) / 1000} s`);
     const tmp = path.join(env.workspace, 'artifacts', '.tmp');
     for (let i = 0; i < 50 && fs.readdirSync(tmp).length; i++) await new Promise((r) => setTimeout(r, 100));

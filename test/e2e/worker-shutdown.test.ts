@@ -6,11 +6,10 @@ import * as path from 'node:path';
 import type { WorkflowHandle } from '@temporalio/client';
 import { ORCHESTRATOR_TASK_QUEUE } from '../../worker';
 import { createRootfs } from '../../workflows';
-import { progressQuery } from '../../workflows/messages';
-import { childWorkflowId, type LanguageProgress, type Step } from '../../workflows/types';
+import { childWorkflowId } from '../../workflows/types';
 import { createBuildEnv } from '../support/build-env';
-import { activityRuns, waitFor } from '../support/history';
-import { processesUnder } from '../support/process';
+import { activityRuns, completedActivity, waitForRunningStep } from '../support/history';
+import { processesLeftUnder } from '../support/process';
 import { testTemporal } from '../support/temporal';
 
 const exited = (child: ChildProcess) =>
@@ -19,23 +18,10 @@ const exited = (child: ChildProcess) =>
     else child.once('exit', (code) => resolve({ code, at: Date.now() }));
   });
 
-async function waitRunning(handle: WorkflowHandle, step: Step): Promise<void> {
-  await waitFor(
-    `the ${step} step to run`,
-    async () => {
-      const [p]: LanguageProgress[] = await handle.query(progressQuery);
-      return p?.steps.find((s) => s.name === step)?.state === 'running' ? true : undefined;
-    },
-    10 * 60 * 1000,
-  );
-}
-
 /** When the history says the step's activity completed (ms since epoch), if it did. */
 async function completedAt(handle: WorkflowHandle, type: string): Promise<number | undefined> {
-  const events = (await handle.fetchHistory()).events ?? [];
-  const scheduled = new Set(events.filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === type).map((e) => String(e.eventId)));
-  const done = events.find((e) => e.activityTaskCompletedEventAttributes && scheduled.has(String(e.activityTaskCompletedEventAttributes.scheduledEventId)));
-  return done?.eventTime ? Number(done.eventTime.seconds) * 1000 + Math.floor((done.eventTime.nanos ?? 0) / 1e6) : undefined;
+  const time = (await completedActivity(handle, type))?.eventTime;
+  return time ? Number(time.seconds) * 1000 + Math.floor((time.nanos ?? 0) / 1e6) : undefined;
 }
 
 describe('worker shutdown @real', function () {
@@ -53,7 +39,7 @@ describe('worker shutdown @real', function () {
       workflowId: childWorkflowId(runTag, 'python'),
       args: [{ language: 'python', runTag, options: { ...env.options, maxAttempts: 3 } }],
     });
-    await waitRunning(handle, 'base');
+    await waitForRunningStep(handle, 'base');
     await new Promise((r) => setTimeout(r, 2000));
     patient.kill('SIGTERM');
     const first = await exited(patient);
@@ -65,19 +51,14 @@ describe('worker shutdown @real', function () {
 
     // 2. A short grace: the runtime step (apt in the chroot) is cancelled, its processes killed.
     const hasty = await env.spawnWorker(['--grace', '2']);
-    await waitRunning(handle, 'runtime');
+    await waitForRunningStep(handle, 'runtime');
     await new Promise((r) => setTimeout(r, 3000));
     const t0 = Date.now();
     hasty.kill('SIGTERM');
     const second = await exited(hasty);
     assert.equal(second.code, 0);
     assert.ok(second.at - t0 < 20_000, `stopped ${(second.at - t0) / 1000} s after SIGTERM`);
-    let left = processesUnder(env.workspace);
-    for (let i = 0; i < 100 && left.length; i++) {
-      await new Promise((r) => setTimeout(r, 100));
-      left = processesUnder(env.workspace);
-    }
-    assert.deepEqual(left, [], 'the cancelled step left nothing running');
+    assert.deepEqual(await processesLeftUnder(env.workspace, 10_000), [], 'the cancelled step left nothing running');
     assert.equal(await completedAt(handle, 'runtime'), undefined, 'the runtime step did not finish');
     const tmp = path.join(env.workspace, 'artifacts', '.tmp');
     assert.deepEqual(fs.existsSync(tmp) ? fs.readdirSync(tmp) : [], [], 'no half-built artifact is left');

@@ -1,4 +1,6 @@
 import { defaultPayloadConverter, type WorkflowHandle } from '@temporalio/client';
+import { progressQuery } from '../../workflows/messages';
+import type { LanguageProgress, Step } from '../../workflows/types';
 
 /**
  * How often an activity of `type` was scheduled in a workflow's history, and the attempts each
@@ -27,11 +29,27 @@ export async function waitFor<T>(what: string, fn: () => Promise<T | undefined>,
   throw new Error(`timed out waiting for ${what}`);
 }
 
-/** The result of the first completed activity of `type` in a workflow's history. */
-export async function activityResult<T>(handle: WorkflowHandle, type: string): Promise<T | undefined> {
+/** The first ActivityTaskCompleted event of an activity of `type` in a workflow's history. */
+export async function completedActivity(handle: WorkflowHandle, type: string) {
   const events = (await handle.fetchHistory()).events ?? [];
   const scheduled = new Set(events.filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === type).map((e) => String(e.eventId)));
-  const done = events.find((e) => e.activityTaskCompletedEventAttributes && scheduled.has(String(e.activityTaskCompletedEventAttributes.scheduledEventId)));
-  const payload = done?.activityTaskCompletedEventAttributes?.result?.payloads?.[0];
+  return events.find((e) => e.activityTaskCompletedEventAttributes && scheduled.has(String(e.activityTaskCompletedEventAttributes.scheduledEventId)));
+}
+
+/** The result of the first completed activity of `type` in a workflow's history. */
+export async function activityResult<T>(handle: WorkflowHandle, type: string): Promise<T | undefined> {
+  const payload = (await completedActivity(handle, type))?.activityTaskCompletedEventAttributes?.result?.payloads?.[0];
   return payload ? defaultPayloadConverter.fromPayload<T>(payload as never) : undefined;
+}
+
+/** Waits (polling the `progress` query) until the build's `step` is running. */
+export async function waitForRunningStep(handle: WorkflowHandle, step: Step, timeoutMs = 10 * 60 * 1000): Promise<void> {
+  await waitFor(
+    `the ${step} step to run`,
+    async () => {
+      const [p]: LanguageProgress[] = await handle.query(progressQuery);
+      return p?.steps.find((s) => s.name === step)?.state === 'running' ? true : undefined;
+    },
+    timeoutMs,
+  );
 }

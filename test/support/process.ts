@@ -141,3 +141,17 @@ export function processesUnder(dir: string): string[] {
   }
   return found;
 }
+
+/**
+ * What a build left running under `dir` once `timeoutMs` passed (or at once, when nothing is):
+ * a killed process tree may take a moment to go, one in uninterruptible I/O in particular.
+ */
+export async function processesLeftUnder(dir: string, timeoutMs: number): Promise<string[]> {
+  const deadline = Date.now() + timeoutMs;
+  let left = processesUnder(dir);
+  while (left.length && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 100));
+    left = processesUnder(dir);
+  }
+  return left;
+}
