@@ -129,7 +129,12 @@ export function loadConfig(opts: LoadOptions = {}): LoadedConfig {
       );
     }
     if (doc.contents !== null && !isMap(doc.contents)) throw new ConfigError([`${path.basename(file)}: the top level must be a mapping`]);
-    raw = (doc.toJS() as Raw | null) ?? {};
+    try {
+      raw = (doc.toJS() as Raw | null) ?? {};
+    } catch (err) {
+      // e.g. an alias bomb: the yaml library refuses to expand excessive aliases.
+      throw new ConfigError([`${path.basename(file)}: ${(err as Error).message.split('\n')[0]}`]);
+    }
   }
   applyEnv(raw, env);
   mergeLanguages(raw);

@@ -27,7 +27,11 @@ export const RelativePath = z
 export const HttpUrl = z
   .string()
   .regex(/^https?:\/\/[^\s"'<>\\]+$/, { error: 'expected an http(s) URL' })
-  .refine((u) => URL.canParse(u), { error: 'expected a valid URL' });
+  .refine((u) => URL.canParse(u), { error: 'expected a valid URL' })
+  // URLs end up in workflow histories and logs: a password in one would be published with them.
+  .refine((u) => !URL.canParse(u) || (!new URL(u).username && !new URL(u).password), {
+    error: 'must not carry credentials (user:password@); give them to the tool through its environment',
+  });
 
 export const EnvName = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, { error: 'expected an environment variable name' });
 

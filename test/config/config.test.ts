@@ -132,6 +132,21 @@ describe('config', () => {
     assert.match(problems[0]!, /^rootfs.yaml:\d+: /);
   });
 
+  it('refuses a YAML alias bomb as a config error that names the file', () => {
+    const levels = ['a: &a ["x","x","x","x","x","x","x","x","x"]'];
+    for (let i = 1; i < 9; i++) levels.push(`${'abcdefghi'[i]}: &${'abcdefghi'[i]} [${Array(9).fill(`*${'abcdefghi'[i - 1]}`).join(',')}]`);
+    const file = withFile(`${levels.join('\n')}\n`);
+    const problems = problemsOf(() => loadConfig({ file, env: emptyEnv }));
+    assert.match(problems[0]!, /^rootfs\.yaml: .*alias/i);
+  });
+
+  it('refuses URLs that carry credentials: they would end up in histories and logs', () => {
+    const file = withFile('base:\n  mirror: "https://user:secret@mirror.example/ubuntu"\n');
+    const problems = problemsOf(() => loadConfig({ file, env: emptyEnv }));
+    assert.match(problems[0]!, /base\.mirror: must not carry credentials/);
+    assert.doesNotMatch(problems.join('\n'), /secret/);
+  });
+
   it('refuses values that could escape a systemd unit or a shell profile', () => {
     const file = withFile('languages:\n  go:\n    environment:\n      PATH: "/bin:$(id)"\n');
     const problems = problemsOf(() => loadConfig({ file, env: emptyEnv }));
