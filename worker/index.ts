@@ -1,8 +1,6 @@
-import * as fs from 'node:fs';
 import { NativeConnection, Worker, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import { createActivities, type ActivityDeps } from '../activities';
-import { DEFAULT_OPERATOR_PATH, loadConfig, resolveConfigPath, type BuildHostConfig, type LoadedConfig, type LoadOptions } from '../src/config';
-import { toolPaths } from '../src/setup/tools';
+import { loadConfig, resolveConfigPath, type BuildHostConfig, type LoadedConfig, type LoadOptions } from '../src/config';
 import { connectHost, type Host } from '../src/host';
 import { s3StoreDeps } from './store';
 
@@ -13,7 +11,7 @@ export const hostTaskQueue = (alias: string) => `rootfs-host-${alias}`;
 export interface WorkerOptions {
   connection: NativeConnection;
   namespace: string;
-  /** How the config is found; it is re-read for every step. */
+  /** How this worker's config is found: read once, for the build host it drives and its local files. */
   configOptions?: LoadOptions;
   /** Pre-bundled workflow code (tests bundle once); default: bundle from source. */
   workflowBundle?: WorkflowBundleWithSourceMap;
@@ -23,59 +21,38 @@ export interface WorkerOptions {
   shutdownGraceMs?: number;
 }
 
-/** Keeps one connection to the build host, reconnecting when its config changes or it drops. */
 /** Connects to the configured build host (an SSH key path is taken relative to the config file). */
 export function connectBuildHost(loaded: LoadedConfig): Promise<Host> {
   const target: BuildHostConfig = loaded.config.buildHost;
   return connectHost(target.kind === 'ssh' ? { ...target, keyPath: resolveConfigPath(loaded, target.keyPath) } : target);
 }
 
-function hostProvider(): { host(loaded: LoadedConfig): Promise<Host>; close(): Promise<void> } {
-  let current: { config: string; host: Promise<Host> } | undefined;
+/** One connection to the build host, made on first use; a failed attempt is made again on the next. */
+function hostProvider(loaded: LoadedConfig): { host(): Promise<Host>; close(): Promise<void> } {
+  let current: Promise<Host> | undefined;
   return {
-    async host(loaded) {
-      const config = JSON.stringify(loaded.config.buildHost);
-      if (current?.config !== config) {
-        const previous = current;
-        current = { config, host: connectBuildHost(loaded) };
-        current.host.catch(() => (current = undefined));
-        if (previous) void previous.host.then((h) => h.close()).catch(() => {});
+    host() {
+      if (!current) {
+        current = connectBuildHost(loaded);
+        current.catch(() => (current = undefined));
       }
-      return current.host;
+      return current;
     },
     async close() {
-      if (current) await (await current.host.catch(() => undefined))?.close();
+      if (current) await (await current.catch(() => undefined))?.close();
     },
-  };
-}
-
-/**
- * The operator binary to install: the configured one; when the config leaves the default
- * (`./infra.operator-linux`) and no such file exists, the reference operator setup built.
- */
-export function operatorPath(loaded: LoadedConfig): string {
-  const configured = resolveConfigPath(loaded, loaded.config.operator.path);
-  if (loaded.config.operator.path === DEFAULT_OPERATOR_PATH && !fs.existsSync(configured)) return toolPaths().referenceOperator;
-  return configured;
-}
-
-/** The local files a pipeline needs for a loaded config: the operator binary and the archive keyring. */
-export function pipelinePaths(loaded: LoadedConfig): { operatorPath: string; keyringPath: string } {
-  return {
-    operatorPath: operatorPath(loaded),
-    keyringPath: loaded.config.base.keyring ? resolveConfigPath(loaded, loaded.config.base.keyring) : toolPaths().ubuntuKeyring,
   };
 }
 
 /** Runs the orchestrator worker and the build-host worker until `signal` aborts (graceful shutdown). */
 export async function runWorkers(opts: WorkerOptions, signal: AbortSignal): Promise<void> {
-  const read = () => loadConfig(opts.configOptions);
-  const first = read();
-  const hosts = hostProvider();
+  // What a build builds comes with each step (its spec); this config says only which build host
+  // this worker drives and where its local files are, so it is read once.
+  const first = loadConfig(opts.configOptions);
+  const hosts = hostProvider(first);
   const activities = createActivities({
-    loadConfig: read,
-    host: () => hosts.host(read()),
-    paths: pipelinePaths,
+    worker: first,
+    host: () => hosts.host(),
     ...(opts.store ?? s3StoreDeps()),
   });
   const grace = opts.shutdownGraceMs ?? 30_000;

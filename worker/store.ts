@@ -1,9 +1,9 @@
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import type { ActivityDeps } from '../activities';
 import { capture } from '../src/util/exec';
+import { userCacheDir } from '../src/util/paths';
 import type { Host } from '../src/host';
 import { createClient, fileDigest, imageKey, listBucket, readManifest, statObject, summarize, uploadImage, type StoreContext } from '../src/store';
 
@@ -11,7 +11,9 @@ import { createClient, fileDigest, imageKey, listBucket, readManifest, statObjec
  * The S3 side of the build: the upload step and the closing bucket listing. Credentials come
  * from the AWS SDK's own chain in the worker's environment; they never enter workflow data.
  *
- * On a local build host the published image is uploaded in place. From an SSH build host the
+ * On a local build host the image is uploaded from its artifact, which never changes (the
+ * published copy under images/ is replaced by whichever build of that language in the same
+ * workspace finishes last, so it may not be this build's image). From an SSH build host the
  * image is first copied here (SFTP) into a staging cache, holes punched back, and checked
  * against the sha256 the build host computed; then it is uploaded like a local one. When the
  * bucket already holds exactly this image (same sha256, size and artifact), nothing is copied.
@@ -19,8 +21,7 @@ import { createClient, fileDigest, imageKey, listBucket, readManifest, statObjec
 
 /** Where images pulled from SSH build hosts wait for their upload; one per language and host. */
 export function stagingDir(alias: string): string {
-  const base = process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache');
-  return path.join(base, 'rootfs-pipeline', 'staging', alias);
+  return path.join(userCacheDir(), 'staging', alias);
 }
 
 async function pullImage(host: Host, remote: string, local: string, sha256: string, signal?: AbortSignal): Promise<void> {
@@ -47,13 +48,13 @@ async function pullImage(host: Host, remote: string, local: string, sha256: stri
 
 export function s3StoreDeps(): Pick<ActivityDeps, 'upload' | 'listBucket'> {
   return {
-    async upload({ loaded, language, imagePath, artifactImagePath, host, manifest, signal }) {
-      const client = createClient({ config: loaded.config.s3 });
-      const ctx: StoreContext = { client, config: loaded.config.s3, workspace: loaded.config.workspace, signal };
+    async upload({ spec, language, artifactImagePath, host, manifest, signal }) {
+      const client = createClient({ config: spec.s3 });
+      const ctx: StoreContext = { client, config: spec.s3, workspace: spec.workspace, signal };
       const facts = { versions: manifest.versions as string[], artifactKey: manifest.artifactKey as string };
       try {
-        let file = imagePath;
-        const { buildHost } = loaded.config;
+        let file = artifactImagePath;
+        const { buildHost } = spec;
         if (buildHost.kind !== 'local') {
           const key = imageKey(language);
           const sha256 = manifest.sha256 as string;
@@ -61,7 +62,7 @@ export function s3StoreDeps(): Pick<ActivityDeps, 'upload' | 'listBucket'> {
           if (remote?.sha256 === sha256 && remote.sizeBytes === manifest.sizeBytes) {
             const current = (await readManifest(ctx, key)).manifest;
             if (current?.sha256 === sha256 && current.artifactKey === facts.artifactKey) {
-              return { key: facts.artifactKey, reused: true, data: { s3Key: key, bucket: loaded.config.s3.bucket, bytesSent: 0, sha256 } };
+              return { key: facts.artifactKey, reused: true, data: { s3Key: key, bucket: spec.s3.bucket, bytesSent: 0, sha256 } };
             }
           }
           file = path.join(stagingDir(buildHost.alias), `rootfs-${language}.ext4`);
@@ -73,16 +74,16 @@ export function s3StoreDeps(): Pick<ActivityDeps, 'upload' | 'listBucket'> {
         return {
           key: facts.artifactKey,
           reused: outcome.status === 'unchanged',
-          data: { s3Key: outcome.key, bucket: loaded.config.s3.bucket, bytesSent: outcome.bytesSent, sha256: outcome.sha256 },
+          data: { s3Key: outcome.key, bucket: spec.s3.bucket, bytesSent: outcome.bytesSent, sha256: outcome.sha256 },
         };
       } finally {
         client.destroy();
       }
     },
-    async listBucket(loaded) {
-      const client = createClient({ config: loaded.config.s3 });
+    async listBucket(s3) {
+      const client = createClient({ config: s3 });
       try {
-        return summarize(await listBucket({ client, config: loaded.config.s3 }));
+        return summarize(await listBucket({ client, config: s3 }));
       } finally {
         client.destroy();
       }

@@ -10,9 +10,18 @@ import {
   workflowInfo,
 } from '@temporalio/workflow';
 import type { BuildActivities } from '../activities';
+import type { BuildSpec } from '../src/build/build-spec';
 import { createRootfs } from './create-rootfs';
-import { childProgressSignal, progressQuery } from './messages';
+import { childProgressSignal, progressQuery, replaceSpecUpdate, specQuery } from './messages';
 import { childWorkflowId, STEPS, type CreateAllRootfsInput, type CreateAllSummary, type ImageSummary, type LanguageProgress } from './types';
+
+/** The innermost message of a child's failure: the child's own reason, not "child workflow failed". */
+function failureReason(err: unknown): string {
+  let e: unknown = err;
+  while (e instanceof Error && (e as Error & { cause?: unknown }).cause instanceof Error) e = (e as Error & { cause?: unknown }).cause;
+  const text = e instanceof Error ? e.message : String(e);
+  return text.length > 300 ? `${text.slice(0, 300)}…` : text;
+}
 
 /** Builds every language image as a child workflow, a few at a time, then lists the bucket. */
 export async function createAllRootfs(input: CreateAllRootfsInput): Promise<CreateAllSummary> {
@@ -24,13 +33,17 @@ export async function createAllRootfs(input: CreateAllRootfsInput): Promise<Crea
     retry: { maximumAttempts: 5, initialInterval: options.retryInitialIntervalMs ?? 5000 },
   });
 
-  const languages = input.languages ?? (await light.plan()).languages;
+  let spec = input.spec;
+  const languages = input.languages ?? (spec ? Object.keys(spec.languages) : (await light.plan()).languages);
+  /** A child's spec: its own language only, so its history holds what it builds and nothing else. */
+  const childSpec = (language: string) => (spec ? { spec: { ...spec, languages: { [language]: spec.languages[language]! } } } : {});
+  const pinned = () => (spec ? { spec } : {});
   // One archive state for every child: an archive publish during the build must not give two
   // children two different bases. When it cannot be read here, each child reads it (and pauses
   // for the operator if it cannot either). Histories from before this step replay without it.
   let childOptions = options;
   if (patched('archive-snapshot') && !options.archive) {
-    const archive = await light.archiveSnapshot().catch(() => undefined);
+    const archive = await light.archiveSnapshot(pinned()).catch(() => undefined);
     if (archive) childOptions = { ...options, archive };
   }
   const progress = new Map<string, LanguageProgress>(
@@ -56,6 +69,22 @@ export async function createAllRootfs(input: CreateAllRootfsInput): Promise<Crea
         .join('\n'),
     );
   setHandler(progressQuery, () => [...progress.values()]);
+  setHandler(specQuery, () => spec);
+  setHandler(
+    replaceSpecUpdate,
+    (next: BuildSpec) => {
+      spec = next;
+      return { languages };
+    },
+    {
+      validator: (next) => {
+        if (!spec) throw new Error(`${workflowInfo().workflowId} was started without a pinned configuration, so it cannot take a new one`);
+        const names = Object.keys(next.languages ?? {});
+        const missing = languages.filter((l) => !names.includes(l));
+        if (missing.length) throw new Error(`the new configuration has no ${missing.join(', ')}: a build's languages stay those it started with`);
+      },
+    },
+  );
   setHandler(childProgressSignal, (p) => {
     if (progress.has(p.language)) progress.set(p.language, p);
     render();
@@ -70,7 +99,7 @@ export async function createAllRootfs(input: CreateAllRootfsInput): Promise<Crea
     try {
       const child = await startChild(createRootfs, {
         workflowId: childWorkflowId(runTag, language),
-        args: [{ language, runTag, options: childOptions }],
+        args: [{ language, runTag, options: childOptions, ...childSpec(language) }],
         staticSummary: `${language} image`,
         parentClosePolicy: ParentClosePolicy.REQUEST_CANCEL,
       });
@@ -79,20 +108,19 @@ export async function createAllRootfs(input: CreateAllRootfsInput): Promise<Crea
       const p = progress.get(language)!;
       if (p.state !== 'aborted') p.state = 'failed';
       render();
-      results.push({ language, workflowId: childWorkflowId(runTag, language), state: p.state, versions: [], steps: {} });
-      void err;
+      results.push({ language, workflowId: childWorkflowId(runTag, language), state: p.state, versions: [], steps: {}, error: failureReason(err) });
     } finally {
       running--;
     }
   };
   await Promise.all(languages.map(buildOne));
 
-  const bucket = (options.upload ?? true) ? await light.listBucket() : undefined;
+  const bucket = (options.upload ?? true) ? await light.listBucket(pinned()) : undefined;
   const images = languages.map((l) => results.find((r) => r.language === l)!);
   const failed = images.filter((i) => i.state !== 'done');
   if (failed.length) {
     throw ApplicationFailure.nonRetryable(
-      `${failed.map((f) => `${f.language} ${f.state}`).join(', ')} (run ${runTag}, ${workflowInfo().workflowId})`,
+      `${failed.map((f) => `${f.language} ${f.state}${f.error ? ` (${f.error})` : ''}`).join(', ')} (run ${runTag}, ${workflowInfo().workflowId})`,
       'BuildsNotDone',
       { runTag, images, bucket },
     );

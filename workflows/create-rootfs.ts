@@ -12,7 +12,8 @@ import {
 } from '@temporalio/workflow';
 import type { BuildActivities } from '../activities';
 import { LANGUAGE, STATE, STEP } from '../src/temporal/search-attributes';
-import { abortUpdate, childProgressSignal, progressQuery, retryStepUpdate } from './messages';
+import type { BuildSpec } from '../src/build/build-spec';
+import { abortUpdate, childProgressSignal, progressQuery, retryStepUpdate, specQuery } from './messages';
 import {
   STEP_TITLES,
   STEPS,
@@ -43,9 +44,14 @@ function detailsTable(p: LanguageProgress): string {
   return [`**${p.language}**: ${p.state}`, '', '| step | state | took | attempts | last error |', '|---|---|---|---|---|', ...rows].join('\n');
 }
 
+/** Thrown inside the workflow when a retry brings a new spec: the steps start over with it. */
+class SpecReloaded {}
+
 /** Builds one language image, step by step; a failed step waits for `retryStep` instead of failing. */
 export async function createRootfs(input: CreateRootfsInput): Promise<ImageSummary> {
   const { language, options } = input;
+  let spec: BuildSpec | undefined = input.spec;
+  let reloaded: BuildSpec | undefined;
   const info = workflowInfo();
   const progress: LanguageProgress = {
     language,
@@ -58,16 +64,23 @@ export async function createRootfs(input: CreateRootfsInput): Promise<ImageSumma
   let waitingOn: Step | undefined;
 
   setHandler(progressQuery, () => [progress]);
+  setHandler(specQuery, () => spec);
   setHandler(
     retryStepUpdate,
-    () => {
+    (req) => {
       retryRequested = true;
-      return { language, step: waitingOn! };
+      if (req.spec) reloaded = req.spec;
+      return { language, step: req.spec ? STEPS[0] : waitingOn! };
     },
     {
       validator: (req) => {
         if (!waitingOn) throw new Error(`${language} is ${progress.state}: no step is waiting for a retry`);
         if (req.step && req.step !== waitingOn) throw new Error(`${language} is waiting on step ${waitingOn}, not ${req.step}`);
+        if (req.spec) {
+          if (!spec) throw new Error(`${language} was started without a pinned configuration, so it cannot take a new one: start it again`);
+          const names = Object.keys(req.spec.languages ?? {});
+          if (names.length !== 1 || names[0] !== language) throw new Error(`the new configuration must be for ${language} alone, not ${names.join(', ') || 'none'}`);
+        }
       },
     },
   );
@@ -108,8 +121,11 @@ export async function createRootfs(input: CreateRootfsInput): Promise<ImageSumma
     },
   });
 
-  /** Runs one step; on failure waits for `retryStep` (or `abort`) and runs it again. */
-  async function runStep<K extends keyof BuildActivities>(step: Step, activity: K, ...args: Parameters<BuildActivities[K]>) {
+  /**
+   * Runs one step; on failure waits for `retryStep` (or `abort`) and runs it again. `args` is
+   * called for every attempt. A retry with a new spec ends the attempt with SpecReloaded.
+   */
+  async function runStep<K extends keyof BuildActivities>(step: Step, activity: K, args: () => Parameters<BuildActivities[K]>) {
     const record = progress.steps.find((s) => s.name === step)!;
     for (;;) {
       record.state = 'running';
@@ -122,7 +138,7 @@ export async function createRootfs(input: CreateRootfsInput): Promise<ImageSumma
         const fn = acts[activity] as unknown as {
           executeWithOptions(o: { summary: string; activityId: string }, a: unknown[]): Promise<Awaited<ReturnType<BuildActivities[K]>>>;
         };
-        const result = await fn.executeWithOptions({ summary: `${language}: ${STEP_TITLES[step]}`, activityId: `${step}-${record.attempts}` }, args);
+        const result = await fn.executeWithOptions({ summary: `${language}: ${STEP_TITLES[step]}`, activityId: `${step}-${record.attempts}` }, args());
         const r = result as Partial<StepResult>;
         record.state = r.reused ? 'reused' : 'done';
         record.key = r.key;
@@ -147,24 +163,47 @@ export async function createRootfs(input: CreateRootfsInput): Promise<ImageSumma
           await publish(step);
           throw ApplicationFailure.nonRetryable(`${language}: aborted by the operator at step ${step}: ${record.error}`, 'Aborted');
         }
+        if (reloaded) {
+          spec = reloaded;
+          reloaded = undefined;
+          throw new SpecReloaded();
+        }
       }
     }
   }
 
-  const { operatorSha256 } = await runStep('allocate', 'allocate', { language });
-  const archive = options.archive ? { archive: options.archive } : {};
-  const base = await runStep('base', 'base', { language, ...archive });
-  const runtime = await runStep('runtime', 'runtime', { language, baseKey: base.key, ...archive });
-  const operator = await runStep('operator', 'operator', { language, runtimeKey: runtime.key, operatorSha256 });
-  const verify = await runStep('verify', 'verify', { language, operatorKey: operator.key });
-  const image = await runStep('image', 'image', { language, verifyKey: verify.key, operatorKey: operator.key });
-  let s3Key: string | undefined;
-  if (options.upload ?? true) {
-    const uploaded = await runStep('upload', 'upload', { language, imageKey: image.key, versions: verify.data.versions as string[] });
-    s3Key = uploaded.data.s3Key as string | undefined;
-  } else {
-    progress.steps.find((s) => s.name === 'upload')!.state = 'skipped';
+  /** The steps in order. Every activity gets the spec: what it builds does not depend on the worker. */
+  async function steps() {
+    const pinned = spec ? { spec } : {};
+    const { operatorSha256 } = await runStep('allocate', 'allocate', () => [{ language, ...pinned }]);
+    const archive = options.archive ? { archive: options.archive } : {};
+    const base = await runStep('base', 'base', () => [{ language, ...archive, ...pinned }]);
+    const runtime = await runStep('runtime', 'runtime', () => [{ language, baseKey: base.key, ...archive, ...pinned }]);
+    const operator = await runStep('operator', 'operator', () => [{ language, runtimeKey: runtime.key, operatorSha256, ...pinned }]);
+    const verify = await runStep('verify', 'verify', () => [{ language, operatorKey: operator.key, ...pinned }]);
+    const image = await runStep('image', 'image', () => [{ language, verifyKey: verify.key, operatorKey: operator.key, ...pinned }]);
+    let s3Key: string | undefined;
+    if (options.upload ?? true) {
+      const uploaded = await runStep('upload', 'upload', () => [{ language, imageKey: image.key, versions: verify.data.versions as string[], ...pinned }]);
+      s3Key = uploaded.data.s3Key as string | undefined;
+    } else {
+      progress.steps.find((s) => s.name === 'upload')!.state = 'skipped';
+    }
+    return { verify, image, s3Key };
   }
+
+  let built: Awaited<ReturnType<typeof steps>>;
+  for (;;) {
+    try {
+      built = await steps();
+      break;
+    } catch (err) {
+      if (!(err instanceof SpecReloaded)) throw err;
+      // The new spec may change any step: go through all of them again; unchanged ones are reused.
+      for (const s of progress.steps) s.state = 'pending';
+    }
+  }
+  const { verify, image, s3Key } = built;
   progress.state = 'done';
   await publish();
 

@@ -2,6 +2,7 @@
  * Types shared by the workflows, the activities and the CLI. Pure types: workflow code imports
  * this file, so it must stay free of runtime dependencies.
  */
+import type { BuildSpec } from '../src/build/build-spec';
 
 /** The steps of one image, in order. `allocate` checks inputs and prepares the workspace. */
 export const STEPS = ['allocate', 'base', 'runtime', 'operator', 'verify', 'image', 'upload'] as const;
@@ -63,6 +64,8 @@ export interface CreateRootfsInput {
   language: string;
   runTag: string;
   options: BuildOptions;
+  /** What to build, fixed at the start (absent only in builds started before specs existed). */
+  spec?: BuildSpec;
 }
 
 export interface ImageSummary {
@@ -79,6 +82,8 @@ export interface ImageSummary {
   /** Per step that ran or was reused: how long its last attempt took. */
   durationsMs?: Partial<Record<Step, number>>;
   s3Key?: string;
+  /** Why a build that did not finish stopped (a failed or aborted child). */
+  error?: string;
 }
 
 export interface CreateAllRootfsInput {
@@ -88,6 +93,8 @@ export interface CreateAllRootfsInput {
   /** Children building at once. Default 2. */
   concurrency?: number;
   options: BuildOptions;
+  /** What to build, fixed at the start; its languages are the build's when `languages` is absent. */
+  spec?: BuildSpec;
 }
 
 export interface BucketListing {

@@ -1,7 +1,8 @@
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { Config, LanguageSpec } from '../config/schema';
+import type { LanguageSpec } from '../config/schema';
+import type { BuildSettings } from './build-spec';
 import { debootstrapDefaultMirror } from '../setup/parts';
 import { ArtifactStore } from './artifacts';
 import { BuildError, type StepRunner } from './context';
@@ -23,9 +24,9 @@ export interface StepOutcome {
   data: Record<string, unknown>;
 }
 
-/** Everything one build step needs, resolved on the worker from its current config. */
+/** Everything one build step needs: the build's settings, and the local files it pinned. */
 export interface PipelineInput {
-  config: Config;
+  config: BuildSettings;
   /** Local path of the operator binary (checked to be an x86-64 executable). */
   operatorPath: string;
   /** Local path of the keyring that signs the archive. */

@@ -2,8 +2,9 @@ import * as path from 'node:path';
 import { WorkflowNotFoundError, type Client, type WorkflowHandle } from '@temporalio/client';
 import { hostTaskQueue, ORCHESTRATOR_TASK_QUEUE, runWorkers } from '../../worker';
 import { createAllRootfs } from '../../workflows';
-import { abortUpdate, progressQuery, retryStepUpdate } from '../../workflows/messages';
+import { abortUpdate, progressQuery, replaceSpecUpdate, retryStepUpdate, specQuery } from '../../workflows/messages';
 import { parentWorkflowId, STEP_TITLES, STEPS, type CreateAllSummary, type LanguageProgress } from '../../workflows/types';
+import { buildSpecOf, languageSpec, specChanges, specDigest, type BuildSpec } from '../build/build-spec';
 import { Name } from '../config';
 import { humanSize } from '../store';
 import { ensureBackgroundWorker, waitForPoller } from './background-worker';
@@ -104,13 +105,22 @@ async function ensureWorker(rt: CliRuntime, client: Client, start: boolean): Pro
   }
 }
 
+/** The spec a running build holds, or undefined (closed, or started before specs existed). */
+async function specOf(handle: WorkflowHandle): Promise<BuildSpec | undefined> {
+  return handle.query(specQuery).catch(() => undefined);
+}
+
+/** `path: before → after` lines, indented, at most `max` of them. */
+function changeLines(changes: string[], max = 20): string {
+  const shown = changes.slice(0, max).map((c) => `  ${c}`);
+  if (changes.length > max) shown.push(`  … and ${changes.length - max} more`);
+  return shown.join('\n');
+}
+
 export async function createCommand(rt: CliRuntime, opts: CreateOptions): Promise<number> {
-  const { config } = rt.loaded;
-  for (const l of opts.languages ?? []) {
-    Name.parse(l);
-    if (!config.languages[l]) throw new Error(`${l} is not a configured language (${Object.keys(config.languages).join(', ')})`);
-  }
   const runTag = Name.parse(opts.runTag ?? defaultRunTag());
+  // What this build builds, fixed now: whichever worker runs a step builds exactly this.
+  const spec = buildSpecOf(rt.loaded, opts.languages);
   const { client, close } = await temporalClient(rt);
   try {
     await ensureWorker(rt, client, opts.worker);
@@ -120,9 +130,22 @@ export async function createCommand(rt: CliRuntime, opts: CreateOptions): Promis
       workflowId,
       workflowIdConflictPolicy: 'USE_EXISTING',
       staticSummary: `rootfs build ${runTag}`,
-      args: [{ runTag, languages: opts.languages, concurrency: opts.concurrency, options: { hostTaskQueue: hostTaskQueue(config.buildHost.alias), upload: opts.upload } }],
+      staticDetails: `config ${spec.source}, spec ${specDigest(spec)}: ${Object.keys(spec.languages).join(', ')} → s3://${spec.s3.bucket}`,
+      args: [{
+        runTag,
+        languages: Object.keys(spec.languages),
+        concurrency: opts.concurrency,
+        spec,
+        options: { hostTaskQueue: hostTaskQueue(spec.buildHost.alias), upload: opts.upload },
+      }],
     });
     console.error(`workflow ${workflowId}${workflowUrl(rt, workflowId) ? `\nTemporal Web: ${workflowUrl(rt, workflowId)}` : ''}`);
+    // The same run tag attaches to a running build: say so when that build builds something else.
+    const running = await specOf(handle);
+    const differs = running ? specChanges(running, spec) : [];
+    if (differs.length) {
+      console.error(`note: ${workflowId} was already running with other settings; it keeps them (use another --run-tag for this config):\n${changeLines(differs)}`);
+    }
     if (opts.detach) {
       console.error(`detached; follow it with: rootfs status --follow ${workflowId}`);
       return 0;
@@ -197,8 +220,20 @@ export async function statusCommand(rt: CliRuntime, workflowId: string | undefin
   }
 }
 
-/** Sends retryStep (or abort) to every build under `workflowId` that waits for the operator. */
-export async function resumeCommand(rt: CliRuntime, workflowId: string, opts: { step?: string; abort: boolean; worker?: boolean }): Promise<number> {
+export interface ResumeOptions {
+  step?: string;
+  abort: boolean;
+  worker?: boolean;
+  /** Apply the config as it is now (shown as a diff) instead of the build's own settings. */
+  reloadConfig?: boolean;
+}
+
+/**
+ * Sends retryStep (or abort) to every build under `workflowId` that waits for the operator. A
+ * retry uses the settings the build started with, unless `reloadConfig` says to take the config
+ * as it is now: then the changes are printed and the build goes through its steps again with it.
+ */
+export async function resumeCommand(rt: CliRuntime, workflowId: string, opts: ResumeOptions): Promise<number> {
   const { client, close } = await temporalClient(rt);
   try {
     // The retried step needs a worker; the one that started the build may have stopped since.
@@ -208,14 +243,40 @@ export async function resumeCommand(rt: CliRuntime, workflowId: string, opts: { 
       console.error(`nothing under ${workflowId} is waiting for a retry`);
       return 1;
     }
+    const target = client.workflow.getHandle(workflowId);
+    const pinned = opts.abort ? undefined : await specOf(target);
+    let next: BuildSpec | undefined;
+    if (pinned) {
+      const now = buildSpecOf(rt.loaded, Object.keys(pinned.languages));
+      const changes = specChanges(pinned, now);
+      if (opts.reloadConfig) {
+        if (changes.length) {
+          console.error(`reloading the config (${now.source}); what changes for ${workflowId}:\n${changeLines(changes)}`);
+          next = now;
+        } else {
+          console.error(`the config is as ${workflowId} started with: nothing to reload`);
+        }
+      } else if (changes.length) {
+        console.error(
+          `note: the config differs from the settings ${workflowId} started with (${changes.length} change${changes.length > 1 ? 's' : ''}); ` +
+            `this retry uses the build's own. To apply the config: rootfs resume ${workflowId} --reload-config\n${changeLines(changes, 5)}`,
+        );
+      }
+    } else if (opts.reloadConfig) {
+      console.error(`${workflowId} holds no pinned configuration (started by an older version): start it again instead`);
+      return 1;
+    }
+    // A parent starts its remaining children with the new spec, and lists the new bucket at the end.
+    if (next && (await target.describe()).type === 'createAllRootfs') await target.executeUpdate(replaceSpecUpdate, { args: [next] });
     for (const p of waiting) {
       const handle = client.workflow.getHandle(p.workflowId);
       if (opts.abort) {
         await handle.executeUpdate(abortUpdate);
         console.log(`${p.language}: aborted`);
       } else {
-        const ack = await handle.executeUpdate(retryStepUpdate, { args: [{ step: opts.step }] });
-        console.log(`${p.language}: retrying ${ack.step}`);
+        const spec = next ? languageSpec(next, p.language) : undefined;
+        const ack = await handle.executeUpdate(retryStepUpdate, { args: [{ step: opts.step, ...(spec ? { spec } : {}) }] });
+        console.log(`${p.language}: ${spec ? `starting over with the new config (finished steps whose inputs did not change are reused)` : `retrying ${ack.step}`}`);
       }
     }
     return 0;

@@ -1,5 +1,6 @@
 import * as path from 'node:path';
-import { connectBuildHost, pipelinePaths } from '../../worker';
+import { connectBuildHost } from '../../worker';
+import { buildSpecOf, localInputs } from '../build/build-spec';
 import { StepRunner } from '../build/context';
 import { Pipeline } from '../build/pipeline';
 import type { LoadedConfig } from '../config';
@@ -22,7 +23,8 @@ export async function customizeCommand(loaded: LoadedConfig, language: string, a
   const host = await connectBuildHost(loaded);
   try {
     const runner = new StepRunner(host, () => {}, interrupted.signal);
-    const pipeline = new Pipeline(runner, { config: loaded.config, ...pipelinePaths(loaded) });
+    const spec = buildSpecOf(loaded, [language]);
+    const pipeline = new Pipeline(runner, { config: spec, ...localInputs(spec, loaded) });
     const changed = await pipeline.customize(language, argv, (chunk) => process.stderr.write(chunk));
     console.error(`${language}: ${changed.reused ? 'the same change was made before, reused' : 'changed'}: artifact ${changed.key}`);
     const verified = await pipeline.verify(language, changed.key);

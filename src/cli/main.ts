@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
-import { ConfigError, loadConfig, type Config } from '../config';
+import { ConfigError, loadConfig, Name, NAME_PATTERN, type Config } from '../config';
 import { checkLanguage, StoreError } from '../store';
 import { formatImageReport, verifyImage } from '../build/verify-image';
 import { LocalHost } from '../host';
@@ -81,6 +81,12 @@ function program(setExit: (code: number) => void): Command {
       .action(async (...args: unknown[]) => {
         const languages = takesLanguages ? (args[0] as string[]) : undefined;
         const opts = args[takesLanguages ? 1 : 0] as { runTag?: string; concurrency: number; upload: boolean; worker: boolean; detach: boolean; json: boolean; ssh?: string };
+        // Names are checked before anything starts: a bad one is a usage error (exit 2), as in verify.
+        const { config } = loadConfig({ file: cli.opts().config, sshHost: opts.ssh });
+        for (const l of languages ?? []) languageArgument(l, config);
+        if (opts.runTag !== undefined && !Name.safeParse(opts.runTag).success) {
+          throw new UsageError(`--run-tag ${JSON.stringify(opts.runTag).slice(0, 40)}: expected a name matching ${NAME_PATTERN.source}`);
+        }
         const rt = await runtime(opts.upload, opts.ssh);
         setExit(await createCommand(rt, { ...opts, languages }));
       });
@@ -104,11 +110,12 @@ function program(setExit: (code: number) => void): Command {
     .description('retry the failed step of every image of a build that waits for it')
     .argument('<workflowId>')
     .option('--step <step>', 'only if this is the step that failed')
+    .option('--reload-config', "apply the config as it is now (the changes are shown) instead of the build's own settings")
     .option('--no-worker', 'do not start the background worker for this build host')
     .addOption(sshOption())
-    .addHelpText('after', '\nExample:\n  rootfs resume build-20261123/all')
-    .action(async (id: string, opts: { step?: string; worker: boolean; ssh?: string }) =>
-      setExit(await resumeCommand(await runtime(opts.worker, opts.ssh), id, { step: opts.step, abort: false, worker: opts.worker })));
+    .addHelpText('after', '\nExample:\n  rootfs resume build-20261123/all --reload-config')
+    .action(async (id: string, opts: { step?: string; worker: boolean; ssh?: string; reloadConfig?: boolean }) =>
+      setExit(await resumeCommand(await runtime(opts.worker, opts.ssh), id, { step: opts.step, abort: false, worker: opts.worker, reloadConfig: !!opts.reloadConfig })));
 
   cli
     .command('abort')

@@ -1,4 +1,5 @@
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 
 let cachedRoot: string | undefined;
@@ -32,4 +33,9 @@ export function stateDir(): string {
 /** Where `npm run setup` puts the tools it installs; ignored by git. */
 export function toolsDir(): string {
   return path.join(projectRoot(), '.tools');
+}
+
+/** This user's cache for the project (`$XDG_CACHE_HOME/rootfs-pipeline`): pinned files, staging copies. */
+export function userCacheDir(): string {
+  return path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'rootfs-pipeline');
 }

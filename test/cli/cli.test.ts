@@ -41,6 +41,11 @@ describe('rootfs CLI', function () {
     const hostile = await rootfs(['s3', 'upload-single', 'python;rm -rf /']);
     assert.equal(hostile.code, 2);
     assert.match(hostile.stderr, /not a language name/);
+    // create checks its names before it starts anything, like verify: exit 2 for both.
+    for (const args of [['create', 'BadName'], ['verify', 'BadName'], ['create', 'cobol'], ['create', 'python', '--run-tag', 'Bad Tag']]) {
+      const refused = await rootfs(args);
+      assert.equal(refused.code, 2, `${args.join(' ')}: ${refused.stderr}`);
+    }
   });
 
   it('prints help with an example for every command', async () => {

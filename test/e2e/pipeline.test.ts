@@ -76,7 +76,7 @@ describe('pipeline @real', function () {
     const handle = await client.workflow.start(createAllRootfs, {
       taskQueue: ORCHESTRATOR_TASK_QUEUE,
       workflowId: parentWorkflowId(runTag),
-      args: [{ runTag, options: env.options, concurrency: 2 }],
+      args: [{ runTag, options: env.options, concurrency: 2, spec: env.spec() }],
     });
     const rustId = childWorkflowId(runTag, 'rust');
     const waiting = await waitFor(
@@ -152,7 +152,7 @@ describe('pipeline @real', function () {
     const again = await client.workflow.execute(createAllRootfs, {
       taskQueue: ORCHESTRATOR_TASK_QUEUE,
       workflowId: parentWorkflowId(runTag),
-      args: [{ runTag, options: { ...env.options, archive }, concurrency: 5 }],
+      args: [{ runTag, options: { ...env.options, archive }, concurrency: 5, spec: env.spec() }],
     });
     const seconds = (Date.now() - started) / 1000;
     for (const image of again.images) {

@@ -46,12 +46,13 @@ describe('build host over SSH @real', function () {
   let buildHost: Record<string, unknown>;
   let options: BuildOptions;
   let staged: string;
+  let alias: string;
 
   before(async () => {
     sshd = await testSshd();
     // root: mmdebstrap --mode=root, unshare, chroot and mkfs need it on the build host.
     assert.equal(sshd.user, 'root');
-    const alias = `ssh-${crypto.randomBytes(3).toString('hex')}`;
+    alias = `ssh-${crypto.randomBytes(3).toString('hex')}`;
     buildHost = {
       kind: 'ssh',
       alias,
@@ -81,7 +82,7 @@ describe('build host over SSH @real', function () {
     const result = await client.workflow.execute(createRootfs, {
       taskQueue: ORCHESTRATOR_TASK_QUEUE,
       workflowId: childWorkflowId(runTag, 'bash'),
-      args: [{ language: 'bash', runTag, options }],
+      args: [{ language: 'bash', runTag, options, spec: env.spec(['bash'], alias) }],
     });
     const seconds = ((Date.now() - started) / 1000).toFixed(0);
 
@@ -142,7 +143,7 @@ describe('build host over SSH @real', function () {
     const again = await client.workflow.execute(createRootfs, {
       taskQueue: ORCHESTRATOR_TASK_QUEUE,
       workflowId: childWorkflowId(runTag, 'bash'),
-      args: [{ language: 'bash', runTag, options }],
+      args: [{ language: 'bash', runTag, options, spec: env.spec(['bash'], alias) }],
     });
     assert.deepEqual(again.steps, { base: 'reused', runtime: 'reused', operator: 'reused', verify: 'reused', image: 'reused', upload: 'reused' });
     const after = fs.statSync(staged);
@@ -153,15 +154,18 @@ describe('build host over SSH @real', function () {
     const { client } = (await testTemporal()).env;
     const wrong = `SHA256:${crypto.randomBytes(32).toString('base64').replace(/=+$/, '')}`;
     assert.notEqual(wrong, sshd.hostKeySha256);
-    // The worker reads the config for every step and reconnects when the build host changes.
-    const { kind: _kind, alias, ...target } = buildHost;
-    env.writeConfig({ sshHosts: { [alias as string]: { ...target, hostKeySha256: wrong } } });
+    // The same sshd named a second time, with a fingerprint that is not its key's, and a worker
+    // for that name: the build is for that host, so the worker connects and must refuse.
+    const { kind: _kind, alias: _alias, ...target } = buildHost;
+    const wrongAlias = `${alias}-wrong`;
+    env.writeConfig({ sshHosts: { [alias]: target, [wrongAlias]: { ...target, hostKeySha256: wrong } } });
+    const worker = await env.startWorker({ configOptions: { file: env.configFile, sshHost: wrongAlias } });
     const logFrom = sshdLogSize(sshd);
     const runTag = `ssh-wrong-key-${crypto.randomBytes(3).toString('hex')}`;
     const handle = await client.workflow.start(createRootfs, {
       taskQueue: ORCHESTRATOR_TASK_QUEUE,
       workflowId: childWorkflowId(runTag, 'bash'),
-      args: [{ language: 'bash', runTag, options }],
+      args: [{ language: 'bash', runTag, options: { ...options, hostTaskQueue: hostTaskQueue(wrongAlias) }, spec: env.spec(['bash'], wrongAlias) }],
     });
     const waiting = await waitFor(
       'the build to await a retry',
@@ -191,5 +195,6 @@ describe('build host over SSH @real', function () {
     });
     const [after]: LanguageProgress[] = await handle.query(progressQuery);
     assert.equal(after?.state, 'aborted');
+    await worker.stop();
   });
 });

@@ -23,7 +23,7 @@ describe('worker crash @real', function () {
     const handle = await client.workflow.start(createRootfs, {
       taskQueue: ORCHESTRATOR_TASK_QUEUE,
       workflowId: childWorkflowId(runTag, 'python'),
-      args: [{ language: 'python', runTag, options: { ...env.options, maxAttempts: 3 } }],
+      args: [{ language: 'python', runTag, options: { ...env.options, maxAttempts: 3 }, spec: env.spec(['python']) }],
     });
     await waitForRunningStep(handle, 'runtime');
     await new Promise((r) => setTimeout(r, 3000)); // well inside apt's work
@@ -52,7 +52,7 @@ describe('worker crash @real', function () {
     const handle = await client.workflow.start(createRootfs, {
       taskQueue: ORCHESTRATOR_TASK_QUEUE,
       workflowId: childWorkflowId(runTag, 'tools'),
-      args: [{ language: 'tools', runTag, options: { ...env.options, heartbeatTimeoutMs: 10_000 } }],
+      args: [{ language: 'tools', runTag, options: { ...env.options, heartbeatTimeoutMs: 10_000 }, spec: env.spec(['tools']) }],
     });
     await waitForRunningStep(handle, 'runtime');
     await new Promise((r) => setTimeout(r, 3000));

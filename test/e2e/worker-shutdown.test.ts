@@ -37,7 +37,7 @@ describe('worker shutdown @real', function () {
     const handle = await client.workflow.start(createRootfs, {
       taskQueue: ORCHESTRATOR_TASK_QUEUE,
       workflowId: childWorkflowId(runTag, 'python'),
-      args: [{ language: 'python', runTag, options: { ...env.options, maxAttempts: 3 } }],
+      args: [{ language: 'python', runTag, options: { ...env.options, maxAttempts: 3 }, spec: env.spec(['python']) }],
     });
     await waitForRunningStep(handle, 'base');
     await new Promise((r) => setTimeout(r, 2000));

@@ -4,7 +4,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { NativeConnection } from '@temporalio/worker';
 import { stringify } from 'yaml';
-import type { S3Config } from '../../src/config';
+import { buildSpecOf, type BuildSpec } from '../../src/build/build-spec';
+import { loadConfig, type S3Config } from '../../src/config';
 import { requireTool } from '../../src/setup/tools';
 import { hostTaskQueue, runWorkers, type WorkerOptions } from '../../worker';
 import type { BuildOptions } from '../../workflows/types';
@@ -24,8 +25,10 @@ export interface BuildEnv {
   configFile: string;
   alias: string;
   options: BuildOptions;
-  /** Rewrites the config file (the worker re-reads it for every step). */
+  /** Rewrites the config file: what `spec()` reads (a running worker keeps the config it started with). */
   writeConfig(extra: Record<string, unknown>): void;
+  /** The spec of a build of `languages` from the config file as it is now, as `rootfs create` makes it. */
+  spec(languages?: string[], sshHost?: string): BuildSpec;
   startWorker(extra?: Partial<WorkerOptions>): Promise<{ stop(): Promise<void> }>;
   /** A worker process (`worker/main.js`), as a service manager runs it; `args` e.g. `['--grace', '5']`. */
   spawnWorker(args?: string[]): Promise<ChildProcess>;
@@ -70,6 +73,7 @@ export async function createBuildEnv(name: string, extra: Record<string, unknown
     alias,
     options,
     writeConfig,
+    spec: (languages, sshHost) => buildSpecOf(loadConfig({ file: configFile, sshHost }), languages),
     async startWorker(more = {}) {
       const controller = new AbortController();
       // A connection of its own: the SDK refuses two workers for one task queue on one connection,

@@ -73,7 +73,7 @@ describe('Temporal Web UI @real', function () {
       workflowId: parentId,
       // As `rootfs create-all` starts it.
       staticSummary: `rootfs build ${runTag}`,
-      args: [{ runTag, languages: ['bash'], concurrency: 1, options: env.options }],
+      args: [{ runTag, languages: ['bash'], concurrency: 1, options: env.options, spec: env.spec(['bash']) }],
     });
     const summary = await handle.result();
     console.log(`      ${parentId} finished in ${((Date.now() - started) / 1000).toFixed(0)} s`);
