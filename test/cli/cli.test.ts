@@ -56,7 +56,7 @@ describe('rootfs CLI', function () {
     }
   });
 
-  it('@real create builds in a background worker; Ctrl-C on the live view detaches, status --follow re-attaches', async () => {
+  it('@real @builds create builds in a background worker; Ctrl-C on the live view detaches, status --follow re-attaches', async () => {
     const temporal = await testTemporal();
     const s3 = await testS3();
     const bucket = await s3.freshBucket();

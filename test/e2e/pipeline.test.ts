@@ -37,7 +37,7 @@ function assertBootable(image: ImageSummary, language: string): void {
   assert.equal(statInImage(file, '/usr/sbin/policy-rc.d'), null);
 }
 
-describe('pipeline @real', function () {
+describe('pipeline @real @builds', function () {
   this.timeout(45 * 60 * 1000);
   let env: BuildEnv;
   let fixture: FixtureServer;

@@ -1,0 +1,205 @@
+import { strict as assert } from 'node:assert';
+import * as crypto from 'node:crypto';
+import { WorkflowFailedError, WorkflowUpdateFailedError, type WorkflowHandle } from '@temporalio/client';
+import { ApplicationFailure } from '@temporalio/activity';
+import { NativeConnection, Worker } from '@temporalio/worker';
+import type { BuildActivities } from '../../activities';
+import { BuildSpec } from '../../src/build/build-spec';
+import { PROFILES } from '../../src/config';
+import { createAllRootfs, createRootfs } from '../../workflows';
+import { abortUpdate, progressQuery, replaceSpecUpdate, retryStepUpdate, specQuery } from '../../workflows/messages';
+import { childWorkflowId, parentWorkflowId, type BuildOptions, type LanguageProgress, type Step } from '../../workflows/types';
+import { waitFor } from '../support/history';
+import { testTemporal, workflowBundle } from '../support/temporal';
+
+/**
+ * The workflows against a real Temporal server with fake activities: retry, abort, the update
+ * validators, a skipped upload, a reload, a failed child in its parent. Seconds, not minutes:
+ * the activities only record what they were asked and fail when a test says so.
+ */
+
+type Call = { activity: string; input: Record<string, unknown> };
+
+const spec = (packages: string[] = [], languages = ['python']) =>
+  BuildSpec.parse({
+    source: 'test',
+    base: {},
+    keyringSha256: '1'.repeat(64),
+    operatorSha256: '2'.repeat(64),
+    languages: Object.fromEntries(languages.map((l) => [l, { ...PROFILES.default[l], packages }])),
+    image: {},
+    workspace: '/srv/test',
+    s3: {},
+    buildHost: { kind: 'local', alias: 'local' },
+  });
+
+/**
+ * Fake activities: a step fails while `failing` names it (non-retryably, so the build pauses at
+ * once), and does not finish while `held` names it.
+ */
+function fakeActivities(calls: Call[], failing: Map<string, string>, held: Set<string>): BuildActivities {
+  const step = (activity: string) => async (input: Record<string, unknown>) => {
+    calls.push({ activity, input });
+    while (held.has(`${String(input.language)}/${activity}`)) await new Promise((r) => setTimeout(r, 50));
+    const reason = failing.get(`${String(input.language)}/${activity}`);
+    if (reason) throw ApplicationFailure.nonRetryable(reason, 'VerificationFailed');
+    const key = `${activity}-${crypto.createHash('sha256').update(JSON.stringify(input)).digest('hex').slice(0, 32)}`;
+    const data = activity === 'image' ? { path: '/srv/test/images/x.ext4', sizeBytes: 1024, sha256: 'a'.repeat(64) } : activity === 'verify' ? { versions: ['Python 3.10.12'] } : activity === 'upload' ? { s3Key: `rootfs-${String(input.language)}.ext4` } : {};
+    return { key, reused: activity === 'base', data };
+  };
+  return {
+    plan: async () => ({ languages: ['python'] }),
+    allocate: async (input: Record<string, unknown>) => {
+      calls.push({ activity: 'allocate', input });
+      return { operatorSha256: '2'.repeat(64) };
+    },
+    archiveSnapshot: async () => ({ jammy: 'c'.repeat(64) }),
+    base: step('base'),
+    runtime: step('runtime'),
+    operator: step('operator'),
+    verify: step('verify'),
+    image: step('image'),
+    upload: step('upload'),
+    listBucket: async (input: Record<string, unknown>) => ({ bucket: (input as { spec?: BuildSpec }).spec?.s3.bucket ?? '?', objects: 2, totalBytes: 2048 }),
+  } as unknown as BuildActivities;
+}
+
+describe('workflows with fake activities', function () {
+  this.timeout(120_000);
+  const calls: Call[] = [];
+  const failing = new Map<string, string>();
+  const held = new Set<string>();
+  let queue: string;
+  let options: BuildOptions;
+  let stop: () => Promise<void>;
+
+  before(async () => {
+    const temporal = await testTemporal();
+    queue = `workflows-${crypto.randomBytes(3).toString('hex')}`;
+    options = { hostTaskQueue: queue, maxAttempts: 1, retryInitialIntervalMs: 100, heartbeatTimeoutMs: 10_000 };
+    const connection = await NativeConnection.connect({ address: temporal.address });
+    const worker = await Worker.create({
+      connection,
+      namespace: temporal.namespace,
+      taskQueue: queue,
+      workflowBundle: await workflowBundle(),
+      activities: fakeActivities(calls, failing, held),
+    });
+    const running = worker.run();
+    stop = async () => {
+      worker.shutdown();
+      await running;
+      await connection.close();
+    };
+  });
+  after(() => stop());
+  beforeEach(() => {
+    calls.length = 0;
+    failing.clear();
+    held.clear();
+  });
+
+  const client = async () => (await testTemporal()).env.client;
+  const startChild = async (runTag: string, extra: Partial<BuildOptions> = {}, pinned = spec()) =>
+    (await client()).workflow.start(createRootfs, {
+      taskQueue: queue,
+      workflowId: childWorkflowId(runTag, 'python'),
+      args: [{ language: 'python', runTag, options: { ...options, ...extra }, spec: pinned }],
+    });
+  const tag = () => `wf-${crypto.randomBytes(4).toString('hex')}`;
+  const waiting = (handle: WorkflowHandle, step: Step) =>
+    waitFor(
+      `${step} to wait for a retry`,
+      async () => {
+        const [p]: LanguageProgress[] = await handle.query(progressQuery);
+        return p?.state === 'awaiting-retry' && p.steps.find((s) => s.state === 'awaiting-retry')?.name === step ? p : undefined;
+      },
+      30_000,
+    );
+  const rejectsUpdate = (p: Promise<unknown>, message: RegExp) =>
+    assert.rejects(p, (err: unknown) => err instanceof WorkflowUpdateFailedError && message.test(String(err.cause?.message)));
+
+  it('runs every step in order with the spec, reports ran and reused, and skips the upload when asked', async () => {
+    const pinned = spec(['python3-venv']);
+    const summary = await (await startChild(tag(), { upload: false }, pinned)).result();
+    assert.deepEqual(calls.map((c) => c.activity), ['allocate', 'base', 'runtime', 'operator', 'verify', 'image']);
+    assert.ok(calls.every((c) => JSON.stringify(c.input.spec) === JSON.stringify(pinned)), 'every step got the spec');
+    assert.deepEqual(summary.steps, { base: 'reused', runtime: 'ran', operator: 'ran', verify: 'ran', image: 'ran', upload: 'skipped' });
+    assert.deepEqual(summary.versions, ['Python 3.10.12']);
+    assert.equal(summary.s3Key, undefined);
+  });
+
+  it('a failed step waits; retryStep validates the step and runs only that step again', async () => {
+    failing.set('python/runtime', 'no such package');
+    const handle = await startChild(tag());
+    const paused = await waiting(handle, 'runtime');
+    assert.equal(paused.steps.find((s) => s.name === 'runtime')?.error, 'no such package');
+    await rejectsUpdate(handle.executeUpdate(retryStepUpdate, { args: [{ step: 'base' }] }), /waiting on step runtime, not base/);
+    await rejectsUpdate(handle.executeUpdate(retryStepUpdate, { args: [{ spec: spec([], ['go']) }] }), /must be for python alone, not go/);
+    failing.clear();
+    calls.length = 0;
+    assert.deepEqual(await handle.executeUpdate(retryStepUpdate, { args: [{ step: 'runtime' }] }), { language: 'python', step: 'runtime' });
+    const summary = await handle.result();
+    assert.deepEqual(calls.map((c) => c.activity), ['runtime', 'operator', 'verify', 'image', 'upload']);
+    assert.equal(summary.s3Key, 'rootfs-python.ext4');
+  });
+
+  it('a running build refuses retryStep and abort: nothing waits for them', async () => {
+    held.add('python/base');
+    const handle = await startChild(tag());
+    await waitFor('base to run', async () => (calls.some((c) => c.activity === 'base') ? true : undefined), 30_000);
+    await rejectsUpdate(handle.executeUpdate(retryStepUpdate, { args: [{}] }), /^python is running: no step is waiting for a retry$/);
+    await rejectsUpdate(handle.executeUpdate(abortUpdate), /^python is running: only a build waiting for a retry can be aborted$/);
+    held.clear();
+    assert.equal((await handle.result()).state, 'done');
+  });
+
+  it('a retry with a new spec goes through every step again with it', async () => {
+    failing.set('python/verify', 'python3 -m venv failed');
+    const handle = await startChild(tag());
+    await waiting(handle, 'verify');
+    failing.clear();
+    calls.length = 0;
+    const next = spec(['python3-venv']);
+    assert.deepEqual(await handle.executeUpdate(retryStepUpdate, { args: [{ spec: next }] }), { language: 'python', step: 'allocate' });
+    await handle.result();
+    assert.deepEqual(calls.map((c) => c.activity), ['allocate', 'base', 'runtime', 'operator', 'verify', 'image', 'upload']);
+    assert.ok(calls.every((c) => JSON.stringify(c.input.spec) === JSON.stringify(next)));
+    assert.deepEqual(await handle.query(specQuery), next);
+  });
+
+  it('abort ends a waiting build as aborted', async () => {
+    failing.set('python/image', 'mkfs failed');
+    const handle = await startChild(tag());
+    await waiting(handle, 'image');
+    assert.deepEqual(await handle.executeUpdate(abortUpdate), { language: 'python', aborted: true });
+    await assert.rejects(handle.result(), (err: unknown) => err instanceof WorkflowFailedError && /aborted by the operator at step image: mkfs failed/.test(String(err.cause?.message)));
+    const [after]: LanguageProgress[] = await handle.query(progressQuery);
+    assert.equal(after?.state, 'aborted');
+    assert.equal(after?.steps.find((s) => s.name === 'image')?.state, 'aborted');
+  });
+
+  it("a parent with an aborted child finishes the others and fails with that child's reason", async () => {
+    failing.set('go/runtime', 'checksum mismatch for go.zip');
+    const runTag = tag();
+    const pinned = spec([], ['python', 'go']);
+    const parent = await (await client()).workflow.start(createAllRootfs, {
+      taskQueue: queue,
+      workflowId: parentWorkflowId(runTag),
+      args: [{ runTag, options, spec: pinned, concurrency: 2 }],
+    });
+    const go = (await client()).workflow.getHandle(childWorkflowId(runTag, 'go'));
+    await waiting(go, 'runtime');
+    await rejectsUpdate(parent.executeUpdate(replaceSpecUpdate, { args: [spec([], ['python'])] }), /has no go/);
+    await go.executeUpdate(abortUpdate);
+    await assert.rejects(parent.result(), (err: unknown) => {
+      assert.ok(err instanceof WorkflowFailedError);
+      assert.match(String(err.cause?.message), /^go aborted \(go: aborted by the operator at step runtime: checksum mismatch for go\.zip\)/);
+      return true;
+    });
+    const children = (await parent.query(progressQuery)).map((p) => `${p.language} ${p.state}`);
+    assert.deepEqual(children.sort(), ['go aborted', 'python done']);
+    // Each child got its own language only.
+    assert.deepEqual([...new Set(calls.map((c) => Object.keys((c.input.spec as BuildSpec).languages).join()))].sort(), ['go', 'python']);
+  });
+});
