@@ -1,26 +1,14 @@
-import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import type { LanguageSpec } from '../config/schema';
-import { output, type Host } from '../host';
+import { runInImage, type Host } from '../host';
 import { verifyEnvironment } from './pipeline';
 
 /**
  * Checks a finished image without booting it: runs the language's version checks inside the
- * image mounted read-only (loop, no journal replay) in private mount and PID namespaces, and
- * reads its size and free space from the superblock.
+ * image and reads its size and free space from the superblock. The image may come from the
+ * bucket, so it is never mounted and its programs never run as root: runInImage extracts it
+ * unprivileged and runs each check in a sandbox without host devices, network or files.
  */
-
-const SCRIPT = [
-  'set -e',
-  'img=$1; mnt=$2; shift 2',
-  'mount -o ro,loop,noload "$img" "$mnt"',
-  'mount -t proc proc "$mnt/proc"',
-  'mount -t sysfs -o ro sysfs "$mnt/sys"',
-  'mount --rbind /dev "$mnt/dev"',
-  'mount --make-rslave "$mnt/dev"',
-  'exec chroot "$mnt" "$@"',
-].join('\n');
 
 export interface VersionLine {
   argv: string[];
@@ -43,11 +31,10 @@ export interface ImageReport {
   ok: boolean;
 }
 
-/** Size, used and available space from `dumpe2fs -h`, the way df reports a mounted ext4. */
-export async function filesystemUsage(host: Host, image: string): Promise<FilesystemUsage> {
-  const { stdout } = await output(host, ['dumpe2fs', '-h', image]);
+/** Size, used and available space from `dumpe2fs -h` output, the way df reports a mounted ext4. */
+export function filesystemUsage(dumpe2fs: string, image: string): FilesystemUsage {
   const field = (name: string) => {
-    const m = new RegExp(`^${name}:\\s+(\\d+)$`, 'm').exec(stdout);
+    const m = new RegExp(`^${name}:\\s+(\\d+)$`, 'm').exec(dumpe2fs);
     if (!m) throw new Error(`dumpe2fs -h ${image}: no "${name}"`);
     return Number(m[1]);
   };
@@ -66,27 +53,14 @@ export async function filesystemUsage(host: Host, image: string): Promise<Filesy
 }
 
 export async function verifyImage(host: Host, image: string, spec: LanguageSpec): Promise<ImageReport> {
-  if (!fs.existsSync(image)) throw new Error(`${image} does not exist: build it first`);
-  const mnt = fs.mkdtempSync(path.join(os.tmpdir(), 'rootfs-verify-'));
-  try {
-    const env = verifyEnvironment(spec);
-    const versions: VersionLine[] = [];
-    for (const check of spec.verify) {
-      const out: Buffer[] = [];
-      const err: Buffer[] = [];
-      const { code } = await host.run(
-        ['unshare', '--mount', '--propagation', 'private', '--pid', '--fork', '--kill-child', 'sh', '-c', SCRIPT, 'rootfs-verify', image, mnt, 'env', '-i', ...env, ...check.argv],
-        { onStdout: (c) => out.push(c), onStderr: (c) => err.push(c) },
-      );
-      const stdout = Buffer.concat(out).toString('utf8').trim();
-      const line = (stdout || Buffer.concat(err).toString('utf8').trim()).split('\n')[0] ?? '';
-      versions.push({ argv: check.argv, line, ok: code === 0 && new RegExp(check.expect).test(line) });
-    }
-    const usage = await filesystemUsage(host, image);
-    return { image, versions, usage, ok: versions.every((v) => v.ok) };
-  } finally {
-    fs.rmdirSync(mnt);
-  }
+  const env = Object.fromEntries(verifyEnvironment(spec).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
+  const run = await runInImage(host, image, spec.verify.map((check) => ({ argv: check.argv, env })));
+  const versions = spec.verify.map((check, i): VersionLine => {
+    const { code, stdout, stderr } = run.results[i]!;
+    const line = (stdout.trim() || stderr.trim()).split('\n')[0] ?? '';
+    return { argv: check.argv, line, ok: code === 0 && new RegExp(check.expect).test(line) };
+  });
+  return { image, versions, usage: filesystemUsage(run.dumpe2fs, image), ok: versions.every((v) => v.ok) };
 }
 
 const human = (bytes: number) => {

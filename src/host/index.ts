@@ -7,6 +7,7 @@ export * from './types';
 export { check, output, CommandError } from './commands';
 export { chrootArgv, runInChroot, CHROOT_PATH } from './chroot';
 export { LocalHost } from './local';
+export { runInImage, runInSandbox, sandboxArgv, SANDBOX_UID, type ImageCommand, type ImageCommandResult, type ImageRun } from './sandbox';
 export { HostKeyMismatchError, SshHost, shellQuote, sshFingerprint, type SshHostOptions } from './ssh';
 
 /** The build host a config names: this machine, or one reached over SSH with a pinned host key. */

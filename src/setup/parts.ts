@@ -21,6 +21,7 @@ export const APT_PACKAGES = [
   'debootstrap', // the base tree of every image
   'mmdebstrap',
   'e2fsprogs', // mkfs.ext4 -d, e2fsck, debugfs
+  'bubblewrap', // the sandbox that runs an image's programs (rootfs verify)
   'openssh-server', // the test bed's sshd
   'openssh-client', // ssh-keygen for the test bed
   'qemu-system-x86', // boot tests of finished images

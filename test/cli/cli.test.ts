@@ -5,10 +5,11 @@ import * as path from 'node:path';
 import { stringify } from 'yaml';
 import { requireTool } from '../../src/setup/tools';
 import { stopBackgroundWorkers } from '../../src/cli/background-worker';
-import { catInImage, e2fsckStatus } from '../support/image';
+import { catInImage, e2fsckStatus, makeImage } from '../support/image';
 import { onCleanup, tempDir } from '../support/process';
 import { testS3 } from '../support/s3';
 import { testTemporal } from '../support/temporal';
+import { busyboxTree } from '../support/trees';
 
 const CLI = path.join(__dirname, '../../src/cli/main.js');
 const ESC = '\u001b';
@@ -54,6 +55,34 @@ describe('rootfs CLI', function () {
       assert.equal(help.code, 0, cmd.join(' '));
       assert.match(help.stdout, /Example:\n {2}rootfs /, cmd.join(' '));
     }
+  });
+
+  it('@real verify runs the checks inside the image, sandboxed, and prints version lines and the df line', async () => {
+    const dir = tempDir('cli-verify');
+    const tree = busyboxTree();
+    fs.chmodSync(tree, 0o755);
+    fs.mkdirSync(path.join(dir, 'workspace/images'), { recursive: true });
+    makeImage(tree, path.join(dir, 'workspace/images/rootfs-bash.ext4'));
+    const config = path.join(dir, 'rootfs.yaml');
+    const busybox = { argv: ['busybox'], expect: '^BusyBox v1\\.' };
+    // The checks run without the host's network: /proc/net/dev lists lo only.
+    const netOnlyLo = { argv: ['sh', '-c', 'cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d " "'], expect: '^lo$' };
+    fs.writeFileSync(config, stringify({ workspace: path.join(dir, 'workspace'), languages: { bash: { verify: [busybox, netOnlyLo] } } }));
+    const ok = await rootfs(['--config', config, 'verify', 'bash']);
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.match(ok.stdout, /^ok {3}BusyBox v1\.\d+\.\d+ .*\nok {3}lo\nFilesystem +Size +Used +Avail Use%\nrootfs-bash\.ext4 +16M +[\d.]+M +[\d.]+M +\d+%\n$/);
+
+    fs.writeFileSync(config, stringify({ workspace: path.join(dir, 'workspace'), languages: { bash: { verify: [busybox, { argv: ['sh', '-c', 'echo 9.9; exit 2'], expect: '^9' }] } } }));
+    const failed = await rootfs(['--config', config, 'verify', 'bash']);
+    assert.equal(failed.code, 1);
+    assert.match(failed.stdout, /^ok {3}BusyBox v1\.[^\n]*\nFAIL 9\.9\nFilesystem/);
+    const json = JSON.parse((await rootfs(['--config', config, 'verify', 'bash', '--json'])).stdout) as { ok: boolean; usage: { sizeBytes: number } };
+    assert.equal(json.ok, false);
+    assert.equal(json.usage.sizeBytes, 16 * 2 ** 20);
+    fs.rmSync(path.join(dir, 'workspace/images/rootfs-bash.ext4'));
+    const missing = await rootfs(['--config', config, 'verify', 'bash']);
+    assert.equal(missing.code, 1);
+    assert.match(missing.stderr, /rootfs-bash\.ext4 does not exist: build it first/);
   });
 
   it('@real @builds create builds in a background worker; Ctrl-C on the live view detaches, status --follow re-attaches', async () => {

@@ -1,4 +1,12 @@
 import { execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+
+/** A small ext4 image of `tree` (mkfs.ext4 -d, no mount), readable by all as the pipeline's are. */
+export function makeImage(tree: string, image: string, size = '16M', mkfsArgs: string[] = []): string {
+  execFileSync('mkfs.ext4', ['-q', ...mkfsArgs, '-d', tree, image, size], { stdio: ['ignore', 'ignore', 'pipe'] });
+  fs.chmodSync(image, 0o644);
+  return image;
+}
 
 /** Reads files out of an ext4 image without mounting it (debugfs, read-only). */
 export function debugfs(image: string, request: string): string {
