@@ -74,6 +74,10 @@ export class LocalHost implements Host {
     }
   }
 
+  readlink(p: string): Promise<string> {
+    return fs.promises.readlink(p);
+  }
+
   async remove(p: string, opts: { recursive?: boolean } = {}): Promise<void> {
     if (!path.isAbsolute(p)) throw new Error(`refusing to remove a relative path: ${p}`);
     await fs.promises.rm(p, { force: true, recursive: opts.recursive ?? false });

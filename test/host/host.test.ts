@@ -109,6 +109,16 @@ for (const [name, connect] of implementations) {
       assert.equal(await host.stat(dir), null);
     });
 
+    it('reads link targets as stored, not resolved', async () => {
+      const dir = tempDir('links');
+      fs.symlinkSync('/run', path.join(dir, 'abs'));
+      fs.symlinkSync('../../x/./y', path.join(dir, 'rel'));
+      assert.equal(await host.readlink(path.join(dir, 'abs')), '/run');
+      assert.equal(await host.readlink(path.join(dir, 'rel')), '../../x/./y');
+      assert.equal((await host.stat(path.join(dir, 'abs')))?.isSymbolicLink, true);
+      await assert.rejects(host.readlink(path.join(dir, 'missing')));
+    });
+
     it('abort kills the command and what it started', async () => {
       const marker = `${3000 + crypto.randomInt(1000)}.${crypto.randomInt(1000)}`;
       const controller = new AbortController();
