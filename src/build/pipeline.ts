@@ -13,7 +13,7 @@ import { installSource, sha256OnHost, type SourceRecord } from './sources';
 import { linkInTree, putInTree, resolveInTree, writeInTree } from './tree-path';
 
 /** Bumped when a step's recipe changes in a way its inputs do not show, to invalidate old artifacts. */
-const RECIPE = { base: 1, runtime: 1, operator: 1, verify: 1, image: 1, customize: 1 } as const;
+const RECIPE = { base: 1, runtime: 2, operator: 1, verify: 1, image: 1, customize: 1 } as const;
 
 /** Packages every image gets on top of minbase: an init (systemd as PID 1), apt, and apt's keyring. */
 export const BASE_PACKAGES = ['systemd-sysv', 'apt', 'ubuntu-keyring'];

@@ -64,26 +64,32 @@ async function makeLinks(ctx: SourceContext, links: Array<{ path: string; target
   for (const link of links) await linkInTree(ctx.runner, ctx.tree, link.path, link.target);
 }
 
-/** Packages to install with apt inside the tree, plus an optional extra signed repository. */
+/**
+ * Packages to install with apt inside the tree, plus an optional extra signed repository. The
+ * repository and its key are there for this install only: the image must not trust the vendor's
+ * key or fetch from its repository later, so both are removed after it (their package lists go
+ * with the step's apt cleaning).
+ */
 async function installApt(ctx: SourceContext, source: Extract<RuntimeSource, { kind: 'apt' }>): Promise<SourceRecord> {
   const { runner, tree } = ctx;
-  if (source.repository) {
-    const repo = source.repository;
-    const key = await fetchVerified(ctx, repo.key.url, repo.key.sha256);
-    const armored = (await runner.host.readFile(key)).subarray(0, 64).toString('latin1').includes('-----BEGIN');
-    const keyPath = `/etc/apt/keyrings/${repo.name}.${armored ? 'asc' : 'gpg'}`;
-    await installInTree(runner, tree, keyPath, key, 0o644);
-    await writeInTree(
-      runner,
-      tree,
-      `/etc/apt/sources.list.d/${repo.name}.list`,
-      `deb [signed-by=${keyPath}] ${repo.url} ${repo.suite} ${repo.components.join(' ')}\n`,
-    );
+  const added: string[] = [];
+  try {
+    if (source.repository) {
+      const repo = source.repository;
+      const key = await fetchVerified(ctx, repo.key.url, repo.key.sha256);
+      const armored = (await runner.host.readFile(key)).subarray(0, 64).toString('latin1').includes('-----BEGIN');
+      const keyPath = `/etc/apt/keyrings/${repo.name}.${armored ? 'asc' : 'gpg'}`;
+      added.push(await installInTree(runner, tree, keyPath, key, 0o644));
+      const line = `deb [signed-by=${keyPath}] ${repo.url} ${repo.suite} ${repo.components.join(' ')}\n`;
+      added.push(await writeInTree(runner, tree, `/etc/apt/sources.list.d/${repo.name}.list`, line));
+    }
+    runner.phase('apt-get update');
+    await runner.chroot(tree, ['apt-get', 'update', '-q']);
+    runner.phase(`apt-get install ${source.packages.join(' ')}`);
+    await runner.chroot(tree, ['apt-get', 'install', '-y', '-q', '--no-install-recommends', ...source.packages]);
+  } finally {
+    if (added.length) await runner.run(['rm', '-f', '--', ...added]);
   }
-  runner.phase('apt-get update');
-  await runner.chroot(tree, ['apt-get', 'update', '-q']);
-  runner.phase(`apt-get install ${source.packages.join(' ')}`);
-  await runner.chroot(tree, ['apt-get', 'install', '-y', '-q', '--no-install-recommends', ...source.packages]);
   await makeLinks(ctx, source.links);
   const versions = await runner.read(['chroot', tree, 'dpkg-query', '-W', '-f', '${Package}=${Version}\\n', ...source.packages.map((p) => p.split('=')[0]!)]);
   return { apt: versions.trim().split('\n').join(' ') };

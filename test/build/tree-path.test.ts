@@ -246,7 +246,7 @@ describe('every writer stays inside a tree whose links point outside @real', fun
     assert.deepEqual(fs.readdirSync(inTree('tmp')), [], 'the installer is removed afterwards');
   });
 
-  it('apt: the repository key and source go into the tree`s /etc/apt', async () => {
+  it('apt: the repository key and source go into the tree`s /etc/apt, for the install only', async () => {
     // Stand-ins for apt-get and dpkg-query: record what apt would have seen, report a version.
     fs.writeFileSync(
       path.join(ctx.tree, 'usr/bin/apt-get'),
@@ -276,6 +276,8 @@ describe('every writer stays inside a tree whose links point outside @real', fun
     const list = fs.readFileSync(path.join(ctx.tree, 'seen/list'), 'utf8');
     assert.match(list, /^deb \[signed-by=\/etc\/apt\/keyrings\/vendor\.gpg\] http:\/\/127\.0\.0\.1:\d+\/repo stable main\n$/);
     assert.equal(fs.readFileSync(path.join(ctx.tree, 'seen/keys'), 'utf8'), 'vendor.gpg\n');
+    assert.deepEqual(fs.readdirSync(inTree('apt/sources.list.d')), [], 'the repository is removed after the install');
+    assert.deepEqual(fs.readdirSync(inTree('apt/keyrings')), [], 'and so is its key');
     assert.equal(fs.readlinkSync(inTree('run/vendor-tool')), '/usr/bin/vendor-tool');
   });
 
