@@ -6,7 +6,7 @@ import type { Host } from './types';
 export * from './types';
 export { check, output, CommandError } from './commands';
 export { chrootArgv, runInChroot, CHROOT_PATH } from './chroot';
-export { LocalHost } from './local';
+export { inheritedEnv, LocalHost } from './local';
 export { HostKeyMismatchError, SshHost, shellQuote, sshFingerprint, type SshHostOptions } from './ssh';
 
 /** The build host a config names: this machine, or one reached over SSH with a pinned host key. */

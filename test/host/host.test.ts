@@ -84,6 +84,35 @@ for (const [name, connect] of implementations) {
       assert.equal(cwd.stdout.trim(), '/tmp');
     });
 
+    it('gives commands, and what they start, none of the worker`s credentials', async () => {
+      const planted = {
+        AWS_SECRET_ACCESS_KEY: 'planted-aws-secret',
+        ROOTFS_TEST_TEMPORAL_API_KEY: 'planted-api-key',
+        SSH_AUTH_SOCK: '/planted/agent.sock',
+        https_proxy: 'http://proxy.invalid:3128',
+        LC_TIME: 'C.UTF-8',
+      };
+      const saved = Object.fromEntries(Object.keys(planted).map((k) => [k, process.env[k]]));
+      Object.assign(process.env, planted);
+      try {
+        // `sh` starting `env`: a child of the command, as mmdebstrap starts apt and maintainer scripts.
+        const { stdout } = await output(host, ['sh', '-c', 'env'], { env: { GIVEN: 'by the caller' } });
+        assert.doesNotMatch(stdout, /planted/, 'no planted secret reaches the command');
+        assert.match(stdout, /^GIVEN=by the caller$/m);
+        assert.match(stdout, /^PATH=/m);
+        if (name === 'LocalHost') {
+          assert.match(stdout, /^https_proxy=http:\/\/proxy\.invalid:3128$/m, 'proxy settings are kept');
+          assert.match(stdout, /^LC_TIME=C\.UTF-8$/m);
+          assert.doesNotMatch(stdout, /^(TERM|npm_lifecycle_event|AWS_[A-Z_]+)=/m);
+        }
+      } finally {
+        for (const [k, v] of Object.entries(saved)) {
+          if (v === undefined) delete process.env[k];
+          else process.env[k] = v;
+        }
+      }
+    });
+
     it('round-trips a 20 MB binary file and small files byte for byte', async () => {
       const dir = tempDir('files');
       const src = path.join(dir, 'src.bin');
