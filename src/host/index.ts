@@ -4,7 +4,7 @@ import { SshHost } from './ssh';
 import type { Host } from './types';
 
 export * from './types';
-export { check, output, CommandError } from './commands';
+export { check, commandError, commandName, output, CommandError, OutputTail, tellingLine } from './commands';
 export { chrootArgv, runInChroot, CHROOT_PATH } from './chroot';
 export { inheritedEnv, LocalHost } from './local';
 export { HostKeyMismatchError, SshHost, shellQuote, sshFingerprint, type SshHostOptions } from './ssh';

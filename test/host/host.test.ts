@@ -49,7 +49,7 @@ for (const [name, connect] of implementations) {
       assert.deepEqual(await host.run(['sh', '-c', 'kill -TERM $$']), { code: null, signal: 'SIGTERM' });
       await assert.rejects(check(host, ['sh', '-c', 'echo why >&2; exit 4']), (err: unknown) => {
         assert.ok(err instanceof CommandError);
-        assert.match(err.message, /exited with 4:\nwhy$/);
+        assert.equal(err.message, `sh exited with 4: why\nwhy\ncommand: sh -c ${JSON.stringify('echo why >&2; exit 4')}`);
         return true;
       });
     });
