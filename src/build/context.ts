@@ -1,5 +1,5 @@
 import type { Host, RunOptions } from '../host';
-import { check, output, runInChroot } from '../host';
+import { check, commandError, output, OutputTail, runInChroot } from '../host';
 
 /** What a long step reports while it runs: shown as heartbeat details in Temporal Web. */
 export interface Progress {
@@ -74,22 +74,21 @@ export class StepRunner {
     return { code: result.code, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') };
   }
 
-  /** Runs argv inside the tree at `root`, with /proc, /sys and /dev mounted in a private namespace. */
+  /**
+   * Runs argv inside the tree at `root`, with /proc, /sys and /dev mounted in a private namespace;
+   * a failure is a CommandError whose first line names the program and the reason.
+   */
   async chroot(root: string, argv: string[], extra?: RunOptions): Promise<void> {
-    const stderrTail: string[] = [];
+    const stderr = new OutputTail(8192);
     const opts = this.options(extra);
     const onStderr = opts.onStderr!;
     const result = await runInChroot(this.host, root, argv, {
       ...opts,
       onStderr: (chunk) => {
         onStderr(chunk);
-        stderrTail.push(chunk.toString('utf8'));
-        if (stderrTail.length > 20) stderrTail.shift();
+        stderr.push(chunk);
       },
     });
-    if (result.code !== 0) {
-      const tail = stderrTail.join('').trim().split('\n').slice(-10).join('\n');
-      throw new Error(`in ${root}: ${argv.join(' ')} failed (${result.code ?? result.signal})${tail ? `:\n${tail}` : ''}`);
-    }
+    if (result.code !== 0) throw commandError(argv, result, stderr.text(), root);
   }
 }

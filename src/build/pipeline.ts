@@ -11,9 +11,10 @@ import { stepKey } from './keys';
 import { OPERATOR_PATH, renderProfile, renderUnit, UNIT_PATH, UNIT_WANTS_LINK } from './render';
 import { inspectTree } from './inspect';
 import { installSource, sha256OnHost, type SourceRecord } from './sources';
+import { linkInTree, putInTree, resolveInTree, writeInTree } from './tree-path';
 
 /** Bumped when a step's recipe changes in a way its inputs do not show, to invalidate old artifacts. */
-const RECIPE = { base: 1, runtime: 1, operator: 1, verify: 1, image: 1, customize: 1 } as const;
+const RECIPE = { base: 1, runtime: 2, operator: 1, verify: 1, image: 1, customize: 1 } as const;
 
 /** Packages every image gets on top of minbase: an init (systemd as PID 1), apt, and apt's keyring. */
 export const BASE_PACKAGES = ['systemd-sysv', 'apt', 'ubuntu-keyring'];
@@ -165,35 +166,43 @@ export class Pipeline {
         base.suite, tree, ...sources,
       ], { env: this.input.clientEnv });
       // The build host's name must not leak into every image.
-      await this.runner.host.writeFile(path.posix.join(tree, 'etc/hostname'), 'localhost\n');
+      await writeInTree(this.runner, tree, '/etc/hostname', 'localhost\n');
       return { suite: base.suite, mirror, archive, packages };
     });
     return { key, reused, data: meta.data };
   }
 
-  /** Runs `fn` with the tree set up for package installs: no services start, DNS works. */
+  /**
+   * Runs `fn` with the tree set up for package installs: no services start, DNS works. The image's
+   * own `/etc/resolv.conf` (a link in jammy) is replaced for the install, never written through,
+   * and put back after.
+   */
   private async withChrootSetup<T>(tree: string, fn: () => Promise<T>): Promise<T> {
-    const policy = path.posix.join(tree, 'usr/sbin/policy-rc.d');
-    const resolv = path.posix.join(tree, 'etc/resolv.conf');
-    const resolvLink = await this.runner.read(['readlink', resolv]).catch(() => '');
-    await this.runner.host.writeFile(policy, '#!/bin/sh\n# rootfs-pipeline: no services start during the build.\nexit 101\n', 0o755);
-    await this.runner.run(['rm', '-f', resolv]);
-    await this.runner.run(['cp', '-L', '/etc/resolv.conf', resolv]);
+    const resolvPath = await resolveInTree(this.runner.host, tree, '/etc/resolv.conf', { followLast: false });
+    const resolvStat = await this.runner.host.stat(resolvPath);
+    const resolvLink = resolvStat?.isSymbolicLink ? await this.runner.host.readlink(resolvPath) : '';
+    const resolvFile = resolvStat?.isFile ? await this.runner.host.readFile(resolvPath) : null;
+    const noServices = '#!/bin/sh\n# rootfs-pipeline: no services start during the build.\nexit 101\n';
+    const policy = await writeInTree(this.runner, tree, '/usr/sbin/policy-rc.d', noServices, 0o755);
+    const resolv = await writeInTree(this.runner, tree, '/etc/resolv.conf', await this.runner.host.readFile('/etc/resolv.conf'));
     try {
       return await fn();
     } finally {
-      await this.runner.run(['rm', '-f', policy, resolv]);
-      if (resolvLink.trim()) await this.runner.run(['ln', '-s', resolvLink.trim(), resolv]);
+      await this.runner.run(['rm', '-f', '--', policy, resolv]);
+      if (resolvLink) await linkInTree(this.runner, tree, '/etc/resolv.conf', resolvLink);
+      if (resolvFile) await writeInTree(this.runner, tree, '/etc/resolv.conf', resolvFile, resolvStat!.mode & 0o7777);
     }
   }
 
   /** Leaves no package lists or caches in the image. */
   private async cleanApt(tree: string): Promise<void> {
+    // Resolved in the tree: with a link on the way, `find -delete` would empty the build host's own.
+    const at = (p: string) => resolveInTree(this.runner.host, tree, p, { followLast: true });
     await this.runner.run([
-      'find', path.posix.join(tree, 'var/lib/apt/lists'), path.posix.join(tree, 'var/cache/apt'),
+      'find', await at('/var/lib/apt/lists'), await at('/var/cache/apt'),
       '-mindepth', '1', '-not', '-name', 'lock', '-not', '-name', 'partial', '-not', '-name', 'archives', '-delete',
     ]);
-    await this.runner.run(['find', path.posix.join(tree, 'var/cache/apt/archives'), '-type', 'f', '-name', '*.deb', '-delete']);
+    await this.runner.run(['find', await at('/var/cache/apt/archives'), '-type', 'f', '-name', '*.deb', '-delete']);
   }
 
   private async copyTree(fromKey: string, work: string): Promise<string> {
@@ -221,10 +230,7 @@ export class Pipeline {
         const ctx = { runner: this.runner, tree, cacheDir: this.cacheDir, clientEnv: this.input.clientEnv ?? {} };
         for (const source of spec.runtime) Object.assign(installed, await installSource(ctx, source));
         if (spec.packages.length) Object.assign(installed, await installSource(ctx, { kind: 'apt', packages: spec.packages, links: [] }));
-        for (const file of spec.files) {
-          await this.runner.run(['mkdir', '-p', path.posix.dirname(path.posix.join(tree, file.path))]);
-          await this.runner.host.writeFile(path.posix.join(tree, file.path), file.content, file.mode);
-        }
+        for (const file of spec.files) await writeInTree(this.runner, tree, file.path, file.content, file.mode);
         await this.cleanApt(tree);
       });
       return { installed };
@@ -242,15 +248,13 @@ export class Pipeline {
     const key = stepKey('operator', runtimeKey, { recipe: RECIPE.operator, operatorSha256, unit, profile, language });
     const { meta, reused } = await this.store.ensure(key, 'operator', async (work) => {
       const tree = await this.copyTree(runtimeKey, work);
-      const at = (p: string) => path.posix.join(tree, p);
       this.runner.phase('installing the operator and its unit');
-      await this.runner.host.putFile(this.input.operatorPath, at(OPERATOR_PATH), 0o755);
-      await this.runner.run(['chmod', '0755', at(OPERATOR_PATH)]);
-      await this.runner.host.writeFile(at(UNIT_PATH), unit, 0o644);
-      await this.runner.run(['mkdir', '-p', path.posix.dirname(at(UNIT_WANTS_LINK))]);
+      const operator = await putInTree(this.runner, tree, OPERATOR_PATH, this.input.operatorPath, 0o755);
+      await this.runner.run(['chmod', '0755', operator]);
+      await writeInTree(this.runner, tree, UNIT_PATH, unit, 0o644);
       // An absolute target: it resolves inside the booted image, whatever the build host's layout.
-      await this.runner.run(['ln', '-sfn', UNIT_PATH, at(UNIT_WANTS_LINK)]);
-      await this.runner.host.writeFile(at(`/etc/profile.d/${language}.sh`), profile, 0o644);
+      await linkInTree(this.runner, tree, UNIT_WANTS_LINK, UNIT_PATH);
+      await writeInTree(this.runner, tree, `/etc/profile.d/${language}.sh`, profile, 0o644);
       return { operatorSha256 };
     });
     return { key, reused, data: meta.data };

@@ -2,11 +2,13 @@ import * as crypto from 'node:crypto';
 import * as path from 'node:path';
 import type { RuntimeSource } from '../config/schema';
 import { BuildError, type StepRunner } from './context';
+import { fillDirInTree, installInTree, linkInTree, writeInTree } from './tree-path';
 
 /**
  * Installs runtime sources into a tree on the build host. Every download is checked before use:
  * `archive` and `script` against their pinned sha256, `npm` and `gomodule` by their own clients
- * (the registry's integrity field, the Go checksum database).
+ * (the registry's integrity field, the Go checksum database). Every write into the tree goes
+ * through tree-path.ts, so links in the tree cannot lead it onto the build host.
  */
 
 export interface SourceContext {
@@ -21,8 +23,6 @@ export interface SourceContext {
 
 /** What a source installed, for the step's record: versions and checksums, never contents. */
 export type SourceRecord = Record<string, string>;
-
-const inTree = (tree: string, p: string) => path.posix.join(tree, p);
 
 export async function sha256OnHost(runner: StepRunner, file: string): Promise<string> {
   const out = await runner.read(['sha256sum', '--', file]);
@@ -61,32 +61,35 @@ export async function fetchVerified(ctx: SourceContext, url: string, sha256: str
 }
 
 async function makeLinks(ctx: SourceContext, links: Array<{ path: string; target: string }>): Promise<void> {
-  for (const link of links) {
-    const at = inTree(ctx.tree, link.path);
-    await ctx.runner.run(['mkdir', '-p', path.posix.dirname(at)]);
-    await ctx.runner.run(['ln', '-sfn', link.target, at]);
-  }
+  for (const link of links) await linkInTree(ctx.runner, ctx.tree, link.path, link.target);
 }
 
-/** Packages to install with apt inside the tree, plus an optional extra signed repository. */
+/**
+ * Packages to install with apt inside the tree, plus an optional extra signed repository. The
+ * repository and its key are there for this install only: the image must not trust the vendor's
+ * key or fetch from its repository later, so both are removed after it (their package lists go
+ * with the step's apt cleaning).
+ */
 async function installApt(ctx: SourceContext, source: Extract<RuntimeSource, { kind: 'apt' }>): Promise<SourceRecord> {
   const { runner, tree } = ctx;
-  if (source.repository) {
-    const repo = source.repository;
-    const key = await fetchVerified(ctx, repo.key.url, repo.key.sha256);
-    const armored = (await runner.host.readFile(key)).subarray(0, 64).toString('latin1').includes('-----BEGIN');
-    const keyPath = `/etc/apt/keyrings/${repo.name}.${armored ? 'asc' : 'gpg'}`;
-    await runner.run(['mkdir', '-p', inTree(tree, '/etc/apt/keyrings')]);
-    await runner.run(['install', '-m', '0644', key, inTree(tree, keyPath)]);
-    await runner.host.writeFile(
-      inTree(tree, `/etc/apt/sources.list.d/${repo.name}.list`),
-      `deb [signed-by=${keyPath}] ${repo.url} ${repo.suite} ${repo.components.join(' ')}\n`,
-    );
+  const added: string[] = [];
+  try {
+    if (source.repository) {
+      const repo = source.repository;
+      const key = await fetchVerified(ctx, repo.key.url, repo.key.sha256);
+      const armored = (await runner.host.readFile(key)).subarray(0, 64).toString('latin1').includes('-----BEGIN');
+      const keyPath = `/etc/apt/keyrings/${repo.name}.${armored ? 'asc' : 'gpg'}`;
+      added.push(await installInTree(runner, tree, keyPath, key, 0o644));
+      const line = `deb [signed-by=${keyPath}] ${repo.url} ${repo.suite} ${repo.components.join(' ')}\n`;
+      added.push(await writeInTree(runner, tree, `/etc/apt/sources.list.d/${repo.name}.list`, line));
+    }
+    runner.phase('apt-get update');
+    await runner.chroot(tree, ['apt-get', 'update', '-q']);
+    runner.phase(`apt-get install ${source.packages.join(' ')}`);
+    await runner.chroot(tree, ['apt-get', 'install', '-y', '-q', '--no-install-recommends', ...source.packages]);
+  } finally {
+    if (added.length) await runner.run(['rm', '-f', '--', ...added]);
   }
-  runner.phase('apt-get update');
-  await runner.chroot(tree, ['apt-get', 'update', '-q']);
-  runner.phase(`apt-get install ${source.packages.join(' ')}`);
-  await runner.chroot(tree, ['apt-get', 'install', '-y', '-q', '--no-install-recommends', ...source.packages]);
   await makeLinks(ctx, source.links);
   const versions = await runner.read(['chroot', tree, 'dpkg-query', '-W', '-f', '${Package}=${Version}\\n', ...source.packages.map((p) => p.split('=')[0]!)]);
   return { apt: versions.trim().split('\n').join(' ') };
@@ -94,10 +97,10 @@ async function installApt(ctx: SourceContext, source: Extract<RuntimeSource, { k
 
 async function installArchive(ctx: SourceContext, source: Extract<RuntimeSource, { kind: 'archive' }>): Promise<SourceRecord> {
   const file = await fetchVerified(ctx, source.url, source.sha256);
-  const dest = inTree(ctx.tree, source.dest);
   ctx.runner.phase(`unpacking into ${source.dest}`);
-  await ctx.runner.run(['mkdir', '-p', dest]);
-  await ctx.runner.run(['tar', '-xf', file, '-C', dest, `--strip-components=${source.stripComponents}`, '--no-same-owner']);
+  await fillDirInTree(ctx.runner, ctx.tree, source.dest, (staging) =>
+    ctx.runner.run(['tar', '-xf', file, '-C', staging, `--strip-components=${source.stripComponents}`, '--no-same-owner']),
+  );
   await makeLinks(ctx, source.links);
   return { archive: `${source.url} sha256:${source.sha256}` };
 }
@@ -105,13 +108,13 @@ async function installArchive(ctx: SourceContext, source: Extract<RuntimeSource,
 async function installScript(ctx: SourceContext, source: Extract<RuntimeSource, { kind: 'script' }>): Promise<SourceRecord> {
   const file = await fetchVerified(ctx, source.url, source.sha256);
   const inside = `/tmp/rootfs-install-${source.sha256.slice(0, 16)}.sh`;
-  await ctx.runner.run(['install', '-m', '0755', file, inTree(ctx.tree, inside)]);
+  const at = await installInTree(ctx.runner, ctx.tree, inside, file, 0o755);
   ctx.runner.phase(`running ${source.url}`);
   try {
     const env = Object.entries(source.env).map(([k, v]) => `${k}=${v}`);
     await ctx.runner.chroot(ctx.tree, ['env', ...env, 'sh', inside, ...source.args]);
   } finally {
-    await ctx.runner.run(['rm', '-f', inTree(ctx.tree, inside)]);
+    await ctx.runner.run(['rm', '-f', '--', at]);
   }
   await makeLinks(ctx, source.links);
   return { script: `${source.url} sha256:${source.sha256}` };
@@ -129,9 +132,10 @@ async function installNpm(ctx: SourceContext, source: Extract<RuntimeSource, { k
     });
     const packed = (JSON.parse(out) as Array<{ filename: string; integrity: string; version: string }>)[0];
     if (!packed || packed.version !== source.version) throw new Error(`npm pack ${source.package}@${source.version} returned ${out.slice(0, 200)}`);
-    const dest = inTree(ctx.tree, source.dest);
-    await runner.run(['mkdir', '-p', dest]);
-    await runner.run(['tar', '-xzf', path.posix.join(dir, path.posix.basename(packed.filename)), '-C', dest, '--strip-components=1', '--no-same-owner']);
+    const tarball = path.posix.join(dir, path.posix.basename(packed.filename));
+    await fillDirInTree(runner, ctx.tree, source.dest, (staging) =>
+      runner.run(['tar', '-xzf', tarball, '-C', staging, '--strip-components=1', '--no-same-owner']),
+    );
     await makeLinks(ctx, source.links);
     return { [`npm:${source.package}`]: `${packed.version} ${packed.integrity}` };
   } finally {
@@ -148,14 +152,14 @@ async function installGoModule(ctx: SourceContext, source: Extract<RuntimeSource
   });
   const info = JSON.parse(out) as { Dir?: string; Sum?: string; Error?: string };
   if (info.Error || !info.Dir || !info.Sum) throw new Error(`go mod download ${source.module}@${source.version}: ${info.Error ?? 'no Dir in output'}`);
-  const dest = inTree(ctx.tree, source.dest);
   runner.phase(`copying ${source.module} into ${source.dest}`);
-  await runner.run(['mkdir', '-p', dest]);
-  await runner.run(['cp', '-R', '--no-preserve=mode,ownership', `${info.Dir}/.`, dest]);
-  await runner.run(['chmod', '-R', 'u=rwX,go=rX', dest]);
-  for (const rel of source.executable) {
-    await runner.run(['find', path.posix.join(dest, rel), '-maxdepth', '1', '-type', 'f', '-exec', 'chmod', '0755', '{}', '+']);
-  }
+  await fillDirInTree(runner, ctx.tree, source.dest, async (staging) => {
+    await runner.run(['cp', '-R', '--no-preserve=mode,ownership', `${info.Dir}/.`, staging]);
+    await runner.run(['chmod', '-R', 'u=rwX,go=rX', staging]);
+    for (const rel of source.executable) {
+      await runner.run(['find', path.posix.join(staging, rel), '-maxdepth', '1', '-type', 'f', '-exec', 'chmod', '0755', '{}', '+']);
+    }
+  });
   await makeLinks(ctx, source.links);
   return { [`go:${source.module}`]: `${source.version} ${info.Sum}` };
 }

@@ -4,9 +4,9 @@ import { SshHost } from './ssh';
 import type { Host } from './types';
 
 export * from './types';
-export { check, output, CommandError } from './commands';
+export { check, commandError, commandName, output, CommandError, OutputTail, tellingLine } from './commands';
 export { chrootArgv, runInChroot, CHROOT_PATH } from './chroot';
-export { LocalHost } from './local';
+export { inheritedEnv, LocalHost } from './local';
 export { runInImage, runInSandbox, sandboxArgv, SANDBOX_UID, type ImageCommand, type ImageCommandResult, type ImageRun } from './sandbox';
 export { HostKeyMismatchError, SshHost, shellQuote, sshFingerprint, type SshHostOptions } from './ssh';
 

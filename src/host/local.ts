@@ -4,6 +4,32 @@ import * as path from 'node:path';
 import { checkArgv, checkEnv, type FileStat, type Host, type RunOptions, type RunResult } from './types';
 
 /**
+ * What of the worker's own environment a command on this machine sees: the worker holds
+ * credentials (AWS keys, the Temporal API key, the local S3 secret, an SSH agent) that a build's
+ * commands — and through mmdebstrap and apt, the image's maintainer scripts — must never see.
+ * Kept: the basics (PATH, HOME, TMPDIR, locale, TZ), the proxy settings in both spellings (the
+ * downloads need them), where the trusted CA certificates are (behind a TLS-inspecting proxy
+ * nothing downloads without them), and the Go and npm download settings. TERM is not kept: the
+ * commands write to pipes, not to a terminal. Anything a command needs beyond this it gets
+ * through `RunOptions.env`. (An SSH build host's commands see sshd's environment, never the worker's.)
+ */
+const INHERITED = new Set([
+  'PATH', 'HOME', 'TMPDIR', 'TZ', 'LANG', 'LANGUAGE',
+  'http_proxy', 'https_proxy', 'ftp_proxy', 'all_proxy', 'no_proxy',
+  'HTTP_PROXY', 'HTTPS_PROXY', 'FTP_PROXY', 'ALL_PROXY', 'NO_PROXY',
+  'SSL_CERT_FILE', 'SSL_CERT_DIR', 'CURL_CA_BUNDLE', 'NODE_EXTRA_CA_CERTS', 'GIT_SSL_CAINFO',
+  'XDG_CACHE_HOME', 'XDG_CONFIG_HOME',
+  'GOPROXY', 'GOSUMDB', 'GOPRIVATE', 'GONOPROXY', 'GONOSUMDB', 'npm_config_registry', 'NPM_CONFIG_REGISTRY',
+]);
+
+/** The allow-listed part of `env` (see INHERITED). */
+export function inheritedEnv(env: NodeJS.ProcessEnv = process.env): Record<string, string> {
+  const kept: Record<string, string> = {};
+  for (const [k, v] of Object.entries(env)) if (v !== undefined && (INHERITED.has(k) || /^LC_[A-Z]+$/.test(k))) kept[k] = v;
+  return kept;
+}
+
+/**
  * The machine the worker runs on. Each command runs in its own process group, so an abort kills
  * everything it started; `setpriv --pdeathsig KILL` makes the command die with the worker too, so
  * a killed worker leaves no build running behind its back.
@@ -18,7 +44,7 @@ export class LocalHost implements Host {
       if (opts.signal?.aborted) return reject(opts.signal.reason ?? new Error('aborted'));
       const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', ...argv], {
         cwd: opts.cwd,
-        env: { ...process.env, ...opts.env },
+        env: { ...inheritedEnv(), ...opts.env },
         stdio: ['pipe', 'pipe', 'pipe'],
         detached: true,
       });
@@ -72,6 +98,10 @@ export class LocalHost implements Host {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT' || (err as NodeJS.ErrnoException).code === 'ENOTDIR') return null;
       throw err;
     }
+  }
+
+  readlink(p: string): Promise<string> {
+    return fs.promises.readlink(p);
   }
 
   async remove(p: string, opts: { recursive?: boolean } = {}): Promise<void> {

@@ -184,6 +184,11 @@ export class SshHost implements Host {
     );
   }
 
+  async readlink(p: string): Promise<string> {
+    const sftp = await this.sftp();
+    return new Promise((resolve, reject) => sftp.readlink(p, (err, target) => (err ? reject(err) : resolve(target))));
+  }
+
   async remove(p: string, opts: { recursive?: boolean } = {}): Promise<void> {
     if (!p.startsWith('/')) throw new Error(`refusing to remove a relative path: ${p}`);
     const { code } = await this.run(['rm', '-f', ...(opts.recursive ? ['-r'] : []), '--', p]);

@@ -41,6 +41,8 @@ export interface Host {
   readFile(remotePath: string): Promise<Buffer>;
   /** lstat: null when the path does not exist. */
   stat(path: string): Promise<FileStat | null>;
+  /** The target of a symbolic link, as stored (not resolved). */
+  readlink(path: string): Promise<string>;
   /** Removes a file or (with recursive) a tree; no error when absent. */
   remove(path: string, opts?: { recursive?: boolean }): Promise<void>;
   close(): Promise<void>;

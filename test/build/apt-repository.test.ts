@@ -113,13 +113,16 @@ describe('apt source with a vendor repository @real', function () {
     baseKey = (await pipeline.base()).key;
   });
 
-  it('installs a package from a signed vendor repository, trusting only its pinned key', async () => {
+  it('installs a package from a signed vendor repository, trusting only its pinned key, for the install only', async () => {
     const pipeline = pipelineWith({ url: `${fixture.url}/vendor.gpg`, sha256: sha256(repo.key) });
     const runtime = await pipeline.runtime('vendor', baseKey);
     assert.match(String((runtime.data.installed as Record<string, string>).apt), /^rootfs-fixture-tool=1\.2\.3$/);
     const tree = pipeline.store.tree(runtime.key);
     assert.equal(fs.readFileSync(path.join(tree, 'usr/bin/rootfs-fixture-tool'), 'utf8'), '#!/bin/sh\necho "fixture tool 1.2.3"\n');
-    assert.match(fs.readFileSync(path.join(tree, 'etc/apt/sources.list.d/fixture.list'), 'utf8'), /^deb \[signed-by=\/etc\/apt\/keyrings\/fixture\.gpg\] http:\/\/127\.0\.0\.1:\d+\/repo stable main\n$/);
+    // The schema says "for the install only": the image neither lists the repository nor trusts its key.
+    assert.deepEqual(fs.readdirSync(path.join(tree, 'etc/apt/sources.list.d')), []);
+    assert.deepEqual(fs.readdirSync(path.join(tree, 'etc/apt/keyrings')), []);
+    assert.ok(!fs.readFileSync(path.join(tree, 'etc/apt/sources.list'), 'utf8').includes(fixture.url));
     assert.deepEqual(fs.readdirSync(path.join(tree, 'var/lib/apt/lists')).filter((n) => n !== 'lock' && n !== 'partial'), []);
   });
 

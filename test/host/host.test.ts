@@ -49,7 +49,7 @@ for (const [name, connect] of implementations) {
       assert.deepEqual(await host.run(['sh', '-c', 'kill -TERM $$']), { code: null, signal: 'SIGTERM' });
       await assert.rejects(check(host, ['sh', '-c', 'echo why >&2; exit 4']), (err: unknown) => {
         assert.ok(err instanceof CommandError);
-        assert.match(err.message, /exited with 4:\nwhy$/);
+        assert.equal(err.message, `sh exited with 4: why\nwhy\ncommand: sh -c ${JSON.stringify('echo why >&2; exit 4')}`);
         return true;
       });
     });
@@ -84,6 +84,35 @@ for (const [name, connect] of implementations) {
       assert.equal(cwd.stdout.trim(), '/tmp');
     });
 
+    it('gives commands, and what they start, none of the worker`s credentials', async () => {
+      const planted = {
+        AWS_SECRET_ACCESS_KEY: 'planted-aws-secret',
+        ROOTFS_TEST_TEMPORAL_API_KEY: 'planted-api-key',
+        SSH_AUTH_SOCK: '/planted/agent.sock',
+        https_proxy: 'http://proxy.invalid:3128',
+        LC_TIME: 'C.UTF-8',
+      };
+      const saved = Object.fromEntries(Object.keys(planted).map((k) => [k, process.env[k]]));
+      Object.assign(process.env, planted);
+      try {
+        // `sh` starting `env`: a child of the command, as mmdebstrap starts apt and maintainer scripts.
+        const { stdout } = await output(host, ['sh', '-c', 'env'], { env: { GIVEN: 'by the caller' } });
+        assert.doesNotMatch(stdout, /planted/, 'no planted secret reaches the command');
+        assert.match(stdout, /^GIVEN=by the caller$/m);
+        assert.match(stdout, /^PATH=/m);
+        if (name === 'LocalHost') {
+          assert.match(stdout, /^https_proxy=http:\/\/proxy\.invalid:3128$/m, 'proxy settings are kept');
+          assert.match(stdout, /^LC_TIME=C\.UTF-8$/m);
+          assert.doesNotMatch(stdout, /^(TERM|npm_lifecycle_event|AWS_[A-Z_]+)=/m);
+        }
+      } finally {
+        for (const [k, v] of Object.entries(saved)) {
+          if (v === undefined) delete process.env[k];
+          else process.env[k] = v;
+        }
+      }
+    });
+
     it('round-trips a 20 MB binary file and small files byte for byte', async () => {
       const dir = tempDir('files');
       const src = path.join(dir, 'src.bin');
@@ -107,6 +136,16 @@ for (const [name, connect] of implementations) {
       await host.remove(small); // absent: no error
       await host.remove(dir, { recursive: true });
       assert.equal(await host.stat(dir), null);
+    });
+
+    it('reads link targets as stored, not resolved', async () => {
+      const dir = tempDir('links');
+      fs.symlinkSync('/run', path.join(dir, 'abs'));
+      fs.symlinkSync('../../x/./y', path.join(dir, 'rel'));
+      assert.equal(await host.readlink(path.join(dir, 'abs')), '/run');
+      assert.equal(await host.readlink(path.join(dir, 'rel')), '../../x/./y');
+      assert.equal((await host.stat(path.join(dir, 'abs')))?.isSymbolicLink, true);
+      await assert.rejects(host.readlink(path.join(dir, 'missing')));
     });
 
     it('abort kills the command and what it started', async () => {
