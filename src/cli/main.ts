@@ -207,7 +207,7 @@ function program(setExit: (code: number) => void): Command {
   dev.command('down').description('stop the background workers (gracefully), then the stack').addHelpText('after', '\nExample:\n  rootfs dev down').action(
     run(async () => {
       const note = (line: string) => console.error(line);
-      const workers = (await stopBackgroundWorkers()).map((w) => `worker ${w.alias} (pid ${w.pid})`);
+      const workers = (await stopBackgroundWorkers(undefined, undefined, note)).map((w) => `worker ${w.alias} (pid ${w.pid})`);
       console.log(`stopped: ${[...workers, ...(await devStack().down(note))].join(', ') || 'nothing'}`);
       return EXIT.ok;
     }),

@@ -9,9 +9,13 @@ import { DevStack, type DevPorts } from '../../src/dev/stack';
 import {
   describeListeners, isRecordedProcess, listensOn, loopbackListeners, readPidFile, recordProcess, startTimeOf,
 } from '../../src/dev/process-identity';
+import { ensureBackgroundWorker, listBackgroundWorkers, stopBackgroundWorkers, waitForPoller } from '../../src/cli/background-worker';
 import { resolveRuntime } from '../../src/cli/runtime';
-import { toolPaths } from '../../src/setup/tools';
+import { requireTool, toolPaths } from '../../src/setup/tools';
+import { hostTaskQueue } from '../../worker';
+import { projectRoot } from '../../src/util/paths';
 import { freePort, onCleanup, tempDir } from '../support/process';
+import { testTemporal } from '../support/temporal';
 
 const CLI = path.join(__dirname, '../../src/cli/main.js');
 
@@ -184,8 +188,72 @@ describe('embedded dev stack', function () {
     assert.equal(down.stdout.trim(), 'stopped: nothing');
     assert.match(down.stderr, new RegExp(`local Temporal dev server: removed the stale pid file .*temporal\\.pid \\(pid ${a.pid} is now another process \\(sleep 60\\)\\); signalled nothing`));
     assert.match(down.stderr, new RegExp(`local S3 server: removed the stale pid file .*minio\\.pid \\(pid ${b.pid} is now another process \\(sleep 60\\)\\)`));
+    assert.match(down.stderr, new RegExp(`worker cli-test: removed the stale record .*worker\\.json \\(pid ${c.pid} is now another process \\(sleep 60\\)\\)`));
     await new Promise((r) => setTimeout(r, 300));
     assert.deepEqual([a, b, c].map(alive), [true, true, true], 'no sleep was signalled');
-    assert.deepEqual(['temporal.pid', 's3/minio.pid'].map((f) => fs.existsSync(path.resolve(state, f))), [false, false]);
+    assert.deepEqual(['temporal.pid', 's3/minio.pid', `${worker}/worker.json`].map((f) => fs.existsSync(path.resolve(state, f))), [false, false, false]);
+    assert.equal(fs.readFileSync(path.join(worker, 'worker.log'), 'utf8'), 'kept\n');
+  });
+
+  it('stops a recorded background worker only while it is the recorded process', async () => {
+    const state = tempDir('stack-workers');
+    // Stand-ins whose command lines look like a worker's (`<cli> worker`): only the record tells them apart.
+    const argvTail = ['-e', 'setTimeout(() => {}, 60_000)', path.join(projectRoot(), 'dist', 'src', 'cli', 'main.js'), 'worker'];
+    const start = () => {
+      const child = spawn(process.execPath, argvTail, { stdio: 'ignore' });
+      onCleanup(() => void child.kill('SIGKILL'));
+      return child;
+    };
+    const [ours, recycled] = [start(), start()];
+    await new Promise((r) => setTimeout(r, 200));
+    const write = (name: string, rec: object) => {
+      fs.mkdirSync(path.join(state, 'workers', name), { recursive: true });
+      fs.writeFileSync(path.join(state, 'workers', name, 'worker.json'), JSON.stringify({ ...rec, stamp: 'x', address: 'a:1', namespace: 'n', alias: name, startedAt: '' }));
+    };
+    write('ours', recordProcess(ours.pid!, [process.execPath, ...argvTail]));
+    write('recycled', { ...recordProcess(recycled.pid!, [process.execPath, ...argvTail]), startTime: '1' });
+
+    const notes: string[] = [];
+    const stopped = await stopBackgroundWorkers(10_000, state, (l) => notes.push(l));
+    assert.deepEqual(stopped.map((w) => w.alias), ['ours']);
+    if (ours.exitCode === null && ours.signalCode === null) await new Promise((r) => ours.once('exit', r));
+    assert.equal(ours.signalCode, 'SIGTERM');
+    assert.equal(alive(recycled), true, 'a process that is not the recorded one keeps running');
+    assert.equal(notes.length, 1);
+    assert.match(notes[0]!, new RegExp(`^worker recycled: removed the stale record .* \\(pid ${recycled.pid} is now another process \\(`));
+  });
+
+  it('@real knows a real background worker by its record: reuses it, then stops it', async () => {
+    const temporal = await testTemporal();
+    const dir = tempDir('stack-worker');
+    const state = path.join(dir, 'state');
+    const config = path.join(dir, 'rootfs.yaml');
+    fs.writeFileSync(config, [
+      `workspace: ${path.join(dir, 'workspace')}`,
+      `operator: { path: ${requireTool('referenceOperator')} }`,
+      'buildHost: { kind: local, alias: stack-test }',
+      `temporal: { address: "${temporal.address}", namespace: ${temporal.namespace} }`,
+      // Never contacted: the worker runs no build here.
+      's3: { bucket: stack-test, endpoint: "http://127.0.0.1:1" }',
+      '',
+    ].join('\n'));
+    const saved = process.env.ROOTFS_STATE_DIR;
+    process.env.ROOTFS_STATE_DIR = state;
+    onCleanup(() => stopBackgroundWorkers(10_000, state).then(() => undefined));
+    try {
+      const target = { configFile: config, address: temporal.address, namespace: temporal.namespace, alias: 'stack-test' };
+      const worker = ensureBackgroundWorker(target);
+      assert.equal(worker.started, true);
+      assert.equal(await waitForPoller(temporal.env.client, temporal.namespace, hostTaskQueue('stack-test'), worker), true, 'the worker polls');
+      // Its record matches the live process (start time and command line as /proc shows them).
+      assert.deepEqual(ensureBackgroundWorker(target), { pid: worker.pid, log: worker.log, started: false, startTime: worker.startTime, argv: worker.argv });
+      assert.deepEqual(listBackgroundWorkers(state).map((w) => [w.alias, w.running]), [['stack-test', true]]);
+      const stopped = await stopBackgroundWorkers(30_000, state);
+      assert.deepEqual(stopped.map((w) => w.pid), [worker.pid]);
+      assert.equal(fs.existsSync(`/proc/${worker.pid}/cmdline`) && fs.readFileSync(`/proc/${worker.pid}/cmdline`, 'utf8') !== '', false, 'the worker is gone');
+    } finally {
+      if (saved === undefined) delete process.env.ROOTFS_STATE_DIR;
+      else process.env.ROOTFS_STATE_DIR = saved;
+    }
   });
 });
