@@ -3,6 +3,7 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Client } from '@temporalio/client';
+import { hasEnded, isRecordedProcess, recordedProcessOf, recordProcess, stopRecordedProcess, whatBecameOf } from '../dev/process-identity';
 import { projectRoot, stateDir } from '../util/paths';
 
 /**
@@ -11,7 +12,8 @@ import { projectRoot, stateDir } from '../util/paths';
  * watching: the build goes on. One worker per config (file, Temporal address and namespace,
  * build host), its PID, log and code stamp under `<state>/workers/<alias>-<hash>/`. A worker
  * started from older code is replaced (gracefully) so it never replays workflows it does not know.
- * `rootfs dev down` stops them.
+ * `rootfs dev down` stops them. A worker is known by its pid, start time and command line (see
+ * process-identity.ts): a pid now used by another process is never signalled.
  */
 
 export interface WorkerTarget {
@@ -31,6 +33,9 @@ interface WorkerMeta {
   namespace: string;
   alias: string;
   startedAt: string;
+  /** From /proc/<pid>/stat, and the command line it was started with; absent in records of older code. */
+  startTime?: string;
+  argv?: string[];
 }
 
 export interface BackgroundWorker {
@@ -39,6 +44,8 @@ export interface BackgroundWorker {
   started: boolean;
   /** Set when a worker from older code was asked to stop first. */
   replaced?: number;
+  startTime?: string;
+  argv?: string[];
 }
 
 const CLI_MAIN = () => path.join(projectRoot(), 'dist', 'src', 'cli', 'main.js');
@@ -66,31 +73,25 @@ function workerDir(t: WorkerTarget): string {
   return path.join(workersDir(), `${t.alias}-${id.slice(0, 8)}`);
 }
 
-/** True when `pid` is alive and is one of our workers (a PID can be reused by anything else). */
-function isOurWorker(pid: number): boolean {
-  try {
-    const argv = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-    return argv.includes(CLI_MAIN()) && argv.includes('worker');
-  } catch {
-    return false;
-  }
+const runsOurWorker = (argv: string[]) => argv.includes(CLI_MAIN()) && argv.includes('worker');
+
+/**
+ * True when the recorded worker is alive and still that process: same start time and command
+ * line (a PID can be reused by anything else). Records of older code hold only the pid: then
+ * its command line must at least be one of our workers.
+ */
+function isOurWorker(w: { pid: number; startTime?: string; argv?: string[] }): boolean {
+  const rec = recordedProcessOf(w);
+  return !!rec && isRecordedProcess(rec, runsOurWorker);
 }
 
 function readMeta(dir: string): WorkerMeta | undefined {
   try {
-    return JSON.parse(fs.readFileSync(path.join(dir, 'worker.json'), 'utf8')) as WorkerMeta;
+    const meta = JSON.parse(fs.readFileSync(path.join(dir, 'worker.json'), 'utf8')) as WorkerMeta;
+    return recordedProcessOf(meta) ? meta : undefined;
   } catch {
     return undefined;
   }
-}
-
-async function waitForExit(pid: number, ms: number): Promise<boolean> {
-  const deadline = Date.now() + ms;
-  while (Date.now() < deadline) {
-    if (!isOurWorker(pid)) return true;
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  return !isOurWorker(pid);
 }
 
 /** Starts the background worker for `target`, or finds it running on the current code. */
@@ -100,8 +101,8 @@ export function ensureBackgroundWorker(target: WorkerTarget): BackgroundWorker {
   const stamp = codeStamp();
   const meta = readMeta(dir);
   let replaced: number | undefined;
-  if (meta && isOurWorker(meta.pid)) {
-    if (meta.stamp === stamp) return { pid: meta.pid, log, started: false };
+  if (meta && isOurWorker(meta)) {
+    if (meta.stamp === stamp) return { pid: meta.pid, log, started: false, startTime: meta.startTime, argv: meta.argv };
     // Older code: SIGTERM lets its running steps finish (grace period), the new worker takes the rest.
     process.kill(meta.pid, 'SIGTERM');
     replaced = meta.pid;
@@ -113,10 +114,11 @@ export function ensureBackgroundWorker(target: WorkerTarget): BackgroundWorker {
   const child = spawn(process.execPath, args, { stdio: ['ignore', out, out], detached: true, env: process.env });
   fs.closeSync(out);
   child.unref();
-  const next: WorkerMeta = { pid: child.pid!, stamp, configFile: target.configFile && path.resolve(target.configFile), address: target.address, namespace: target.namespace, alias: target.alias, startedAt: new Date().toISOString() };
+  const started = recordProcess(child.pid!, [process.execPath, ...args]);
+  const next: WorkerMeta = { ...started, stamp, configFile: target.configFile && path.resolve(target.configFile), address: target.address, namespace: target.namespace, alias: target.alias, startedAt: new Date().toISOString() };
   fs.writeFileSync(path.join(dir, 'worker.json.tmp'), JSON.stringify(next, null, 2));
   fs.renameSync(path.join(dir, 'worker.json.tmp'), path.join(dir, 'worker.json'));
-  return { pid: child.pid!, log, started: true, replaced };
+  return { pid: child.pid!, log, started: true, replaced, startTime: started.startTime, argv: started.argv };
 }
 
 /** The last lines of a worker's log, for an error message. */
@@ -137,7 +139,9 @@ export async function waitForPoller(client: Client, namespace: string, taskQueue
   while (Date.now() < deadline) {
     const res = await client.workflowService.describeTaskQueue({ namespace, taskQueue: { name: taskQueue }, taskQueueType: 2 /* ACTIVITY */ });
     if ((res.pollers ?? []).length > 0) return true;
-    if (worker && !isOurWorker(worker.pid)) {
+    const rec = worker && recordedProcessOf(worker);
+    // Ended, not merely inside exec (where /proc shows no command line for a moment).
+    if (worker && !isOurWorker(worker) && (!rec || hasEnded(rec))) {
       throw new Error(`the background worker stopped at start; its log (${worker.log}) ends:\n${logTail(worker.log)}`);
     }
     await new Promise((r) => setTimeout(r, 500));
@@ -148,6 +152,7 @@ export async function waitForPoller(client: Client, namespace: string, taskQueue
 export interface WorkerStatus extends WorkerMeta {
   running: boolean;
   log: string;
+  dir: string;
 }
 
 export function listBackgroundWorkers(state = stateDir()): WorkerStatus[] {
@@ -156,18 +161,25 @@ export function listBackgroundWorkers(state = stateDir()): WorkerStatus[] {
   return fs.readdirSync(root).flatMap((name) => {
     const dir = path.join(root, name);
     const meta = readMeta(dir);
-    return meta ? [{ ...meta, running: isOurWorker(meta.pid), log: path.join(dir, 'worker.log') }] : [];
+    return meta ? [{ ...meta, running: isOurWorker(meta), log: path.join(dir, 'worker.log'), dir }] : [];
   });
 }
 
-/** SIGTERM to every background worker (graceful), SIGKILL to those still there after `graceMs`. */
-export async function stopBackgroundWorkers(graceMs = 45_000, state = stateDir()): Promise<WorkerStatus[]> {
-  const running = listBackgroundWorkers(state).filter((w) => w.running);
-  for (const w of running) process.kill(w.pid, 'SIGTERM');
-  await Promise.all(
-    running.map(async (w) => {
-      if (!(await waitForExit(w.pid, graceMs)) && isOurWorker(w.pid)) process.kill(w.pid, 'SIGKILL');
-    }),
-  );
+/**
+ * SIGTERM to every background worker (graceful), SIGKILL to those still there after `graceMs`,
+ * each signal only while the pid is still that worker. A record whose pid is gone or is another
+ * process now is removed (its log stays), and `note` says so.
+ */
+export async function stopBackgroundWorkers(graceMs = 45_000, state = stateDir(), note: (line: string) => void = () => {}): Promise<WorkerStatus[]> {
+  const workers = listBackgroundWorkers(state);
+  for (const w of workers.filter((w) => !w.running)) {
+    const file = path.join(w.dir, 'worker.json');
+    // Only the record read above: a worker started meanwhile has written a new one.
+    if (readMeta(w.dir)?.pid !== w.pid) continue;
+    fs.rmSync(file, { force: true });
+    note(`worker ${w.alias}: removed the stale record ${file} (${whatBecameOf(w.pid)}); signalled nothing`);
+  }
+  const running = workers.filter((w) => w.running);
+  await Promise.all(running.map((w) => stopRecordedProcess(recordedProcessOf(w)!, runsOurWorker, graceMs)));
   return running;
 }

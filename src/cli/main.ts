@@ -213,15 +213,16 @@ function program(setExit: (code: number) => void): Command {
   );
   dev.command('down').description('stop the background workers (gracefully), then the stack').addHelpText('after', '\nExample:\n  rootfs dev down').action(
     run(async () => {
-      const workers = (await stopBackgroundWorkers()).map((w) => `worker ${w.alias} (pid ${w.pid})`);
-      console.log(`stopped: ${[...workers, ...devStack().down()].join(', ') || 'nothing'}`);
+      const note = (line: string) => console.error(line);
+      const workers = (await stopBackgroundWorkers(undefined, undefined, note)).map((w) => `worker ${w.alias} (pid ${w.pid})`);
+      console.log(`stopped: ${[...workers, ...(await devStack().down(note))].join(', ') || 'nothing'}`);
       return EXIT.ok;
     }),
   );
   dev.command('status').description('is it running, and which background workers run').addHelpText('after', '\nExample:\n  rootfs dev status').action(
     run(async () => {
-      const s = await devStack().status();
-      console.log(`temporal: ${s.temporal ? 'up' : 'down'}\ns3: ${s.s3 ? 'up' : 'down'}`);
+      const s = devStack().status();
+      console.log(`temporal: ${s.temporal}\ns3: ${s.s3}`);
       for (const w of listBackgroundWorkers()) console.log(`worker ${w.alias}: ${w.running ? `up (pid ${w.pid})` : 'down'}  ${w.address} ${w.namespace}  log ${w.log}`);
       return EXIT.ok;
     }),

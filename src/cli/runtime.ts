@@ -8,8 +8,8 @@ import { DevStack, DEV_TEMPORAL } from '../dev/stack';
 import { stateDir } from '../util/paths';
 
 /**
- * Where a command finds Temporal and S3. With no cluster configured and nothing answering on
- * the default address, the embedded dev stack is started (or reused); likewise a local S3
+ * Where a command finds Temporal and S3. With no cluster configured (the default address), the
+ * embedded dev stack is started, or reused when it is provably ours; likewise a local S3
  * server when no S3 endpoint or AWS credentials are configured. What the embedded S3 needs
  * reaches the worker through the environment (S3_ENDPOINT and the AWS_* variables), never
  * through workflow data.
@@ -33,33 +33,26 @@ function hasAwsCredentials(): boolean {
     || fs.existsSync(path.join(os.homedir(), '.aws', 'credentials')));
 }
 
-async function reachable(address: string): Promise<boolean> {
-  try {
-    const conn = await Connection.connect({ address, connectTimeout: 1500 });
-    await conn.close();
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-export async function resolveRuntime(configFile: string | undefined, opts: { needS3: boolean; log: (line: string) => void; sshHost?: string }): Promise<CliRuntime> {
+export async function resolveRuntime(
+  configFile: string | undefined,
+  opts: { needS3: boolean; log: (line: string) => void; sshHost?: string; stack?: DevStack },
+): Promise<CliRuntime> {
   const { sshHost } = opts;
+  const stack = opts.stack ?? devStack();
   let loaded = loadConfig({ file: configFile, sshHost });
   const { temporal, s3 } = loaded.config;
   const embedded = { temporal: false, s3: false };
   let uiUrl: string | undefined;
-  const defaultAddress = `${DEV_TEMPORAL.host}:${DEV_TEMPORAL.port}`;
-  if (temporal.address === defaultAddress && !(await reachable(temporal.address))) {
-    const dev = await devStack().temporal();
+  const defaultAddress = `${DEV_TEMPORAL.host}:${stack.ports.temporal}`;
+  // The default address is the embedded server's: only ours is used there (devStack refuses anyone else).
+  if (temporal.address === defaultAddress) {
+    const dev = await stack.temporal();
     opts.log(dev.started ? `started the local Temporal dev server (state in .rootfs/temporal.db)` : 'using the local Temporal dev server');
     uiUrl = dev.uiUrl;
     embedded.temporal = true;
-  } else if (temporal.address === defaultAddress) {
-    uiUrl = `http://${DEV_TEMPORAL.host}:${DEV_TEMPORAL.uiPort}`;
   }
   if (opts.needS3 && !s3.endpoint && !hasAwsCredentials()) {
-    const dev = await devStack().s3(s3.bucket);
+    const dev = await stack.s3(s3.bucket);
     opts.log(`${dev.started ? 'started' : 'using'} the local S3 server at ${dev.endpoint} (no AWS credentials configured; state in .rootfs/s3)`);
     Object.assign(process.env, { S3_ENDPOINT: dev.endpoint, AWS_ACCESS_KEY_ID: dev.accessKeyId, AWS_SECRET_ACCESS_KEY: dev.secretAccessKey });
     process.env.AWS_REGION ??= s3.region;
