@@ -6,8 +6,9 @@ import { ConfigError, Name, Sha256Hex, type LoadedConfig, type S3Config } from '
 import { BuildError, StepRunner, type Progress } from '../src/build/context';
 import { KEY_PATTERN, stepKey } from '../src/build/keys';
 import { Pipeline, type ArchiveSnapshot } from '../src/build/pipeline';
+import { ImageArtifactData } from '../src/build/step-data';
 import { HostKeyMismatchError, type Host } from '../src/host';
-import type { BucketListing, StepResult } from '../workflows/types';
+import type { BucketListing, ImageData, StepResult, UploadData, VerifyData } from '../workflows/types';
 
 /**
  * Activities: one small function per build step. Each validates its input — which carries the
@@ -27,14 +28,15 @@ export interface ActivityDeps {
     /** The image inside its artifact on the build host: immutable, unlike the published copy. */
     artifactImagePath: string;
     host: Host;
-    manifest: Record<string, unknown>;
+    /** What the build knows of the image: the uploaded manifest is made from it. */
+    image: { versions: string[]; artifactKey: string; sha256: string; sizeBytes: number };
     signal?: AbortSignal;
-  }): Promise<StepResult>;
+  }): Promise<StepResult<UploadData>>;
   listBucket?(s3: S3Config): Promise<BucketListing>;
 }
 
 const Key = z.string().regex(KEY_PATTERN);
-const Snapshot = z.record(z.string().regex(/^[a-z0-9][a-z0-9.-]{0,63}$/), z.string().regex(/^[0-9a-f]{64}$/));
+const Snapshot = z.record(z.string().regex(/^[a-z0-9][a-z0-9.-]{0,63}$/), Sha256Hex);
 
 /**
  * Every step's input carries the build's spec. One that does not comes from a build started
@@ -129,26 +131,27 @@ export function createActivities(deps: ActivityDeps) {
       return withPipeline(OperatorInput, input, (p, { language, runtimeKey, operatorSha256 }) => p.operator(language, runtimeKey, operatorSha256));
     },
 
-    async verify(input: z.input<typeof VerifyInput>): Promise<StepResult> {
+    async verify(input: z.input<typeof VerifyInput>): Promise<StepResult<VerifyData>> {
       return withPipeline(VerifyInput, input, (p, { language, operatorKey }) => p.verify(language, operatorKey));
     },
 
-    async image(input: z.input<typeof ImageInput>): Promise<StepResult> {
+    async image(input: z.input<typeof ImageInput>): Promise<StepResult<ImageData>> {
       return withPipeline(ImageInput, input, (p, { language, verifyKey, operatorKey }) => p.image(language, verifyKey, operatorKey));
     },
 
-    async upload(input: z.input<typeof UploadInput>): Promise<StepResult> {
+    async upload(input: z.input<typeof UploadInput>): Promise<StepResult<UploadData>> {
       return withPipeline(UploadInput, input, async (p, { language, imageKey, versions, spec }) => {
         const meta = await p.store.lookup(imageKey);
         if (!meta) throw new BuildError(`image artifact ${imageKey} is gone from the build host`, 'InvalidInput');
+        const artifact = ImageArtifactData.parse(meta.data);
         if (!deps.upload) throw new BuildError('no image store is configured for uploads', 'InvalidInput');
         const result = await deps.upload({
           spec,
           language,
-          artifactImagePath: path.posix.join(p.store.dir(imageKey), String(meta.data.file ?? `rootfs-${language}.ext4`)),
+          artifactImagePath: path.posix.join(p.store.dir(imageKey), artifact.file),
           host: await deps.host(),
           signal: Context.current().cancellationSignal,
-          manifest: { language, versions, artifactKey: imageKey, sha256: meta.data.sha256, sizeBytes: meta.data.sizeBytes },
+          image: { versions, artifactKey: imageKey, sha256: artifact.sha256, sizeBytes: artifact.sizeBytes },
         });
         const { bucket, region, endpoint } = spec.s3;
         return { ...result, key: stepKey('upload', imageKey, { bucket, region, endpoint: endpoint ?? null }) };

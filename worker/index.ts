@@ -1,8 +1,8 @@
 import { NativeConnection, Worker, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import { createActivities, type ActivityDeps } from '../activities';
-import { loadConfig, resolveConfigPath, type BuildHostConfig, type LoadedConfig, type LoadOptions } from '../src/config';
-import { connectHost, type Host } from '../src/host';
-import { s3StoreDeps } from './store';
+import { loadConfig, type LoadedConfig, type LoadOptions } from '../src/config';
+import { connectBuildHost, type Host } from '../src/host';
+import { s3StoreDeps } from '../src/store/build-upload';
 
 /** Workflows run here; activities run on each build host's own queue. */
 export const ORCHESTRATOR_TASK_QUEUE = 'rootfs-orchestrator';
@@ -19,12 +19,6 @@ export interface WorkerOptions {
   store?: Pick<ActivityDeps, 'upload' | 'listBucket'>;
   /** How long running steps may finish on shutdown before they are cancelled. */
   shutdownGraceMs?: number;
-}
-
-/** Connects to the configured build host (an SSH key path is taken relative to the config file). */
-export function connectBuildHost(loaded: LoadedConfig): Promise<Host> {
-  const target: BuildHostConfig = loaded.config.buildHost;
-  return connectHost(target.kind === 'ssh' ? { ...target, keyPath: resolveConfigPath(loaded, target.keyPath) } : target);
 }
 
 /** One connection to the build host, made on first use; a failed attempt is made again on the next. */

@@ -11,17 +11,9 @@ import {
 } from '@temporalio/workflow';
 import type { BuildActivities } from '../activities';
 import type { BuildSpec } from '../src/build/build-spec';
-import { createRootfs } from './create-rootfs';
+import { createRootfs, shortMessage } from './create-rootfs';
 import { childProgressSignal, progressQuery, replaceSpecUpdate, specQuery } from './messages';
 import { childWorkflowId, STEPS, type CreateAllRootfsInput, type CreateAllSummary, type ImageSummary, type LanguageProgress } from './types';
-
-/** The innermost message of a child's failure: the child's own reason, not "child workflow failed". */
-function failureReason(err: unknown): string {
-  let e: unknown = err;
-  while (e instanceof Error && (e as Error & { cause?: unknown }).cause instanceof Error) e = (e as Error & { cause?: unknown }).cause;
-  const text = e instanceof Error ? e.message : String(e);
-  return text.length > 300 ? `${text.slice(0, 300)}…` : text;
-}
 
 /** Builds every language image as a child workflow, a few at a time, then lists the bucket. */
 export async function createAllRootfs(input: CreateAllRootfsInput): Promise<CreateAllSummary> {
@@ -108,7 +100,7 @@ export async function createAllRootfs(input: CreateAllRootfsInput): Promise<Crea
       const p = progress.get(language)!;
       if (p.state !== 'aborted') p.state = 'failed';
       render();
-      results.push({ language, workflowId: childWorkflowId(runTag, language), state: p.state, versions: [], steps: {}, error: failureReason(err) });
+      results.push({ language, workflowId: childWorkflowId(runTag, language), state: p.state, versions: [], steps: {}, error: shortMessage(err, 300) });
     } finally {
       running--;
     }

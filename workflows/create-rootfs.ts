@@ -1,10 +1,11 @@
+import type { ActivityOptions, SearchAttributeUpdatePair } from '@temporalio/common';
 import {
-  ActivityFailure,
   ApplicationFailure,
   condition,
   getExternalWorkflowHandle,
   isCancellation,
   proxyActivities,
+  TemporalFailure,
   setCurrentDetails,
   setHandler,
   upsertSearchAttributes,
@@ -15,6 +16,7 @@ import { LANGUAGE, STATE, STEP } from '../src/temporal/search-attributes';
 import type { BuildSpec } from '../src/build/build-spec';
 import { abortUpdate, childProgressSignal, progressQuery, retryStepUpdate, specQuery } from './messages';
 import {
+  NON_RETRYABLE_ERRORS,
   STEP_TITLES,
   STEPS,
   type CreateRootfsInput,
@@ -22,18 +24,18 @@ import {
   type LanguageProgress,
   type Step,
   type StepProgress,
-  type StepResult,
 } from './types';
 
-/** Errors retries cannot fix: the build pauses for the operator at once. */
-const NON_RETRYABLE = ['ChecksumMismatch', 'InvalidOperatorBinary', 'VerificationFailed', 'InvalidInput', 'ConfigError'];
 
-function shortMessage(err: unknown): string {
+/**
+ * The message of the innermost cause, at most `max` characters: an activity or child workflow
+ * failure wraps the error that says what went wrong.
+ */
+export function shortMessage(err: unknown, max = 600): string {
   let e: unknown = err;
-  // An activity failure wraps the activity's own error: that one says what went wrong.
-  while (e instanceof ActivityFailure && e.cause) e = e.cause;
+  while (e instanceof TemporalFailure && e.cause) e = e.cause;
   const text = e instanceof Error ? e.message : String(e);
-  return text.length > 600 ? `${text.slice(0, 600)}…` : text;
+  return text.length > max ? `${text.slice(0, max)}…` : text;
 }
 
 function detailsTable(p: LanguageProgress): string {
@@ -99,11 +101,12 @@ export async function createRootfs(input: CreateRootfsInput): Promise<ImageSumma
 
   const parent = info.parent ? getExternalWorkflowHandle(info.parent.workflowId, info.parent.runId) : undefined;
   const publish = async (step?: Step) => {
-    upsertSearchAttributes([
+    const attributes: SearchAttributeUpdatePair[] = [
       { key: LANGUAGE, value: language },
       { key: STATE, value: progress.state },
-      ...(step ? [{ key: STEP, value: step }] : []),
-    ] as never);
+    ];
+    if (step) attributes.push({ key: STEP, value: step });
+    upsertSearchAttributes(attributes);
     setCurrentDetails(detailsTable(progress));
     // The parent only aggregates: losing one update must never fail the build.
     if (parent) await parent.signal(childProgressSignal, progress).catch(() => undefined);
@@ -117,15 +120,19 @@ export async function createRootfs(input: CreateRootfsInput): Promise<ImageSumma
       maximumAttempts: options.maxAttempts ?? 3,
       initialInterval: options.retryInitialIntervalMs ?? 5000,
       backoffCoefficient: 2,
-      nonRetryableErrorTypes: NON_RETRYABLE,
+      nonRetryableErrorTypes: [...NON_RETRYABLE_ERRORS],
     },
   });
 
   /**
-   * Runs one step; on failure waits for `retryStep` (or `abort`) and runs it again. `args` is
+   * Runs one step; on failure waits for `retryStep` (or `abort`) and runs it again. `input` is
    * called for every attempt. A retry with a new spec ends the attempt with SpecReloaded.
    */
-  async function runStep<K extends keyof BuildActivities>(step: Step, activity: K, args: () => Parameters<BuildActivities[K]>) {
+  async function runStep<I, R extends object>(
+    step: Step,
+    activity: { executeWithOptions(options: ActivityOptions, args: [I]): Promise<R> },
+    input: () => NoInfer<I>,
+  ): Promise<R> {
     const record = progress.steps.find((s) => s.name === step)!;
     for (;;) {
       record.state = 'running';
@@ -135,13 +142,10 @@ export async function createRootfs(input: CreateRootfsInput): Promise<ImageSumma
       await publish(step);
       const started = Date.now();
       try {
-        const fn = acts[activity] as unknown as {
-          executeWithOptions(o: { summary: string; activityId: string }, a: unknown[]): Promise<Awaited<ReturnType<BuildActivities[K]>>>;
-        };
-        const result = await fn.executeWithOptions({ summary: `${language}: ${STEP_TITLES[step]}`, activityId: `${step}-${record.attempts}` }, args());
-        const r = result as Partial<StepResult>;
-        record.state = r.reused ? 'reused' : 'done';
-        record.key = r.key;
+        const result = await activity.executeWithOptions({ summary: `${language}: ${STEP_TITLES[step]}`, activityId: `${step}-${record.attempts}` }, [input()]);
+        // Every step but allocate returns a StepResult: its key, and whether it was reused.
+        record.state = 'reused' in result && result.reused === true ? 'reused' : 'done';
+        record.key = 'key' in result && typeof result.key === 'string' ? result.key : undefined;
         record.durationMs = Date.now() - started;
         record.error = undefined;
         await publish(step);
@@ -175,17 +179,17 @@ export async function createRootfs(input: CreateRootfsInput): Promise<ImageSumma
   /** The steps in order. Every activity gets the spec: what it builds does not depend on the worker. */
   async function steps() {
     const pinned = spec ? { spec } : {};
-    const { operatorSha256 } = await runStep('allocate', 'allocate', () => [{ language, ...pinned }]);
+    const { operatorSha256 } = await runStep('allocate', acts.allocate, () => ({ language, ...pinned }));
     const archive = options.archive ? { archive: options.archive } : {};
-    const base = await runStep('base', 'base', () => [{ language, ...archive, ...pinned }]);
-    const runtime = await runStep('runtime', 'runtime', () => [{ language, baseKey: base.key, ...archive, ...pinned }]);
-    const operator = await runStep('operator', 'operator', () => [{ language, runtimeKey: runtime.key, operatorSha256, ...pinned }]);
-    const verify = await runStep('verify', 'verify', () => [{ language, operatorKey: operator.key, ...pinned }]);
-    const image = await runStep('image', 'image', () => [{ language, verifyKey: verify.key, operatorKey: operator.key, ...pinned }]);
+    const base = await runStep('base', acts.base, () => ({ language, ...archive, ...pinned }));
+    const runtime = await runStep('runtime', acts.runtime, () => ({ language, baseKey: base.key, ...archive, ...pinned }));
+    const operator = await runStep('operator', acts.operator, () => ({ language, runtimeKey: runtime.key, operatorSha256, ...pinned }));
+    const verify = await runStep('verify', acts.verify, () => ({ language, operatorKey: operator.key, ...pinned }));
+    const image = await runStep('image', acts.image, () => ({ language, verifyKey: verify.key, operatorKey: operator.key, ...pinned }));
     let s3Key: string | undefined;
     if (options.upload ?? true) {
-      const uploaded = await runStep('upload', 'upload', () => [{ language, imageKey: image.key, versions: verify.data.versions as string[], ...pinned }]);
-      s3Key = uploaded.data.s3Key as string | undefined;
+      const uploaded = await runStep('upload', acts.upload, () => ({ language, imageKey: image.key, versions: verify.data.versions, ...pinned }));
+      s3Key = uploaded.data.s3Key;
     } else {
       progress.steps.find((s) => s.name === 'upload')!.state = 'skipped';
     }
@@ -213,10 +217,10 @@ export async function createRootfs(input: CreateRootfsInput): Promise<ImageSumma
     workflowId: info.workflowId,
     state: 'done',
     imageKey: image.key,
-    path: image.data.path as string,
-    sizeBytes: image.data.sizeBytes as number,
-    sha256: image.data.sha256 as string,
-    versions: (verify.data.versions as string[]) ?? [],
+    path: image.data.path,
+    sizeBytes: image.data.sizeBytes,
+    sha256: image.data.sha256,
+    versions: verify.data.versions,
     steps: Object.fromEntries(progress.steps.filter((s) => s.name !== 'allocate').map((s) => [s.name, ran(s)])),
     durationsMs: Object.fromEntries(progress.steps.filter((s) => s.name !== 'allocate' && s.durationMs !== undefined).map((s) => [s.name, s.durationMs!])),
     s3Key,

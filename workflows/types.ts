@@ -18,6 +18,22 @@ export const STEP_TITLES: Record<Step, string> = {
   upload: 'upload',
 };
 
+/**
+ * Error types retries cannot fix (a checksum mismatch, a bad operator binary, a build for another
+ * host): an activity failing with one pauses the build at once, with its message.
+ */
+export const NON_RETRYABLE_ERRORS = [
+  'ChecksumMismatch',
+  'InvalidOperatorBinary',
+  'VerificationFailed',
+  'InvalidInput',
+  'ConfigError',
+  'HostKeyMismatch',
+  'PinnedFileMissing',
+  'WrongBuildHost',
+] as const;
+export type NonRetryableError = (typeof NON_RETRYABLE_ERRORS)[number];
+
 export type StepState = 'pending' | 'running' | 'done' | 'reused' | 'awaiting-retry' | 'aborted' | 'skipped';
 export type BuildState = 'pending' | 'running' | 'awaiting-retry' | 'done' | 'aborted' | 'failed';
 
@@ -109,12 +125,14 @@ export interface CreateAllSummary {
   bucket?: BucketListing;
 }
 
-/** Result of every step activity: small values only (keys, sizes, versions). */
-export interface StepResult {
+/** Result of a step activity: its artifact key, whether it was reused, and small values (sizes, versions). */
+export interface StepResult<D extends object = Record<string, unknown>> {
   key: string;
   reused: boolean;
-  data: Record<string, unknown>;
+  data: D;
 }
+
+export type { ImageData, UploadData, VerifyData } from '../src/build/step-data';
 
 export const childWorkflowId = (runTag: string, language: string) => `${runTag}/${language}`;
 export const parentWorkflowId = (runTag: string) => `${runTag}/all`;

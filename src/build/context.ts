@@ -1,3 +1,4 @@
+import type { NonRetryableError } from '../../workflows/types';
 import type { Host, RunOptions } from '../host';
 import { check, commandError, output, OutputTail, runInChroot } from '../host';
 
@@ -12,7 +13,7 @@ export interface Progress {
 export class BuildError extends Error {
   constructor(
     message: string,
-    readonly type: 'ChecksumMismatch' | 'InvalidOperatorBinary' | 'VerificationFailed' | 'InvalidInput',
+    readonly type: NonRetryableError,
   ) {
     super(message);
     this.name = type;

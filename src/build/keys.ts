@@ -1,4 +1,5 @@
 import * as crypto from 'node:crypto';
+import { STEPS, type Step } from '../../workflows/types';
 
 /**
  * Content addresses of build steps. A step's key hashes the previous step's key and everything
@@ -6,10 +7,11 @@ import * as crypto from 'node:crypto';
  * always give the identical key: looking a key up is both "resume" and "nothing changed".
  */
 
-export const STEP_NAMES = ['base', 'runtime', 'operator', 'verify', 'image', 'upload', 'customize'] as const;
-export type StepName = (typeof STEP_NAMES)[number];
+/** Steps that make an artifact: every step of a build but allocate, and `rootfs customize`. */
+export type StepName = Exclude<Step, 'allocate'> | 'customize';
+export const STEP_NAMES: readonly StepName[] = [...STEPS.filter((s): s is Exclude<Step, 'allocate'> => s !== 'allocate'), 'customize'];
 
-export const KEY_PATTERN = /^(base|runtime|operator|verify|image|upload|customize)-[0-9a-f]{32}$/;
+export const KEY_PATTERN = new RegExp(`^(${STEP_NAMES.join('|')})-[0-9a-f]{32}$`);
 
 /** JSON with object keys sorted, so that equal values always serialize to equal text. */
 export function canonicalJson(value: unknown): string {

@@ -1,13 +1,15 @@
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { LanguageSpec } from '../config/schema';
+import { SYSTEM_PATH, type LanguageSpec } from '../config/schema';
+import { imageKey } from '../store/layout';
 import type { BuildSettings } from './build-spec';
-import { debootstrapDefaultMirror } from '../setup/parts';
+import { debootstrapDefaultMirror } from './mirror';
 import { ArtifactStore } from './artifacts';
 import { BuildError, type StepRunner } from './context';
 import { checkX8664Executable } from './elf';
 import { stepKey } from './keys';
+import { ImageArtifactData, VerifyData, type ImageData } from './step-data';
 import { OPERATOR_PATH, renderProfile, renderUnit, UNIT_PATH, UNIT_WANTS_LINK } from './render';
 import { inspectTree } from './inspect';
 import { installSource, sha256OnHost, type SourceRecord } from './sources';
@@ -19,10 +21,10 @@ const RECIPE = { base: 1, runtime: 2, operator: 1, verify: 1, image: 1, customiz
 /** Packages every image gets on top of minbase: an init (systemd as PID 1), apt, and apt's keyring. */
 export const BASE_PACKAGES = ['systemd-sysv', 'apt', 'ubuntu-keyring'];
 
-export interface StepOutcome {
+export interface StepOutcome<D extends object = Record<string, unknown>> {
   key: string;
   reused: boolean;
-  data: Record<string, unknown>;
+  data: D;
 }
 
 /** Everything one build step needs: the build's settings, and the local files it pinned. */
@@ -82,9 +84,15 @@ export class Pipeline {
     return { operatorSha256: sha256Local(this.input.operatorPath) };
   }
 
-  private async mirror(): Promise<string> {
+  private mirrorOnce?: Promise<string>;
+
+  /** The configured mirror, else the build host's debootstrap default (asked once per step). */
+  private mirror(): Promise<string> {
     const base = this.input.config.base;
-    return (base.mirror ?? (await debootstrapDefaultMirror(base.suite))).replace(/\/+$/, '');
+    // The build host's debootstrap, not this worker's: an SSH build host may have another one.
+    this.mirrorOnce ??= (async () =>
+      (base.mirror ?? (await debootstrapDefaultMirror((argv, env) => this.runner.read(argv, { env }), base.suite))).replace(/\/+$/, ''))();
+    return this.mirrorOnce;
   }
 
   private dists(): string[] {
@@ -261,7 +269,7 @@ export class Pipeline {
   }
 
   /** Runs the configured version checks inside the finished tree and checks what booting needs. */
-  async verify(language: string, operatorKey: string): Promise<StepOutcome> {
+  async verify(language: string, operatorKey: string): Promise<StepOutcome<VerifyData>> {
     const spec = this.spec(language);
     const key = stepKey('verify', operatorKey, { recipe: RECIPE.verify, verify: spec.verify, environment: spec.environment, path: spec.path });
     const { meta, reused } = await this.store.ensure(key, 'verify', async () => {
@@ -285,11 +293,11 @@ export class Pipeline {
       }
       return { versions };
     });
-    return { key, reused, data: meta.data };
+    return { key, reused, data: VerifyData.parse(meta.data) };
   }
 
   imagePath(language: string): string {
-    return path.posix.join(this.imagesDir, `rootfs-${language}.ext4`);
+    return path.posix.join(this.imagesDir, imageKey(language));
   }
 
   /**
@@ -297,10 +305,10 @@ export class Pipeline {
    * the content plus headroom unless a fixed size is configured, and checks it with `e2fsck -fn`.
    * UUID, hash seed and timestamps derive from the key, so equal trees give equal images.
    */
-  async image(language: string, verifyKey: string, operatorKey: string, customizations: string[][] = []): Promise<StepOutcome> {
+  async image(language: string, verifyKey: string, operatorKey: string, customizations: string[][] = []): Promise<StepOutcome<ImageData>> {
     const { sizeMiB, headroomMiB } = this.input.config.image;
     const key = stepKey('image', verifyKey, { recipe: RECIPE.image, sizeMiB: sizeMiB ?? null, headroomMiB, operatorKey, language });
-    const file = `rootfs-${language}.ext4`;
+    const file = imageKey(language);
     const { meta, reused } = await this.store.ensure(key, 'image', async (work) => {
       const tree = this.store.tree(operatorKey);
       const usedMiB = Number((await this.runner.read(['du', '-sx', '--block-size=1M', tree])).split(/\s/)[0]);
@@ -327,11 +335,13 @@ export class Pipeline {
       const sizeBytes = Number((await this.runner.read(['stat', '-c', '%s', out])).trim());
       return { file, sizeBytes, sizeMiB: size, usedMiB, sha256 };
     });
-    const versions = ((await this.store.lookup(verifyKey))?.data.versions as string[] | undefined) ?? [];
+    const artifact = ImageArtifactData.parse(meta.data);
+    const verified = await this.store.lookup(verifyKey);
+    const versions = verified ? VerifyData.parse(verified.data).versions : [];
     await this.publishImage(language, key, file, {
       language,
-      sizeBytes: meta.data.sizeBytes,
-      sha256: meta.data.sha256,
+      sizeBytes: artifact.sizeBytes,
+      sha256: artifact.sha256,
       versions,
       builtAt: meta.createdAt,
       artifactKey: key,
@@ -339,7 +349,7 @@ export class Pipeline {
       treeKey: operatorKey,
       ...(customizations.length ? { customizations } : {}),
     });
-    return { key, reused, data: { ...meta.data, path: this.imagePath(language), versions } };
+    return { key, reused, data: { ...artifact, path: this.imagePath(language), versions } };
   }
 
   /** What the build wrote beside the published image of `language`, if it has been built. */
@@ -383,7 +393,7 @@ export class Pipeline {
     const dest = this.imagePath(language);
     // What the build knows about the image, beside it: the S3 upload publishes it as the manifest.
     await this.runner.host.writeFile(`${dest}.manifest.json`, JSON.stringify(manifest, null, 2) + '\n');
-    const marker = path.posix.join(this.imagesDir, `.rootfs-${language}.ext4.source`);
+    const marker = path.posix.join(this.imagesDir, `.${imageKey(language)}.source`);
     const current = async () => `${key} ${(await this.runner.read(['stat', '-c', '%s %Y %i', dest]).catch(() => '')).trim()}`;
     if ((await this.runner.host.stat(marker)) && (await this.runner.host.readFile(marker)).toString('utf8') === (await current())) return;
     this.runner.phase(`publishing ${dest}`);
@@ -400,8 +410,7 @@ export class Pipeline {
 
 /** `env -i` arguments for version checks: the unit's environment with a PATH that finds the runtime. */
 export function verifyEnvironment(spec: LanguageSpec): string[] {
-  const system = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
   const env: Record<string, string> = { HOME: '/root', LC_ALL: 'C', ...spec.environment };
-  env.PATH = spec.environment.PATH ?? [...spec.path, system].join(':');
+  env.PATH = spec.environment.PATH ?? [...spec.path, SYSTEM_PATH].join(':');
   return Object.entries(env).map(([k, v]) => `${k}=${v}`);
 }

@@ -1,6 +1,6 @@
 import * as crypto from 'node:crypto';
 import * as path from 'node:path';
-import type { RuntimeSource } from '../config/schema';
+import { Sha256Hex, type RuntimeSource } from '../config/schema';
 import { BuildError, type StepRunner } from './context';
 import { fillDirInTree, installInTree, linkInTree, writeInTree } from './tree-path';
 
@@ -27,7 +27,7 @@ export type SourceRecord = Record<string, string>;
 export async function sha256OnHost(runner: StepRunner, file: string): Promise<string> {
   const out = await runner.read(['sha256sum', '--', file]);
   const sum = out.split(/\s/)[0] ?? '';
-  if (!/^[0-9a-f]{64}$/.test(sum)) throw new Error(`unexpected sha256sum output for ${file}`);
+  if (!Sha256Hex.safeParse(sum).success) throw new Error(`unexpected sha256sum output for ${file}`);
   return sum;
 }
 

@@ -1,8 +1,8 @@
 import * as path from 'node:path';
-import { connectBuildHost } from '../../worker';
 import { buildSpecOf, localInputs } from '../build/build-spec';
 import { StepRunner } from '../build/context';
 import { Pipeline } from '../build/pipeline';
+import { connectBuildHost } from '../host';
 import type { LoadedConfig } from '../config';
 import { humanSize } from '../store';
 
@@ -29,7 +29,7 @@ export async function customizeCommand(loaded: LoadedConfig, language: string, a
     console.error(`${language}: ${changed.reused ? 'the same change was made before, reused' : 'changed'}: artifact ${changed.key}`);
     const verified = await pipeline.verify(language, changed.key);
     const image = await pipeline.image(language, verified.key, changed.key, changed.customizations);
-    const { sizeBytes, sha256, versions } = image.data as { sizeBytes: number; sha256: string; versions: string[] };
+    const { sizeBytes, sha256, versions } = image.data;
     console.log(`${path.basename(pipeline.imagePath(language))}  ${humanSize(sizeBytes)}  sha256 ${sha256.slice(0, 12)}  ${versions.join('; ')}`);
     console.log(`customizations: ${changed.customizations.map((c) => c.join(' ')).join(' | ')}`);
     console.error(`upload it with: rootfs s3 upload-single ${language}`);

@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { ConfigError, loadConfig, Name, NAME_PATTERN, type Config } from '../config';
-import { checkLanguage, StoreError } from '../store';
+import { checkLanguage, imageKey, StoreError } from '../store';
 import { formatImageReport, verifyImage } from '../build/verify-image';
 import { LocalHost } from '../host';
 import { createCommand, resumeCommand, statusCommand, workerCommand } from './build';
@@ -133,7 +133,7 @@ function program(setExit: (code: number) => void): Command {
     .action(async (lang: string, opts: { json?: boolean }) => {
       const { config } = loadConfig({ file: cli.opts().config });
       const language = languageArgument(lang, config);
-      const report = await verifyImage(new LocalHost(), path.join(config.workspace, 'images', `rootfs-${language}.ext4`), config.languages[language]!);
+      const report = await verifyImage(new LocalHost(), path.join(config.workspace, 'images', imageKey(language)), config.languages[language]!);
       process.stdout.write(opts.json ? JSON.stringify(report, null, 2) + '\n' : formatImageReport(report));
       setExit(report.ok ? EXIT.ok : EXIT.failed);
     });

@@ -1,4 +1,4 @@
-import type { LanguageInput } from './schema';
+import { SYSTEM_PATH, type LanguageInput } from './schema';
 
 /**
  * The shipped language profiles. `default` builds wherever the package registries answer;
@@ -9,7 +9,6 @@ import type { LanguageInput } from './schema';
 /** Marks a checksum the operator must pin in config: it fails validation until replaced. */
 const UNPINNED = '';
 
-const SYSTEM_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 
 const bash: LanguageInput = {
   verify: [{ argv: ['bash', '--version'], expect: '^GNU bash, version 5\\.1\\.' }],

@@ -5,6 +5,9 @@ import { z } from 'zod';
  * or an S3 key is constrained here, so code past `loadConfig()` can trust it.
  */
 
+/** The PATH of an Ubuntu system: what commands inside an image find when nothing else is said. */
+export const SYSTEM_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+
 export const NAME_PATTERN = /^[a-z][a-z0-9-]{0,31}$/;
 
 /** Language names, host aliases, run tags: safe in paths, argv, S3 keys and Temporal IDs. */

@@ -1,3 +1,4 @@
+import { SYSTEM_PATH } from '../config/schema';
 import { checkEnv, type Host, type RunOptions, type RunResult } from './types';
 
 /**
@@ -17,7 +18,7 @@ const CHROOT_SCRIPT = [
   'exec chroot "$root" "$@"',
 ].join('\n');
 
-export const CHROOT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+export const CHROOT_PATH = SYSTEM_PATH;
 
 export function chrootArgv(root: string, argv: string[]): string[] {
   if (!root.startsWith('/') || root === '/') throw new Error(`chroot needs an absolute tree, not ${JSON.stringify(root)}`);

@@ -2,6 +2,7 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { debootstrapDefaultMirror } from '../build/mirror';
 import { capture, passthrough } from '../util/exec';
 import { projectRoot, toolsDir } from '../util/paths';
 import { PINNED, toolPaths } from './tools';
@@ -121,21 +122,6 @@ export async function minio(ctx: SetupContext): Promise<Outcome> {
   return { done: `built ${version}` };
 }
 
-/**
- * The mirror debootstrap itself would use for the suite: its suite script is sourced with a
- * `default_mirror` that prints its argument and stops, so no mirror is written in this project.
- */
-export async function debootstrapDefaultMirror(suite: string): Promise<string> {
-  const script = path.join('/usr/share/debootstrap/scripts', suite);
-  if (!fs.existsSync(script)) throw new Error(`debootstrap has no script for suite ${suite}`);
-  const { stdout } = await capture('sh', ['-c', 'default_mirror() { echo "$1"; exit 0; }; . "$1"; exit 1', 'sh', script], {
-    env: { PATH: process.env.PATH, ARCH: 'amd64', SUITE: suite },
-  });
-  const mirror = stdout.trim();
-  if (!/^https?:\/\/\S+$/.test(mirror)) throw new Error(`unexpected default mirror from ${script}: ${mirror}`);
-  return mirror;
-}
-
 export function sha256File(file: string): string {
   return crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
 }
@@ -160,7 +146,9 @@ async function cachedDownload(url: string, name: string, sha256: string): Promis
 export async function ubuntuKeyring(ctx: SetupContext): Promise<Outcome> {
   const target = toolPaths().ubuntuKeyring;
   const { poolPath, sha256, member } = PINNED.ubuntuKeyring;
-  const mirror = ctx.mirror ?? (await debootstrapDefaultMirror(ctx.suite));
+  const readLocally = async (argv: string[], env: Record<string, string>) =>
+    (await capture(argv[0]!, argv.slice(1), { env: { PATH: process.env.PATH, ...env } })).stdout;
+  const mirror = ctx.mirror ?? (await debootstrapDefaultMirror(readLocally, ctx.suite));
   const deb = await cachedDownload(`${mirror.replace(/\/+$/, '')}/${poolPath}`, path.basename(poolPath), sha256);
   const extract = fs.mkdtempSync(path.join(os.tmpdir(), 'rootfs-keyring-'));
   try {

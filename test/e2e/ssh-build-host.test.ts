@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { WorkflowFailedError } from '@temporalio/client';
 import { createClient, readManifest, statObject } from '../../src/store';
 import { hostTaskQueue, ORCHESTRATOR_TASK_QUEUE } from '../../worker';
-import { stagingDir } from '../../worker/store';
+import { stagingDir } from '../../src/store/build-upload';
 import { createRootfs } from '../../workflows';
 import { abortUpdate, progressQuery } from '../../workflows/messages';
 import { childWorkflowId, type BuildOptions, type LanguageProgress } from '../../workflows/types';

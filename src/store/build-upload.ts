@@ -1,11 +1,16 @@
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { ActivityDeps } from '../activities';
-import { capture } from '../src/util/exec';
-import { userCacheDir } from '../src/util/paths';
-import type { Host } from '../src/host';
-import { createClient, fileDigest, imageKey, listBucket, readManifest, statObject, summarize, uploadImage, type StoreContext } from '../src/store';
+import type { ActivityDeps } from '../../activities';
+import { capture } from '../util/exec';
+import { userCacheDir } from '../util/paths';
+import type { Host } from '../host';
+import { createClient, type StoreContext } from './client';
+import { fileDigest } from './digest';
+import { imageKey } from './layout';
+import { listBucket, readManifest, summarize } from './list';
+import { statObject } from './client';
+import { uploadImage } from './upload';
 
 /**
  * The S3 side of the build: the upload step and the closing bucket listing. Credentials come
@@ -48,24 +53,24 @@ async function pullImage(host: Host, remote: string, local: string, sha256: stri
 
 export function s3StoreDeps(): Pick<ActivityDeps, 'upload' | 'listBucket'> {
   return {
-    async upload({ spec, language, artifactImagePath, host, manifest, signal }) {
+    async upload({ spec, language, artifactImagePath, host, image, signal }) {
       const client = createClient({ config: spec.s3 });
       const ctx: StoreContext = { client, config: spec.s3, workspace: spec.workspace, signal };
-      const facts = { versions: manifest.versions as string[], artifactKey: manifest.artifactKey as string };
+      const facts = { versions: image.versions, artifactKey: image.artifactKey };
       try {
         let file = artifactImagePath;
         const { buildHost } = spec;
         if (buildHost.kind !== 'local') {
           const key = imageKey(language);
-          const sha256 = manifest.sha256 as string;
+          const { sha256 } = image;
           const remote = await statObject(ctx, key);
-          if (remote?.sha256 === sha256 && remote.sizeBytes === manifest.sizeBytes) {
+          if (remote?.sha256 === sha256 && remote.sizeBytes === image.sizeBytes) {
             const current = (await readManifest(ctx, key)).manifest;
             if (current?.sha256 === sha256 && current.artifactKey === facts.artifactKey) {
               return { key: facts.artifactKey, reused: true, data: { s3Key: key, bucket: spec.s3.bucket, bytesSent: 0, sha256 } };
             }
           }
-          file = path.join(stagingDir(buildHost.alias), `rootfs-${language}.ext4`);
+          file = path.join(stagingDir(buildHost.alias), imageKey(language));
           await pullImage(host, artifactImagePath, file, sha256, signal);
           // The local store keeps its resumable-upload state beside the staging copy, not at the remote's path.
           ctx.workspace = stagingDir(buildHost.alias);
