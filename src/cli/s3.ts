@@ -3,6 +3,7 @@ import {
   bucketSetup,
   createClient,
   bootstrapScript,
+  fallbackBase,
   formatListing,
   formatSync,
   formatUploads,
@@ -62,6 +63,13 @@ export const s3Commands = {
 
   bootstrapScript: (rt: CliRuntime, fallbackUrl?: string) => {
     const { config } = rt.loaded;
+    // A bad --fallback-url is a usage error (exit 2), told before anything is printed.
+    try {
+      if (fallbackUrl !== undefined) fallbackBase(fallbackUrl);
+    } catch (err) {
+      console.error(`rootfs: --fallback-url: ${(err as Error).message}`);
+      return Promise.resolve(2);
+    }
     process.stdout.write(bootstrapScript({ s3: config.s3, workspace: config.workspace, languages: config.languages }, { fallbackUrl }));
     return Promise.resolve(0);
   },

@@ -11,7 +11,7 @@ export interface BootstrapConfig {
 
 export interface BootstrapOptions {
   /**
-   * Where to fetch from when the bucket has no images: a URL base serving `vmlinux`,
+   * Where to fetch from when the bucket has no images: an https URL base serving `vmlinux`,
    * `rootfs-<lang>.ext4` and, to verify them, `SHA256SUMS` (as `sha256sum` prints it).
    */
   fallbackUrl?: string;
@@ -20,6 +20,22 @@ export interface BootstrapOptions {
 
 /** Single-quoted for bash; every value in the script goes through this. */
 export const shellQuote = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
+
+/**
+ * The fallback source as the script uses it, or why it cannot be: https only (what comes from it
+ * is installed as root on new hosts), no `user:password@` (the script is readable user-data), no
+ * query or fragment (file names are appended to it).
+ */
+export function fallbackBase(url: string): string {
+  const shown = JSON.stringify(url).slice(0, 80);
+  const refuse = (why: string) => new StoreError('invalid-input', `The fallback source ${shown} ${why}.`);
+  if (!HttpUrl.safeParse(url).success) throw refuse('is not an https URL');
+  const u = new URL(url);
+  if (u.protocol !== 'https:') throw refuse('is not an https URL: what the script fetches from it is installed on new hosts, so it must not be open to change in transit');
+  if (u.username || u.password) throw refuse('carries credentials (user:password@), which would be readable by anyone who can read the script');
+  if (u.search || u.hash) throw refuse('has a ?query or #fragment: it must be a base URL that file names are appended to');
+  return url.replace(/\/+$/, '');
+}
 
 /** The URL of the bucket that object keys are appended to, path-style or virtual-hosted as configured. */
 export function bucketUrl(s3: S3Config): string {
@@ -40,12 +56,14 @@ export function bucketUrl(s3: S3Config): string {
  * is installed. It syncs like `download`: every `rootfs-<lang>.ext4` and `vmlinux` whose
  * manifest's sha256 differs from the local file is downloaded (sparse) to a temp file, checked
  * and renamed into place; then `images/rootfs.ext4` points at the python image. When the
- * bucket has no images it fetches from `fallbackUrl` instead, saying so in the log.
+ * bucket has no images it fetches from `fallbackUrl` instead (https only, redirects included),
+ * saying so in the log.
  *
  * Credentials come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN in the
  * environment and reach curl through a config on a pipe, never its argv; without them the
  * requests are unsigned (a public bucket). S3_BUCKET_URL, S3_REGION, ROOTFS_WORKSPACE and
- * ROOTFS_FALLBACK_URL override the values written into the script.
+ * ROOTFS_FALLBACK_URL (https only, else the script stops with exit 2) override the values written
+ * into the script; curl's own CURL_CA_BUNDLE names the CAs it trusts.
  */
 export function bootstrapScript(config: BootstrapConfig, opts: BootstrapOptions = {}): string {
   const languages = (Array.isArray(config.languages) ? [...config.languages] : Object.keys(config.languages)) as string[];
@@ -53,11 +71,7 @@ export function bootstrapScript(config: BootstrapConfig, opts: BootstrapOptions 
   for (const name of [...languages, defaultLanguage]) {
     if (!NAME_PATTERN.test(name)) throw new StoreError('invalid-input', `${JSON.stringify(name).slice(0, 60)} is not a language name.`);
   }
-  let fallback = '';
-  if (opts.fallbackUrl !== undefined) {
-    if (!HttpUrl.safeParse(opts.fallbackUrl).success) throw new StoreError('invalid-input', `The fallback source ${JSON.stringify(opts.fallbackUrl).slice(0, 80)} is not an http(s) URL.`);
-    fallback = opts.fallbackUrl.replace(/\/+$/, '');
-  }
+  const fallback = opts.fallbackUrl === undefined ? '' : fallbackBase(opts.fallbackUrl);
   const vars = [
     `S3_BUCKET=${shellQuote(config.s3.bucket)}`,
     `S3_BUCKET_URL=\${S3_BUCKET_URL:-${shellQuote(bucketUrl(config.s3))}}`,
@@ -73,6 +87,7 @@ export function bootstrapScript(config: BootstrapConfig, opts: BootstrapOptions 
 # links images/${DEFAULT_LINK}; falls back to a plain URL when the bucket has no images.
 # Needs bash, curl >= 7.75 and coreutils. Credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
 # (and AWS_SESSION_TOKEN) from the environment; without them requests are unsigned.
+# The fallback is fetched over https only; CURL_CA_BUNDLE names other CAs to trust.
 set -euo pipefail
 export LC_ALL=C
 umask 022
@@ -85,6 +100,14 @@ EMPTY_SHA256=e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
 CURL_OPTS=(--silent --show-error --connect-timeout 10 --retry 4 --retry-delay 2 --retry-connrefused)
 
 log() { printf '%s rootfs-bootstrap: %s\\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >&2; }
+
+# What the fallback serves is installed as root: it must not be open to change in transit.
+FALLBACK_URL=\${FALLBACK_URL%/}
+if [[ -n $FALLBACK_URL && $FALLBACK_URL != https://* ]]; then
+  log "error: the fallback source must be an https:// URL, not $FALLBACK_URL"
+  exit 2
+fi
+fallback_curl() { curl "\${CURL_OPTS[@]}" --proto =https --proto-redir =https --location --fail "$@"; }
 
 # Only names this tool writes are used as file names: nothing else in the bucket reaches a path.
 valid_key() { [[ $1 == ${KERNEL_KEY} || $1 =~ ^rootfs-[a-z][a-z0-9-]{0,31}\\.ext4$ ]]; }
@@ -190,13 +213,13 @@ sync_key() {
 from_fallback() {
   local sums name tmp expected
   sums=$(mktemp)
-  if ! curl "\${CURL_OPTS[@]}" --location --fail -o "$sums" "$FALLBACK_URL/SHA256SUMS"; then
+  if ! fallback_curl -o "$sums" "$FALLBACK_URL/SHA256SUMS"; then
     : >"$sums"
     log "warning: $FALLBACK_URL/SHA256SUMS is missing: the fallback files cannot be verified"
   fi
   for name in ${KERNEL_KEY} $(for l in $LANGUAGES; do printf 'rootfs-%s.ext4 ' "$l"; done); do
     tmp="$(dirname "$(dest_of "$name")")/.$name.$$.partial"
-    if ! curl "\${CURL_OPTS[@]}" --location --fail "$FALLBACK_URL/$name" | sparse_from "$tmp"; then
+    if ! fallback_curl "$FALLBACK_URL/$name" | sparse_from "$tmp"; then
       rm -f "$tmp"; log "error: $FALLBACK_URL/$name could not be fetched"; FAILED=$((FAILED + 1)); continue
     fi
     expected=$(awk -v n="$name" '$2 == n || $2 == "*" n { print $1; exit }' "$sums")

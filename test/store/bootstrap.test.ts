@@ -10,8 +10,24 @@ import { startFixtureServer, type FixtureServer } from '../support/fixture-serve
 import { tempDir } from '../support/process';
 import { testS3, type TestCredentials, type TestS3 } from '../support/s3';
 import { allocated, MiB, randomFile, sha256File, sparseFile, workspace } from './helpers';
+import { startHttpsFixture, type HttpsFixture } from './https-fixture';
 
 const LANGUAGES = ['bash', 'go', 'python'];
+const CLI = path.join(__dirname, '../../src/cli/main.js');
+const sum = (b: Buffer) => crypto.createHash('sha256').update(b).digest('hex');
+
+/** The CLI as a program, with the environment given and nothing else of this process's. */
+function rootfs(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+    child.on('error', reject);
+    child.once('exit', (code) => resolve({ code, stdout, stderr }));
+  });
+}
 
 /** Runs the script with bash in a clean environment; resolves with its exit code and log. */
 function runScript(script: string, env: Record<string, string>): Promise<{ code: number; log: string }> {
@@ -34,6 +50,7 @@ describe('store: the bootstrap script, run with bash @real', function () {
   let client: S3Client;
   let source: string;
   let fixture: FixtureServer;
+  let tls: HttpsFixture;
 
   before(async () => {
     s3 = await testS3();
@@ -49,12 +66,13 @@ describe('store: the bootstrap script, run with bash @real', function () {
     ]);
     await uploadAll({ client, config, workspace: source });
     fixture = await startFixtureServer();
+    tls = await startHttpsFixture();
   });
   after(() => client?.destroy());
 
   it('syncs kernel and images from the bucket into an empty directory, sparse and verified, and links python', async () => {
     const target = tempDir('boot-target');
-    const script = bootstrapScript({ s3: config, workspace: '/srv/firecracker', languages: LANGUAGES }, { fallbackUrl: fixture.url });
+    const script = bootstrapScript({ s3: config, workspace: '/srv/firecracker', languages: LANGUAGES }, { fallbackUrl: tls.url });
     // A page size of 2 keys makes the listing take several pages.
     const env = { ...s3.env, ROOTFS_WORKSPACE: target, S3_LIST_PAGE_SIZE: '2' };
     const first = await runScript(script, env);
@@ -66,7 +84,7 @@ describe('store: the bootstrap script, run with bash @real', function () {
     assert.equal(fs.readlinkSync(path.join(target, 'images/rootfs.ext4')), 'rootfs-python.ext4');
     assert.match(first.log, /rootfs-bootstrap: done: 3 downloaded, 0 up to date, 0 failed$/m);
     assert.ok(!first.log.includes(credentials.secretAccessKey), 'the secret is never logged');
-    assert.equal(fixture.hits('/vmlinux'), 0, 'no fallback while the bucket has images');
+    assert.equal(tls.hits('/vmlinux'), 0, 'no fallback while the bucket has images');
 
     const second = await runScript(script, env);
     assert.equal(second.code, 0, second.log);
@@ -84,21 +102,20 @@ describe('store: the bootstrap script, run with bash @real', function () {
     const bash = crypto.randomBytes(2 * MiB);
     const python = Buffer.concat([crypto.randomBytes(MiB), Buffer.alloc(16 * MiB), crypto.randomBytes(4096)]);
     const go = crypto.randomBytes(MiB);
-    const sum = (b: Buffer) => crypto.createHash('sha256').update(b).digest('hex');
-    fixture.serve('/fallback/vmlinux', kernel);
-    fixture.serve('/fallback/rootfs-bash.ext4', bash);
-    fixture.serve('/fallback/rootfs-python.ext4', python);
-    fixture.serve('/fallback/rootfs-go.ext4', go);
+    tls.serve('/fallback/vmlinux', kernel);
+    tls.serve('/fallback/rootfs-bash.ext4', bash);
+    tls.serve('/fallback/rootfs-python.ext4', python);
+    tls.serve('/fallback/rootfs-go.ext4', go);
     // The go image does not match its listed sum: it must not be installed.
-    fixture.serve(
+    tls.serve(
       '/fallback/SHA256SUMS',
       `${sum(kernel)}  vmlinux\n${sum(bash)}  rootfs-bash.ext4\n${sum(python)} *rootfs-python.ext4\n${'0'.repeat(64)}  rootfs-go.ext4\n`,
     );
     const target = tempDir('boot-fallback');
-    const script = bootstrapScript({ s3: empty, workspace: target, languages: LANGUAGES }, { fallbackUrl: `${fixture.url}/fallback/` });
-    const run = await runScript(script, s3.env);
+    const script = bootstrapScript({ s3: empty, workspace: target, languages: LANGUAGES }, { fallbackUrl: `${tls.url}/fallback/` });
+    const run = await runScript(script, { ...s3.env, CURL_CA_BUNDLE: tls.caFile });
     assert.equal(run.code, 1, run.log);
-    assert.match(run.log, new RegExp(`rootfs-bootstrap: bucket ${empty.bucket} has no images: falling back to ${fixture.url}/fallback$`, 'm'));
+    assert.match(run.log, new RegExp(`rootfs-bootstrap: bucket ${empty.bucket} has no images: falling back to ${tls.url}/fallback$`, 'm'));
     assert.match(run.log, /error: .*rootfs-go\.ext4 does not match its checksum/);
     assert.ok(fs.readFileSync(path.join(target, 'vmlinux')).equals(kernel));
     assert.ok(fs.readFileSync(path.join(target, 'images/rootfs-bash.ext4')).equals(bash));
@@ -109,11 +126,62 @@ describe('store: the bootstrap script, run with bash @real', function () {
 
     // A bucket that does not exist falls back too; without a fallback the script stops plainly.
     const missing = { ...empty, bucket: 'no-such-bucket-here' };
-    const noBucket = await runScript(bootstrapScript({ s3: missing, workspace: tempDir('boot-missing'), languages: ['bash'] }, { fallbackUrl: `${fixture.url}/fallback` }), s3.env);
+    const noBucket = await runScript(
+      bootstrapScript({ s3: missing, workspace: tempDir('boot-missing'), languages: ['bash'] }, { fallbackUrl: `${tls.url}/fallback` }),
+      { ...s3.env, CURL_CA_BUNDLE: tls.caFile },
+    );
     assert.equal(noBucket.code, 0, noBucket.log);
     assert.match(noBucket.log, /bucket no-such-bucket-here does not exist: falling back to /);
     const noFallback = await runScript(bootstrapScript({ s3: empty, workspace: tempDir('boot-none'), languages: ['bash'] }), s3.env);
     assert.equal(noFallback.code, 1);
     assert.match(noFallback.log, new RegExp(`error: bucket ${empty.bucket} has no images and no fallback source is configured$`, 'm'));
+  });
+
+  it('takes the fallback over https only: at generation (exit 2), from the environment, through redirects, with the certificate checked', async () => {
+    const empty = await s3.freshBucket();
+    const kernel = crypto.randomBytes(64 * 1024);
+    tls.serve('/tls/vmlinux', kernel);
+    tls.serve('/tls/SHA256SUMS', `${sum(kernel)}  vmlinux\n`);
+    fixture.serve('/plain/vmlinux', kernel);
+    fixture.serve('/plain/SHA256SUMS', `${sum(kernel)}  vmlinux\n`);
+    const script = bootstrapScript({ s3: empty, workspace: '/unused', languages: [] }, { fallbackUrl: `${tls.url}/tls` });
+
+    // The CLI refuses an http:// fallback as a usage error, and prints no script.
+    const dir = tempDir('boot-cli');
+    fs.writeFileSync(path.join(dir, 'rootfs.yaml'), `workspace: ${dir}/ws\ns3:\n  bucket: ${empty.bucket}\n`);
+    const cli = await rootfs(['--config', path.join(dir, 'rootfs.yaml'), 's3', 'bootstrap-script', '--fallback-url', `${fixture.url}/plain`]);
+    assert.equal(cli.code, 2, cli.stderr);
+    assert.equal(cli.stdout, '');
+    assert.match(cli.stderr, /^rootfs: --fallback-url: The fallback source "http:\/\/127\.0\.0\.1:\d+\/plain" is not an https URL: /);
+    const bad = await rootfs(['--config', path.join(dir, 'rootfs.yaml'), 's3', 'bootstrap-script', '--fallback-url', 'not a url']);
+    assert.equal(bad.code, 2, bad.stderr);
+    const good = await rootfs(['--config', path.join(dir, 'rootfs.yaml'), 's3', 'bootstrap-script', '--fallback-url', `${tls.url}/tls`]);
+    assert.equal(good.code, 0, good.stderr);
+    assert.match(good.stdout, /^#!\/bin\/bash\n/);
+
+    // An http:// override in the environment stops the script before it fetches anything.
+    const target = tempDir('boot-override');
+    const overridden = await runScript(script, { ...s3.env, ROOTFS_WORKSPACE: target, ROOTFS_FALLBACK_URL: `${fixture.url}/plain` });
+    assert.equal(overridden.code, 2, overridden.log);
+    assert.match(overridden.log, /error: the fallback source must be an https:\/\/ URL, not http:\/\/127\.0\.0\.1:\d+\/plain$/m);
+    assert.equal(fixture.hits('/plain/vmlinux') + fixture.hits('/plain/SHA256SUMS'), 0);
+    assert.ok(!fs.existsSync(path.join(target, 'vmlinux')));
+
+    // A redirect from the https source to plain http is not followed.
+    tls.redirect('/down/vmlinux', `${fixture.url}/plain/vmlinux`);
+    tls.redirect('/down/SHA256SUMS', `${fixture.url}/plain/SHA256SUMS`);
+    const redirected = await runScript(script, { ...s3.env, ROOTFS_WORKSPACE: target, ROOTFS_FALLBACK_URL: `${tls.url}/down`, CURL_CA_BUNDLE: tls.caFile });
+    assert.equal(redirected.code, 1, redirected.log);
+    assert.equal(fixture.hits('/plain/vmlinux') + fixture.hits('/plain/SHA256SUMS'), 0, 'nothing fetched over http');
+    assert.ok(!fs.existsSync(path.join(target, 'vmlinux')));
+
+    // A certificate curl does not trust is refused; with its CA the same source works.
+    const untrusted = await runScript(script, { ...s3.env, ROOTFS_WORKSPACE: target });
+    assert.equal(untrusted.code, 1, untrusted.log);
+    assert.match(untrusted.log, /SSL certificate problem/);
+    assert.ok(!fs.existsSync(path.join(target, 'vmlinux')));
+    const trusted = await runScript(script, { ...s3.env, ROOTFS_WORKSPACE: target, CURL_CA_BUNDLE: tls.caFile });
+    assert.equal(trusted.code, 0, trusted.log);
+    assert.ok(fs.readFileSync(path.join(target, 'vmlinux')).equals(kernel));
   });
 });

@@ -231,7 +231,12 @@ describe('store: names, policy, part sizes and the bootstrap script', () => {
     assert.ok(!/AWS_SECRET_ACCESS_KEY"? *\S*@/.test(script));
     assert.equal(shellQuote("it's"), `'it'\\''s'`);
     assert.throws(() => bootstrapScript({ s3, workspace: '/srv/firecracker', languages: ['py;thon'] }), /is not a language name/);
-    assert.throws(() => bootstrapScript({ s3, workspace: '/w', languages: [] }, { fallbackUrl: "http://x/'$(id)'" }), /is not an http\(s\) URL/);
-    assert.throws(() => bootstrapScript({ s3, workspace: '/w', languages: [] }, { fallbackUrl: 'file:///etc' }), /is not an http\(s\) URL/);
+    const refused = (fallbackUrl: string, why: RegExp) =>
+      assert.throws(() => bootstrapScript({ s3, workspace: '/w', languages: [] }, { fallbackUrl }), (err: StoreError) => err.kind === 'invalid-input' && why.test(err.message));
+    refused("https://x/'$(id)'", /is not an https URL\.$/);
+    refused('file:///etc', /is not an https URL\.$/);
+    refused('http://images.example.test/rootfs', /"http:\/\/images\.example\.test\/rootfs" is not an https URL: .* must not be open to change in transit\.$/);
+    refused('https://user:pass@images.example.test/rootfs', /carries credentials/);
+    refused('https://images.example.test/rootfs?token=1', /has a \?query or #fragment/);
   });
 });
