@@ -170,13 +170,20 @@ sparse_from() { dd of="$1" ibs=1M obs=4K conv=sparse iflag=fullblock status=none
 
 local_sha256() { if [[ -f $1 ]]; then sha256sum <"$1" | cut -d' ' -f1; fi; }
 
-# install_verified TMP DEST EXPECTED NAME: renames TMP over DEST only when its sha256 is EXPECTED.
+# install_verified TMP DEST EXPECTED NAME: renames TMP over DEST only when its sha256 is EXPECTED;
+# without an EXPECTED sum nothing is installed.
 install_verified() {
-  local actual
-  actual=$(local_sha256 "$1")
-  if [[ -n $3 && $actual != "$3" ]]; then
+  local actual kept=''
+  if [[ -e $2 ]]; then kept='; the local copy was kept'; fi
+  if [[ ! $3 =~ ^[0-9a-f]{64}$ ]]; then
     rm -f "$1"
-    log "error: $4 does not match its checksum (sha256 $actual, expected $3); the local copy was kept"
+    log "error: $4 has no checksum to verify it against; not installed$kept"
+    return 1
+  fi
+  actual=$(local_sha256 "$1")
+  if [[ $actual != "$3" ]]; then
+    rm -f "$1"
+    log "error: $4 does not match its checksum (sha256 $actual, expected $3); not installed$kept"
     return 1
   fi
   mv -f "$1" "$2"
@@ -185,48 +192,61 @@ install_verified() {
 
 dest_of() { if [[ $1 == ${KERNEL_KEY} ]]; then printf '%s' "$WORKSPACE/$1"; else printf '%s' "$IMAGES/$1"; fi; }
 
-DOWNLOADED=0 UNCHANGED=0 FAILED=0
+# manifest_field NAME FILE: a string field of a manifest as this tool writes it (one field a line).
+manifest_field() { sed -n "s/^ *\\"$1\\": *\\"\\\\([^\\"]*\\\\)\\",\\\\{0,1\\\\}$/\\\\1/p" "$2" | head -n1; }
 
-# sync_key KEY: the object, when its manifest's sha256 differs from the local file's.
+DOWNLOADED=0 UNCHANGED=0 FAILED=0
+failed() { log "error: $*"; FAILED=$((FAILED + 1)); }
+
+# sync_key KEY: the object, when its manifest's sha256 differs from the local file's. Without a
+# manifest that describes this key with a sha256, nothing is downloaded.
 sync_key() {
-  local key=$1 dest tmp manifest expected code
+  local key=$1 dest tmp manifest expected described code
   dest=$(dest_of "$key")
   manifest=$(mktemp)
   code=$(s3_get "$key${MANIFEST_SUFFIX}" "$manifest")
-  expected=$(sed -n 's/^ *"sha256": *"\\([0-9a-f]\\{64\\}\\)".*/\\1/p' "$manifest" | head -n1)
+  expected=$(manifest_field sha256 "$manifest")
+  described=$(manifest_field key "$manifest")
   rm -f "$manifest"
-  if [[ $code != 200 || -z $expected ]]; then
-    log "error: $key has no usable manifest (HTTP $code), so it cannot be verified; not downloaded"
-    FAILED=$((FAILED + 1)); return 0
+  if [[ $code != 200 ]]; then failed "s3://$S3_BUCKET/$key has no manifest (HTTP $code), so it cannot be verified; not downloaded"; return 0; fi
+  if [[ $described != "$key" || ! $expected =~ ^[0-9a-f]{64}$ ]]; then
+    failed "s3://$S3_BUCKET/$key${MANIFEST_SUFFIX} is not a manifest of $key with a sha256, so $key cannot be verified; not downloaded"
+    return 0
   fi
   if [[ $(local_sha256 "$dest") == "$expected" ]]; then
     log "$key is up to date"; UNCHANGED=$((UNCHANGED + 1)); return 0
   fi
   tmp="$(dirname "$dest")/.$key.$$.partial"
   if ! s3_curl --fail "$S3_BUCKET_URL/$key" | sparse_from "$tmp"; then
-    rm -f "$tmp"; log "error: the download of s3://$S3_BUCKET/$key failed"; FAILED=$((FAILED + 1)); return 0
+    rm -f "$tmp"; failed "the download of s3://$S3_BUCKET/$key failed"; return 0
   fi
   if install_verified "$tmp" "$dest" "$expected" "s3://$S3_BUCKET/$key"; then DOWNLOADED=$((DOWNLOADED + 1)); else FAILED=$((FAILED + 1)); fi
 }
 
-# from_fallback: vmlinux and the configured images from FALLBACK_URL, checked against its SHA256SUMS.
+# from_fallback: vmlinux and the configured images from FALLBACK_URL, each only when SHA256SUMS
+# lists it and its content matches; a file without a sum is not even fetched.
 from_fallback() {
-  local sums name tmp expected
+  local sums name dest tmp expected missing=''
   sums=$(mktemp)
   if ! fallback_curl -o "$sums" "$FALLBACK_URL/SHA256SUMS"; then
     : >"$sums"
-    log "warning: $FALLBACK_URL/SHA256SUMS is missing: the fallback files cannot be verified"
+    missing=" ($FALLBACK_URL/SHA256SUMS could not be fetched)"
   fi
   for name in ${KERNEL_KEY} $(for l in $LANGUAGES; do printf 'rootfs-%s.ext4 ' "$l"; done); do
-    tmp="$(dirname "$(dest_of "$name")")/.$name.$$.partial"
+    dest=$(dest_of "$name")
+    expected=$(awk -v n="$name" '$2 == n || $2 == "*" n { print tolower($1); exit }' "$sums")
+    if [[ ! $expected =~ ^[0-9a-f]{64}$ ]]; then
+      failed "$FALLBACK_URL/$name has no sha256 in $FALLBACK_URL/SHA256SUMS$missing, so it cannot be verified; not installed"
+      continue
+    fi
+    if [[ $(local_sha256 "$dest") == "$expected" ]]; then
+      log "$name is up to date"; UNCHANGED=$((UNCHANGED + 1)); continue
+    fi
+    tmp="$(dirname "$dest")/.$name.$$.partial"
     if ! fallback_curl "$FALLBACK_URL/$name" | sparse_from "$tmp"; then
-      rm -f "$tmp"; log "error: $FALLBACK_URL/$name could not be fetched"; FAILED=$((FAILED + 1)); continue
+      rm -f "$tmp"; failed "$FALLBACK_URL/$name could not be fetched"; continue
     fi
-    expected=$(awk -v n="$name" '$2 == n || $2 == "*" n { print $1; exit }' "$sums")
-    if [[ -s $sums && -z $expected ]]; then
-      rm -f "$tmp"; log "error: $name is not listed in $FALLBACK_URL/SHA256SUMS; not installed"; FAILED=$((FAILED + 1)); continue
-    fi
-    if install_verified "$tmp" "$(dest_of "$name")" "$expected" "$FALLBACK_URL/$name"; then DOWNLOADED=$((DOWNLOADED + 1)); else FAILED=$((FAILED + 1)); fi
+    if install_verified "$tmp" "$dest" "$expected" "$FALLBACK_URL/$name"; then DOWNLOADED=$((DOWNLOADED + 1)); else FAILED=$((FAILED + 1)); fi
   done
   rm -f "$sums"
 }

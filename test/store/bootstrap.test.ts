@@ -3,7 +3,7 @@ import { spawn } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { S3Client } from '@aws-sdk/client-s3';
+import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import type { S3Config } from '../../src/config';
 import { bootstrapScript, createClient, uploadAll } from '../../src/store';
 import { startFixtureServer, type FixtureServer } from '../support/fixture-server';
@@ -183,5 +183,68 @@ describe('store: the bootstrap script, run with bash @real', function () {
     const trusted = await runScript(script, { ...s3.env, ROOTFS_WORKSPACE: target, CURL_CA_BUNDLE: tls.caFile });
     assert.equal(trusted.code, 0, trusted.log);
     assert.ok(fs.readFileSync(path.join(target, 'vmlinux')).equals(kernel));
+  });
+
+  it('fails closed: nothing without a sum that matches is installed, from the bucket or the fallback, and the exit says so', async () => {
+    // The bucket: the bash object swapped behind its manifest, the python manifest replaced by
+    // the go one, the kernel's manifest gone; only the go image is as published.
+    const bucket = await s3.freshBucket();
+    const c = createClient({ config: bucket, credentials });
+    try {
+      await uploadAll({ client: c, config: bucket, workspace: source });
+      const published = workspace('boot-closed-source');
+      randomFile(path.join(published, 'images/rootfs-go.ext4'), MiB);
+      await uploadAll({ client: c, config: bucket, workspace: published });
+      await c.send(new PutObjectCommand({ Bucket: bucket.bucket, Key: 'rootfs-bash.ext4', Body: crypto.randomBytes(3 * MiB) }));
+      const goManifest = await (await c.send(new GetObjectCommand({ Bucket: bucket.bucket, Key: 'rootfs-go.ext4.manifest.json' }))).Body!.transformToString();
+      await c.send(new PutObjectCommand({ Bucket: bucket.bucket, Key: 'rootfs-python.ext4.manifest.json', Body: goManifest }));
+      await c.send(new DeleteObjectCommand({ Bucket: bucket.bucket, Key: 'vmlinux.manifest.json' }));
+
+      const target = tempDir('boot-closed');
+      fs.mkdirSync(path.join(target, 'images'));
+      const localBash = crypto.randomBytes(MiB);
+      fs.writeFileSync(path.join(target, 'images/rootfs-bash.ext4'), localBash);
+      const run = await runScript(bootstrapScript({ s3: bucket, workspace: target, languages: LANGUAGES }), s3.env);
+      assert.equal(run.code, 1, run.log);
+      const at = `s3://${bucket.bucket}`;
+      assert.match(run.log, new RegExp(`error: ${at}/rootfs-bash\\.ext4 does not match its checksum \\(sha256 [0-9a-f]{64}, expected ${sha256File(path.join(source, 'images/rootfs-bash.ext4'))}\\); not installed; the local copy was kept$`, 'm'));
+      assert.match(run.log, new RegExp(`error: ${at}/rootfs-python\\.ext4\\.manifest\\.json is not a manifest of rootfs-python\\.ext4 with a sha256, so rootfs-python\\.ext4 cannot be verified; not downloaded$`, 'm'));
+      assert.match(run.log, new RegExp(`error: ${at}/vmlinux has no manifest \\(HTTP 404\\), so it cannot be verified; not downloaded$`, 'm'));
+      assert.match(run.log, /rootfs-bootstrap: done: 1 downloaded, 0 up to date, 3 failed$/m);
+      assert.ok(fs.readFileSync(path.join(target, 'images/rootfs-bash.ext4')).equals(localBash), 'the local copy is untouched');
+      assert.equal(sha256File(path.join(target, 'images/rootfs-go.ext4')), sha256File(path.join(published, 'images/rootfs-go.ext4')));
+      assert.deepEqual(fs.readdirSync(path.join(target, 'images')).sort(), ['rootfs-bash.ext4', 'rootfs-go.ext4']);
+      assert.ok(!fs.existsSync(path.join(target, 'vmlinux')));
+    } finally {
+      c.destroy();
+    }
+
+    // The fallback: without SHA256SUMS nothing is fetched at all; a file it does not list is not fetched either.
+    const empty = await s3.freshBucket();
+    const kernel = crypto.randomBytes(64 * 1024);
+    const bash = crypto.randomBytes(64 * 1024);
+    for (const dir of ['nosums', 'partial']) {
+      tls.serve(`/${dir}/vmlinux`, kernel);
+      tls.serve(`/${dir}/rootfs-bash.ext4`, bash);
+    }
+    tls.serve('/partial/SHA256SUMS', `${sum(kernel).toUpperCase()}  vmlinux\nnot-a-sum  rootfs-bash.ext4\n`);
+    const env = { ...s3.env, CURL_CA_BUNDLE: tls.caFile };
+    const noSums = tempDir('boot-nosums');
+    const none = await runScript(bootstrapScript({ s3: empty, workspace: noSums, languages: ['bash'] }, { fallbackUrl: `${tls.url}/nosums` }), env);
+    assert.equal(none.code, 1, none.log);
+    assert.match(none.log, new RegExp(`error: ${tls.url}/nosums/vmlinux has no sha256 in ${tls.url}/nosums/SHA256SUMS \\(${tls.url}/nosums/SHA256SUMS could not be fetched\\), so it cannot be verified; not installed$`, 'm'));
+    assert.match(none.log, /done: 0 downloaded, 0 up to date, 2 failed$/m);
+    assert.equal(tls.hits('/nosums/vmlinux') + tls.hits('/nosums/rootfs-bash.ext4'), 0, 'nothing unverifiable is fetched');
+    assert.deepEqual(fs.readdirSync(path.join(noSums, 'images')), []);
+    assert.ok(!fs.existsSync(path.join(noSums, 'vmlinux')));
+
+    const partial = tempDir('boot-partial');
+    const some = await runScript(bootstrapScript({ s3: empty, workspace: partial, languages: ['bash'] }, { fallbackUrl: `${tls.url}/partial` }), env);
+    assert.equal(some.code, 1, some.log);
+    assert.match(some.log, /error: \S+\/partial\/rootfs-bash\.ext4 has no sha256 in \S+\/partial\/SHA256SUMS, so it cannot be verified; not installed$/m);
+    assert.match(some.log, /done: 1 downloaded, 0 up to date, 1 failed$/m);
+    assert.ok(fs.readFileSync(path.join(partial, 'vmlinux')).equals(kernel));
+    assert.equal(tls.hits('/partial/rootfs-bash.ext4'), 0);
+    assert.deepEqual(fs.readdirSync(path.join(partial, 'images')), []);
   });
 });
