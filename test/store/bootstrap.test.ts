@@ -4,8 +4,9 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { stringify } from 'yaml';
 import type { S3Config } from '../../src/config';
-import { bootstrapScript, createClient, uploadAll } from '../../src/store';
+import { bootstrapScript, bucketUrl, createClient, uploadAll, uploadImage } from '../../src/store';
 import { startFixtureServer, type FixtureServer } from '../support/fixture-server';
 import { tempDir } from '../support/process';
 import { testS3, type TestCredentials, type TestS3 } from '../support/s3';
@@ -246,5 +247,91 @@ describe('store: the bootstrap script, run with bash @real', function () {
     assert.ok(fs.readFileSync(path.join(partial, 'vmlinux')).equals(kernel));
     assert.equal(tls.hits('/partial/rootfs-bash.ext4'), 0);
     assert.deepEqual(fs.readdirSync(path.join(partial, 'images')), []);
+  });
+
+  it('--pin writes the bucket\'s sums into the script: an object swapped later, in the bucket or at the fallback, is refused', async () => {
+    const bucket = await s3.freshBucket();
+    const c = createClient({ config: bucket, credentials });
+    try {
+      const published = workspace('boot-pin-source');
+      randomFile(path.join(published, 'vmlinux'), 256 * 1024);
+      randomFile(path.join(published, 'images/rootfs-bash.ext4'), MiB);
+      randomFile(path.join(published, 'images/rootfs-go.ext4'), MiB);
+      const dir = tempDir('boot-pin');
+      const configFile = path.join(dir, 'rootfs.yaml');
+      const writeConfig = (s3config: S3Config) =>
+        fs.writeFileSync(configFile, stringify({ workspace: path.join(dir, 'unused'), s3: s3config }));
+      const generate = () => rootfs(['--config', configFile, 's3', 'bootstrap-script', '--pin', '--fallback-url', `${tls.url}/pinned`], s3.env);
+
+      // Nothing to pin in an empty bucket: no script.
+      writeConfig(bucket);
+      const nothing = await generate();
+      assert.equal(nothing.code, 1, nothing.stderr);
+      assert.equal(nothing.stdout, '');
+      assert.match(nothing.stderr, new RegExp(`rootfs: --pin: s3://${bucket.bucket} has no kernel or image to pin`));
+
+      await uploadAll({ client: c, config: bucket, workspace: published });
+      const shaOf = (name: string) => sha256File(path.join(published, name));
+      const made = await generate();
+      assert.equal(made.code, 0, made.stderr);
+      const script = made.stdout;
+      for (const [key, file] of [['vmlinux', 'vmlinux'], ['rootfs-bash.ext4', 'images/rootfs-bash.ext4'], ['rootfs-go.ext4', 'images/rootfs-go.ext4']] as const) {
+        assert.match(script, new RegExp(`^  \\['${key.replace('.', '\\.')}'\\]='${shaOf(file)}'$`, 'm'), key);
+      }
+      assert.match(script, /^PINNED_KEYS='vmlinux rootfs-bash\.ext4 rootfs-go\.ext4'$/m);
+
+      const first = tempDir('boot-pin-first');
+      const ok = await runScript(script, { ...s3.env, ROOTFS_WORKSPACE: first });
+      assert.equal(ok.code, 0, ok.log);
+      assert.match(ok.log, /done: 3 downloaded, 0 up to date, 0 failed$/m);
+
+      // Published again (manifest and all), bash no longer has the pinned content; a new image is not pinned.
+      const bashManifest = await (await c.send(new GetObjectCommand({ Bucket: bucket.bucket, Key: 'rootfs-bash.ext4.manifest.json' }))).Body!.transformToString();
+      randomFile(path.join(published, 'images/rootfs-bash.ext4'), MiB);
+      await uploadImage({ client: c, config: bucket, workspace: published }, 'bash', path.join(published, 'images/rootfs-bash.ext4'));
+      randomFile(path.join(published, 'images/rootfs-rust.ext4'), MiB);
+      await uploadImage({ client: c, config: bucket, workspace: published }, 'rust', path.join(published, 'images/rootfs-rust.ext4'));
+      const later = tempDir('boot-pin-later');
+      const swapped = await runScript(script, { ...s3.env, ROOTFS_WORKSPACE: later });
+      assert.equal(swapped.code, 1, swapped.log);
+      assert.match(swapped.log, new RegExp(`error: s3://${bucket.bucket}/rootfs-bash\\.ext4 changed since this script was made \\(its manifest says sha256 ${shaOf('images/rootfs-bash.ext4')}, the script pins [0-9a-f]{64}\\); not downloaded$`, 'm'));
+      assert.match(swapped.log, new RegExp(`warning: s3://${bucket.bucket}/rootfs-rust\\.ext4 is not pinned in this script: skipped$`, 'm'));
+      assert.match(swapped.log, /done: 2 downloaded, 0 up to date, 1 failed$/m);
+      assert.deepEqual(fs.readdirSync(path.join(later, 'images')).filter((n) => n.startsWith('rootfs-') && n !== 'rootfs.ext4').sort(), ['rootfs-go.ext4']);
+
+      // The old manifest put back over the new object: the bytes themselves are refused.
+      await c.send(new PutObjectCommand({ Bucket: bucket.bucket, Key: 'rootfs-bash.ext4.manifest.json', Body: bashManifest }));
+      const behind = await runScript(script, { ...s3.env, ROOTFS_WORKSPACE: later });
+      assert.equal(behind.code, 1, behind.log);
+      assert.match(behind.log, new RegExp(`error: s3://${bucket.bucket}/rootfs-bash\\.ext4 does not match its checksum \\(sha256 ${shaOf('images/rootfs-bash.ext4')}, expected [0-9a-f]{64}\\); not installed$`, 'm'));
+      assert.ok(!fs.existsSync(path.join(later, 'images/rootfs-bash.ext4')));
+
+      // An empty bucket sends the same script to the fallback, whose own SHA256SUMS vouches for a
+      // swapped bash: the pin refuses it, and takes the pinned kernel without any SHA256SUMS line.
+      // (The other configured languages have neither a pin nor a sum there.)
+      const empty = await s3.freshBucket();
+      const fakeBash = crypto.randomBytes(MiB);
+      tls.serve('/pinned/vmlinux', fs.readFileSync(path.join(published, 'vmlinux')));
+      tls.serve('/pinned/rootfs-bash.ext4', fakeBash);
+      tls.serve('/pinned/SHA256SUMS', `${sum(fakeBash)}  rootfs-bash.ext4\n`);
+      const fromFallback = tempDir('boot-pin-fallback');
+      const fb = await runScript(script, { ...s3.env, ROOTFS_WORKSPACE: fromFallback, S3_BUCKET_URL: bucketUrl(empty), CURL_CA_BUNDLE: tls.caFile });
+      assert.equal(fb.code, 1, fb.log);
+      assert.match(fb.log, /error: \S+\/pinned\/rootfs-bash\.ext4 does not match its checksum \(sha256 [0-9a-f]{64}, expected [0-9a-f]{64}\); not installed$/m);
+      assert.match(fb.log, /error: \S+\/pinned\/rootfs-go\.ext4 could not be fetched$/m);
+      assert.match(fb.log, /error: \S+\/pinned\/rootfs-python\.ext4 has no sha256 in \S+\/pinned\/SHA256SUMS, so it cannot be verified; not installed$/m);
+      assert.match(fb.log, /done: 1 downloaded, 0 up to date, 5 failed$/m);
+      assert.equal(sha256File(path.join(fromFallback, 'vmlinux')), shaOf('vmlinux'));
+      assert.deepEqual(fs.readdirSync(path.join(fromFallback, 'images')), []);
+
+      // An object whose manifest is unusable cannot be pinned: no script rather than one that leaves it out.
+      await c.send(new PutObjectCommand({ Bucket: bucket.bucket, Key: 'rootfs-go.ext4.manifest.json', Body: '{"format": 1}' }));
+      const broken = await generate();
+      assert.equal(broken.code, 1, broken.stderr);
+      assert.equal(broken.stdout, '');
+      assert.match(broken.stderr, new RegExp(`^rootfs: cannot pin s3://${bucket.bucket}/rootfs-go\\.ext4: rootfs-go\\.ext4\\.manifest\\.json is not a valid manifest`, 'm'));
+    } finally {
+      c.destroy();
+    }
   });
 });

@@ -238,5 +238,10 @@ describe('store: names, policy, part sizes and the bootstrap script', () => {
     refused('http://images.example.test/rootfs', /"http:\/\/images\.example\.test\/rootfs" is not an https URL: .* must not be open to change in transit\.$/);
     refused('https://user:pass@images.example.test/rootfs', /carries credentials/);
     refused('https://images.example.test/rootfs?token=1', /has a \?query or #fragment/);
+    const pin = (pins: Record<string, string>) => bootstrapScript({ s3, workspace: '/w', languages: [] }, { pins });
+    execFileSync('bash', ['-n'], { input: pin({ 'rootfs-go.ext4': 'a'.repeat(64), vmlinux: 'b'.repeat(64) }) });
+    assert.match(pin({ 'rootfs-go.ext4': 'a'.repeat(64), vmlinux: 'b'.repeat(64) }), /^PINNED_KEYS='vmlinux rootfs-go\.ext4'$/m);
+    assert.throws(() => pin({ "rootfs-go.ext4'$(id)'": 'a'.repeat(64) }), /Cannot pin .*: not a kernel or image key\.$/);
+    assert.throws(() => pin({ vmlinux: "a'$(id)'" }), /Cannot pin vmlinux: .* is not a sha256\.$/);
   });
 });
