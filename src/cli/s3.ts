@@ -11,6 +11,7 @@ import {
   iamPolicy,
   listBucket,
   syncDown,
+  terminalJson,
   terminalProgress,
   uploadAll,
   uploadSingle,
@@ -37,7 +38,7 @@ export const s3Commands = {
   list: (rt: CliRuntime, json: boolean) =>
     withStore(rt, async (ctx) => {
       const listing = await listBucket(ctx);
-      process.stdout.write(json ? JSON.stringify(listing, null, 2) + '\n' : formatListing(listing));
+      process.stdout.write(json ? terminalJson(listing) + '\n' : formatListing(listing));
       return 0;
     }),
 

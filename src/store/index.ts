@@ -15,5 +15,5 @@ export { syncDown, type SyncedFile, type SyncOptions, type SyncReport } from './
 export { SparseWriter } from './sparse';
 export { bootstrapScript, bucketPins, bucketUrl, fallbackBase, shellQuote, type BootstrapConfig, type BootstrapOptions, type BucketPins } from './bootstrap';
 export { abortIncompleteRule, bucketSetup, iamPolicy, type BucketSetupOptions, type IamPolicy, type PolicyOptions } from './policy';
-export { formatListing, formatSeconds, formatSync, formatTimestamp, formatUploads, humanSize } from './format';
+export { formatListing, formatSeconds, formatSync, formatTimestamp, formatUploads, humanSize, printable, terminalJson } from './format';
 export { formatTransfer, terminalProgress, track, type ProgressSink, type TransferAction, type TransferStatus } from './progress';

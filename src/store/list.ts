@@ -28,6 +28,19 @@ export interface Listing {
 const kindOf = (key: string): ListedObject['kind'] =>
   key === KERNEL_KEY ? 'kernel' : IMAGE_KEY_PATTERN.test(key) ? 'image' : key.endsWith(MANIFEST_SUFFIX) ? 'manifest' : 'other';
 
+/**
+ * A key as listed with `EncodingType: url`, which S3 servers use to send keys that XML cannot
+ * carry (controls such as ESC; MinIO replaces them with U+FFFD otherwise): form-encoded, so `+`
+ * is a space. A key that does not decode is kept as sent.
+ */
+function decodeListedKey(key: string): string {
+  try {
+    return decodeURIComponent(key.replace(/\+/g, ' '));
+  } catch {
+    return key;
+  }
+}
+
 /** Reads and validates one manifest object; a problem is returned, not thrown. */
 export async function readManifest(target: S3Access, key: string): Promise<{ manifest?: Manifest; problem?: string }> {
   const mkey = manifestKey(key);
@@ -56,10 +69,11 @@ export async function listBucket(target: S3Access): Promise<Listing> {
   let token: string | undefined;
   do {
     const page = await send(target, { verb: 'list', action: 's3:ListBucket' }, (c) =>
-      c.send(new ListObjectsV2Command({ Bucket: config.bucket, ContinuationToken: token }), { abortSignal: target.signal }),
+      c.send(new ListObjectsV2Command({ Bucket: config.bucket, ContinuationToken: token, EncodingType: 'url' }), { abortSignal: target.signal }),
     );
     for (const o of page.Contents ?? []) {
-      const key = o.Key!;
+      // The keys exactly as stored, hostile ones included; printing them is format.ts's care.
+      const key = page.EncodingType === 'url' ? decodeListedKey(o.Key!) : o.Key!;
       const kind = kindOf(key);
       objects.push({
         key,

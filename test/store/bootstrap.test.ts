@@ -10,25 +10,11 @@ import { bootstrapScript, bucketUrl, createClient, uploadAll, uploadImage } from
 import { startFixtureServer, type FixtureServer } from '../support/fixture-server';
 import { tempDir } from '../support/process';
 import { testS3, type TestCredentials, type TestS3 } from '../support/s3';
-import { allocated, MiB, randomFile, sha256File, sparseFile, workspace } from './helpers';
+import { allocated, MiB, randomFile, rootfs, sha256File, sparseFile, workspace } from './helpers';
 import { startHttpsFixture, type HttpsFixture } from './https-fixture';
 
 const LANGUAGES = ['bash', 'go', 'python'];
-const CLI = path.join(__dirname, '../../src/cli/main.js');
 const sum = (b: Buffer) => crypto.createHash('sha256').update(b).digest('hex');
-
-/** The CLI as a program, with the environment given and nothing else of this process's. */
-function rootfs(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-    child.on('error', reject);
-    child.once('exit', (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 /** Runs the script with bash in a clean environment; resolves with its exit code and log. */
 function runScript(script: string, env: Record<string, string>): Promise<{ code: number; log: string }> {

@@ -14,8 +14,10 @@ import {
   humanSize,
   iamPolicy,
   MIN_PART_SIZE,
+  printable,
   shellQuote,
   StoreError,
+  terminalJson,
   terminalProgress,
   track,
   type Listing,
@@ -89,6 +91,21 @@ describe('store: human sizes and listings', () => {
       ].join('\n'),
     );
     assert.equal(formatListing({ bucket: 'b', objects: [], totalObjects: 0, totalBytes: 0 }), '\nTotal Objects: 0\n   Total Size: 0 Bytes\n');
+  });
+
+  it('escapes what would act on a terminal: controls, DEL, C1, bidi; backslashes doubled; JSON too', () => {
+    assert.equal(printable('rootfs-python.ext4'), 'rootfs-python.ext4');
+    assert.equal(printable('a\u001b[2J\nb\r\tc\u0000\u007f\u009b\u202e\\x1b'), 'a\\x1b[2J\\nb\\r\\tc\\x00\\x7f\\x9b\\u{202e}\\\\x1b');
+    const listing: Listing = {
+      bucket: 'b',
+      objects: [{ key: 'x\u001b[Ay', sizeBytes: 1, lastModified: '2024-05-01T12:00:00.000Z', kind: 'other' }],
+      totalObjects: 1,
+      totalBytes: 1,
+    };
+    assert.match(formatListing(listing, { utc: true }), /^2024-05-01 12:00:00 {5}1 Byte x\\x1b\[Ay$/m);
+    const json = terminalJson({ key: 'a\u001b\u009b\u202e\u2028' });
+    assert.equal(json, '{\n  "key": "a\\u001b\\u009b\\u202e\\u2028"\n}');
+    assert.deepEqual(JSON.parse(json), { key: 'a\u001b\u009b\u202e\u2028' });
   });
 
   it('summarises uploads and syncs in lines a person reads', () => {

@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -47,3 +48,18 @@ export function workspace(prefix = 'ws'): string {
 
 /** Bytes a file takes on disk. */
 export const allocated = (file: string) => fs.statSync(file).blocks * 512;
+
+const CLI = path.join(__dirname, '../../src/cli/main.js');
+
+/** The CLI as a program, with the environment given and nothing else of this process's. */
+export function rootfs(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+    child.on('error', reject);
+    child.once('exit', (code) => resolve({ code, stdout, stderr }));
+  });
+}

@@ -3,6 +3,7 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { GetBucketVersioningCommand, GetObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { stringify } from 'yaml';
 import type { S3Config } from '../../src/config';
 import {
   abortIncompleteUploads,
@@ -23,8 +24,9 @@ import {
   type StoreContext,
   type TransferStatus,
 } from '../../src/store';
+import { tempDir } from '../support/process';
 import { testS3, type TestCredentials, type TestS3 } from '../support/s3';
-import { allocated, MiB, randomFile, sha256File, sparseFile, workspace } from './helpers';
+import { allocated, MiB, randomFile, rootfs, sha256File, sparseFile, workspace } from './helpers';
 
 const LANGUAGES = ['bash', 'go', 'nodejs', 'python', 'rust'];
 
@@ -169,6 +171,48 @@ describe('store: upload, list and sync with a real S3 @real', function () {
     const rust = await uploadImage(ctx(source), 'rust', path.join(source, 'images/rootfs-rust.ext4'));
     assert.deepEqual([go.status, rust.status, rust.manifestWritten], ['uploaded', 'unchanged', true]);
     assert.ok((await syncDown(ctx(mirror))).files.every((f) => f.status === 'unchanged'));
+  });
+
+  it('s3 list shows hostile keys and manifest texts escaped: nothing from the bucket reaches the terminal raw', async () => {
+    const bucket = await s3.freshBucket();
+    const c = createClient({ config: bucket, credentials });
+    try {
+      const ws = workspace('hostile');
+      randomFile(path.join(ws, 'images/rootfs-bash.ext4'), 64 * 1024);
+      await uploadAll({ client: c, config: bucket, workspace: ws });
+      const mkey = 'rootfs-bash.ext4.manifest.json';
+      const manifest = Manifest.parse(JSON.parse(await (await c.send(new GetObjectCommand({ Bucket: bucket.bucket, Key: mkey }))).Body!.transformToString()));
+      // An OSC that retitles the window, and a C1 CSI; a key that clears the screen, homes the cursor and starts a line.
+      const versions = ['bash 5.1\u001b]0;owned\u0007\u009b2J'];
+      await c.send(new PutObjectCommand({ Bucket: bucket.bucket, Key: mkey, Body: JSON.stringify({ ...manifest, versions }, null, 2) }));
+      const hostile = 'notes\u001b[2J\u001b[1;1H\nrootfs-python.ext4';
+      await c.send(new PutObjectCommand({ Bucket: bucket.bucket, Key: hostile, Body: 'x' }));
+      // Listed exactly as stored (XML cannot carry ESC: the listing asks for url-encoded keys), a space and a plus included.
+      await c.send(new PutObjectCommand({ Bucket: bucket.bucket, Key: 'a b+c%41.txt', Body: 'y' }));
+      assert.deepEqual((await listBucket({ client: c, config: bucket })).objects.map((o) => o.key).sort(), ['a b+c%41.txt', hostile, 'rootfs-bash.ext4', mkey].sort());
+
+      const file = path.join(tempDir('hostile-cli'), 'rootfs.yaml');
+      // A Temporal address of its own, so the CLI has no reason to look for (or start) the local one.
+      fs.writeFileSync(file, stringify({ workspace: ws, temporal: { address: '127.0.0.1:9' }, s3: bucket }));
+      // eslint-disable-next-line no-control-regex
+      const raw = /[\u0000-\u0009\u000b-\u001f\u007f-\u009f]/;
+      const text = await rootfs(['--config', file, 's3', 'list'], s3.env);
+      assert.equal(text.code, 0, text.stderr);
+      assert.ok(!raw.test(text.stdout), JSON.stringify(text.stdout));
+      assert.match(text.stdout, /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d {5}1 Byte notes\\x1b\[2J\\x1b\[1;1H\\nrootfs-python\.ext4$/m);
+      assert.match(text.stdout, /^ {31}bash: bash 5\.1\\x1b\]0;owned\\x07\\x9b2J$/m);
+      assert.match(text.stdout, /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d {5}1 Byte a b\+c%41\.txt$/m);
+      assert.equal(text.stdout.split('\n').length, 9, 'four objects, a versions line, a blank line, two totals');
+
+      const json = await rootfs(['--config', file, 's3', 'list', '--json'], s3.env);
+      assert.equal(json.code, 0, json.stderr);
+      assert.ok(!raw.test(json.stdout.replace(/\n/g, '')), JSON.stringify(json.stdout));
+      const parsed = JSON.parse(json.stdout) as { objects: Array<{ key: string; manifest?: { versions: string[] } }> };
+      assert.ok(parsed.objects.some((o) => o.key === hostile), 'JSON gives the key back exactly');
+      assert.deepEqual(parsed.objects.find((o) => o.key === 'rootfs-bash.ext4')?.manifest?.versions, versions);
+    } finally {
+      c.destroy();
+    }
   });
 
   it('refuses hostile and malformed language names before sending any request', async () => {
