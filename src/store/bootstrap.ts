@@ -1,7 +1,7 @@
 import { HttpUrl, NAME_PATTERN, Sha256Hex, type S3Config } from '../config/schema';
 import type { S3Access } from './client';
 import { StoreError, where } from './errors';
-import { DEFAULT_LANGUAGE, DEFAULT_LINK, IMAGE_KEY_PATTERN, KERNEL_KEY, MANIFEST_SUFFIX } from './layout';
+import { DEFAULT_LANGUAGE, DEFAULT_LINK, IMAGE_KEY_PATTERN, KERNEL_KEY, MANIFEST_SUFFIX, MAX_MANIFEST_BYTES } from './layout';
 import { listBucket } from './list';
 
 export interface BootstrapConfig {
@@ -140,6 +140,9 @@ umask 022
 
 ${vars.join('\n')}
 LIST_PAGE_SIZE=\${S3_LIST_PAGE_SIZE:-1000}
+# A manifest is well under 1 KiB, a SHA256SUMS a few lines: larger ones are not read.
+MAX_MANIFEST_BYTES=${MAX_MANIFEST_BYTES}
+MAX_SUMS_BYTES=1048576
 IMAGES="$WORKSPACE/images"
 # SigV4 needs the payload hash; every request here is a GET without a body.
 EMPTY_SHA256=e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
@@ -176,6 +179,14 @@ s3_get() {
   local code
   code=$(s3_curl -o "$2" -w '%{http_code}' "$S3_BUCKET_URL/$1") || true
   printf '%s' "\${code:-000}"
+}
+
+# get_manifest KEY OUT: the manifest of KEY into OUT; prints the HTTP status, or too-large.
+get_manifest() {
+  local code rc=0
+  code=$(s3_curl --max-filesize "$MAX_MANIFEST_BYTES" -o "$2" -w '%{http_code}' "$S3_BUCKET_URL/$1${MANIFEST_SUFFIX}") || rc=$?
+  # 63: curl's "maximum file size exceeded"; the size check covers a server that sends no length.
+  if ((rc == 63)) || (($(stat -c %s "$2") > MAX_MANIFEST_BYTES)); then printf 'too-large'; else printf '%s' "\${code:-000}"; fi
 }
 
 # What S3 said in an error body, e.g. "AccessDenied: Access Denied."
@@ -250,10 +261,14 @@ sync_key() {
   local key=$1 dest tmp manifest expected described code pinned=\${PINNED[$1]:-}
   dest=$(dest_of "$key")
   manifest=$(mktemp)
-  code=$(s3_get "$key${MANIFEST_SUFFIX}" "$manifest")
+  code=$(get_manifest "$key" "$manifest")
   expected=$(manifest_field sha256 "$manifest")
   described=$(manifest_field key "$manifest")
   rm -f "$manifest"
+  if [[ $code == too-large ]]; then
+    failed "s3://$S3_BUCKET/$key${MANIFEST_SUFFIX} is over $MAX_MANIFEST_BYTES bytes, so it is not read and $key cannot be verified; not downloaded"
+    return 0
+  fi
   if [[ $code != 200 ]]; then failed "s3://$S3_BUCKET/$key has no manifest (HTTP $code), so it cannot be verified; not downloaded"; return 0; fi
   if [[ $described != "$key" || ! $expected =~ ^[0-9a-f]{64}$ ]]; then
     failed "s3://$S3_BUCKET/$key${MANIFEST_SUFFIX} is not a manifest of $key with a sha256, so $key cannot be verified; not downloaded"
@@ -279,7 +294,7 @@ sync_key() {
 from_fallback() {
   local sums name dest tmp expected missing=''
   sums=$(mktemp)
-  if ! fallback_curl -o "$sums" "$FALLBACK_URL/SHA256SUMS"; then
+  if ! fallback_curl --max-filesize "$MAX_SUMS_BYTES" -o "$sums" "$FALLBACK_URL/SHA256SUMS"; then
     : >"$sums"
     missing=" ($FALLBACK_URL/SHA256SUMS could not be fetched)"
   fi

@@ -29,6 +29,8 @@ export const KERNEL_KEY = 'vmlinux';
 export const MANIFEST_SUFFIX = '.manifest.json';
 export const DEFAULT_LANGUAGE = 'python';
 export const DEFAULT_LINK = 'rootfs.ext4';
+/** A manifest is well under 1 KiB; one larger than this is not read (nor written). */
+export const MAX_MANIFEST_BYTES = 64 * 1024;
 
 const LANG = NAME_PATTERN.source.replace(/^\^|\$$/g, '');
 export const IMAGE_KEY_PATTERN = new RegExp(`^rootfs-(${LANG})\\.ext4$`);

@@ -320,4 +320,25 @@ describe('store: the bootstrap script, run with bash @real', function () {
       c.destroy();
     }
   });
+
+  it('does not read a manifest over 64 KiB: its image is not downloaded', async () => {
+    const bucket = await s3.freshBucket();
+    const c = createClient({ config: bucket, credentials });
+    try {
+      const published = workspace('boot-big-source');
+      randomFile(path.join(published, 'images/rootfs-bash.ext4'), 64 * 1024);
+      await uploadAll({ client: c, config: bucket, workspace: published });
+      const mkey = 'rootfs-bash.ext4.manifest.json';
+      const text = await (await c.send(new GetObjectCommand({ Bucket: bucket.bucket, Key: mkey }))).Body!.transformToString();
+      // The same manifest with 70 KB of spaces before its last brace: still one that the script's parser would take.
+      await c.send(new PutObjectCommand({ Bucket: bucket.bucket, Key: mkey, Body: text.replace(/}\s*$/, `${' '.repeat(70_000)}}\n`) }));
+      const target = tempDir('boot-big');
+      const run = await runScript(bootstrapScript({ s3: bucket, workspace: target, languages: ['bash'] }), s3.env);
+      assert.equal(run.code, 1, run.log);
+      assert.match(run.log, new RegExp(`error: s3://${bucket.bucket}/rootfs-bash\\.ext4\\.manifest\\.json is over 65536 bytes, so it is not read and rootfs-bash\\.ext4 cannot be verified; not downloaded$`, 'm'));
+      assert.ok(!fs.existsSync(path.join(target, 'images/rootfs-bash.ext4')));
+    } finally {
+      c.destroy();
+    }
+  });
 });

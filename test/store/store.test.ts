@@ -215,6 +215,37 @@ describe('store: upload, list and sync with a real S3 @real', function () {
     }
   });
 
+  it('a manifest over 64 KiB is neither read nor written, and its image is not synced', async () => {
+    const bucket = await s3.freshBucket();
+    const c = createClient({ config: bucket, credentials });
+    try {
+      const ws = workspace('big-manifest');
+      const image = path.join(ws, 'images/rootfs-bash.ext4');
+      randomFile(image, 64 * 1024);
+      await uploadAll({ client: c, config: bucket, workspace: ws });
+      const mkey = 'rootfs-bash.ext4.manifest.json';
+      const manifest = Manifest.parse(JSON.parse(await (await c.send(new GetObjectCommand({ Bucket: bucket.bucket, Key: mkey }))).Body!.transformToString()));
+      // Valid by the schema, only too large: the cap is what refuses it.
+      const big = JSON.stringify({ ...manifest, versions: ['x'.repeat(70_000)] }, null, 2);
+      assert.ok(Manifest.safeParse(JSON.parse(big)).success);
+      await c.send(new PutObjectCommand({ Bucket: bucket.bucket, Key: mkey, Body: big }));
+
+      const listed = (await listBucket({ client: c, config: bucket })).objects.find((o) => o.key === 'rootfs-bash.ext4')!;
+      assert.equal(listed.manifest, undefined);
+      assert.equal(listed.manifestProblem, `${mkey} is not a valid manifest: it has ${Buffer.byteLength(big)} bytes, over the 64 KiB a manifest may have`);
+      const report = await syncDown({ client: c, config: bucket, workspace: workspace('big-manifest-mirror') });
+      assert.equal(report.ok, false);
+      assert.match(report.files[0]!.error ?? '', /rootfs-bash\.ext4: its manifest is unusable \(.* over the 64 KiB a manifest may have\), so it cannot be verified\.$/);
+
+      await assert.rejects(
+        uploadImage({ client: c, config: bucket, workspace: ws }, 'bash', image, { versions: ['y'.repeat(70_000)] }),
+        (err: StoreError) => err.kind === 'invalid-input' && /the manifest would have \d+ bytes, over the 64 KiB readers accept\.$/.test(err.message),
+      );
+    } finally {
+      c.destroy();
+    }
+  });
+
   it('refuses hostile and malformed language names before sending any request', async () => {
     const counted = s3.countingClient(config, credentials);
     const c = ctx(source, { client: counted.client });
