@@ -111,5 +111,6 @@ export function formatSync(report: SyncReport): string {
   lines.push(`${count('downloaded')} downloaded (${humanSize(report.bytesTransferred)}), ${count('unchanged')} unchanged, ${count('failed')} failed`);
   if (report.link) lines.push(`${report.link} -> ${report.linkTarget}`);
   if (report.linkProblem) lines.push(report.linkProblem);
+  if (report.oldLinkRemoved) lines.push(`removed ${report.oldLinkRemoved}, the default link of earlier versions`);
   return lines.join('\n') + '\n';
 }

@@ -59,6 +59,9 @@ describe('store: the bootstrap script, run with bash @real', function () {
 
   it('syncs kernel and images from the bucket into an empty directory, sparse and verified, and links python', async () => {
     const target = tempDir('boot-target');
+    // The default link where earlier versions made it: replaced by the seed's <workspace>/rootfs.ext4.
+    fs.mkdirSync(path.join(target, 'images'));
+    fs.symlinkSync('rootfs-python.ext4', path.join(target, 'images/rootfs.ext4'));
     const script = bootstrapScript({ s3: config, workspace: '/srv/firecracker', languages: LANGUAGES }, { fallbackUrl: tls.url });
     // A page size of 2 keys makes the listing take several pages.
     const env = { ...s3.env, ROOTFS_WORKSPACE: target, S3_LIST_PAGE_SIZE: '2' };
@@ -68,7 +71,10 @@ describe('store: the bootstrap script, run with bash @real', function () {
       assert.equal(sha256File(path.join(target, name)), sha256File(path.join(source, name)), name);
     }
     assert.ok(allocated(path.join(target, 'images/rootfs-python.ext4')) < 8 * MiB, 'written sparse');
-    assert.equal(fs.readlinkSync(path.join(target, 'images/rootfs.ext4')), 'rootfs-python.ext4');
+    assert.equal(fs.readlinkSync(path.join(target, 'rootfs.ext4')), 'images/rootfs-python.ext4');
+    assert.equal(sha256File(path.join(target, 'rootfs.ext4')), sha256File(path.join(source, 'images/rootfs-python.ext4')), 'the link leads to the image');
+    assert.ok(!fs.existsSync(path.join(target, 'images/rootfs.ext4')));
+    assert.match(first.log, /rootfs-bootstrap: removed \S+\/images\/rootfs\.ext4, the default link of earlier versions$/m);
     assert.match(first.log, /rootfs-bootstrap: done: 3 downloaded, 0 up to date, 0 failed$/m);
     assert.ok(!first.log.includes(credentials.secretAccessKey), 'the secret is never logged');
     assert.equal(tls.hits('/vmlinux'), 0, 'no fallback while the bucket has images');
@@ -108,7 +114,7 @@ describe('store: the bootstrap script, run with bash @real', function () {
     assert.ok(fs.readFileSync(path.join(target, 'images/rootfs-bash.ext4')).equals(bash));
     assert.ok(fs.readFileSync(path.join(target, 'images/rootfs-python.ext4')).equals(python));
     assert.ok(!fs.existsSync(path.join(target, 'images/rootfs-go.ext4')));
-    assert.equal(fs.readlinkSync(path.join(target, 'images/rootfs.ext4')), 'rootfs-python.ext4');
+    assert.equal(fs.readlinkSync(path.join(target, 'rootfs.ext4')), 'images/rootfs-python.ext4');
     assert.deepEqual(fs.readdirSync(path.join(target, 'images')).filter((n) => n.startsWith('.')), []);
 
     // A bucket that does not exist falls back too; without a fallback the script stops plainly.

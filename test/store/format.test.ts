@@ -126,12 +126,13 @@ describe('store: human sizes and listings', () => {
       ],
       bytesTransferred: 0,
       ok: false,
-      link: '/w/images/rootfs.ext4',
-      linkTarget: 'rootfs-python.ext4',
+      link: '/w/rootfs.ext4',
+      linkTarget: 'images/rootfs-python.ext4',
+      oldLinkRemoved: '/w/images/rootfs.ext4',
     });
     assert.match(sync, /^FAILED {4}rootfs-go\.ext4 Cannot download s3:\/\/b\/rootfs-go\.ext4: …$/m);
     assert.match(sync, /^0 downloaded \(0 Bytes\), 1 unchanged, 1 failed$/m);
-    assert.match(sync, /^\/w\/images\/rootfs\.ext4 -> rootfs-python\.ext4$/m);
+    assert.match(sync, /^\/w\/rootfs\.ext4 -> images\/rootfs-python\.ext4\nremoved \/w\/images\/rootfs\.ext4, the default link of earlier versions$/m);
   });
 });
 

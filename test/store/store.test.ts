@@ -100,6 +100,8 @@ describe('store: upload, list and sync with a real S3 @real', function () {
     assert.match(text, /\n\nTotal Objects: 12\n {3}Total Size: 2\.1 GiB\n$/);
 
     mirror = workspace('mirror');
+    // The default link where earlier versions made it: replaced by the seed's <workspace>/rootfs.ext4.
+    fs.symlinkSync('rootfs-python.ext4', path.join(mirror, 'images/rootfs.ext4'));
     t0 = Date.now();
     const report = await syncDown(ctx(mirror));
     const downloadSeconds = (Date.now() - t0) / 1000;
@@ -111,8 +113,10 @@ describe('store: upload, list and sync with a real S3 @real', function () {
     const image = path.join(mirror, 'images/rootfs-python.ext4');
     assert.equal(fs.statSync(image).size, 2048 * MiB);
     assert.ok(allocated(image) < 320 * MiB, `the 2 GiB image takes ${humanSize(allocated(image))} on disk`);
-    assert.equal(fs.readlinkSync(path.join(mirror, 'images/rootfs.ext4')), 'rootfs-python.ext4');
-    assert.equal(report.link, path.join(mirror, 'images/rootfs.ext4'));
+    assert.equal(fs.readlinkSync(path.join(mirror, 'rootfs.ext4')), 'images/rootfs-python.ext4');
+    assert.equal(report.link, path.join(mirror, 'rootfs.ext4'));
+    assert.equal(report.oldLinkRemoved, path.join(mirror, 'images/rootfs.ext4'));
+    assert.ok(!fs.existsSync(path.join(mirror, 'images/rootfs.ext4')));
     assert.deepEqual(fs.readdirSync(path.join(mirror, 'images')).filter((n) => n.endsWith('.partial')), []);
     const mb = (2048 * MiB) / 1e6;
     console.log(
@@ -122,9 +126,17 @@ describe('store: upload, list and sync with a real S3 @real', function () {
   });
 
   it('a second sync moves nothing; an image changed in the bucket moves alone', async () => {
+    // A link made by hand to the same image stays; an old-place link that is not ours stays too.
+    fs.rmSync(path.join(mirror, 'rootfs.ext4'));
+    fs.symlinkSync(path.join(mirror, 'images/rootfs-python.ext4'), path.join(mirror, 'rootfs.ext4'));
+    fs.symlinkSync('/srv/elsewhere/custom.ext4', path.join(mirror, 'images/rootfs.ext4'));
     const second = await syncDown(ctx(mirror));
     assert.equal(second.bytesTransferred, 0);
     assert.ok(second.files.every((f) => f.status === 'unchanged'));
+    assert.equal(fs.readlinkSync(path.join(mirror, 'rootfs.ext4')), path.join(mirror, 'images/rootfs-python.ext4'));
+    assert.equal(fs.readlinkSync(path.join(mirror, 'images/rootfs.ext4')), '/srv/elsewhere/custom.ext4');
+    assert.equal(second.oldLinkRemoved, undefined);
+    fs.rmSync(path.join(mirror, 'images/rootfs.ext4'));
 
     randomFile(path.join(source, 'images/rootfs-bash.ext4'), 5 * MiB); // same size, new content
     const changed = await uploadImage(ctx(source), 'bash', path.join(source, 'images/rootfs-bash.ext4'));
