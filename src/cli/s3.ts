@@ -83,7 +83,8 @@ export const s3Commands = {
       if (found.problems.length || !Object.keys(found.pins).length) return 1;
       pins = found.pins;
     }
-    process.stdout.write(bootstrapScript({ s3: config.s3, workspace: config.workspace, languages: config.languages }, { fallbackUrl, pins }));
+    const { s3, workspace, languages } = config;
+    process.stdout.write(bootstrapScript({ s3, workspace, languages }, { fallbackUrl, pins }));
     return 0;
   },
 

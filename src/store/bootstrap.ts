@@ -45,7 +45,9 @@ export async function bucketPins(target: S3Access): Promise<BucketPins> {
     if (o.kind !== 'kernel' && o.kind !== 'image') continue;
     const at = where(target.config, o.key);
     if (!o.manifest) problems.push(`${at}: ${o.manifestProblem ?? 'it has no manifest'}`);
-    else if (o.manifest.sizeBytes !== o.sizeBytes) problems.push(`${at}: the object has ${o.sizeBytes} bytes but its manifest says ${o.manifest.sizeBytes}`);
+    else if (o.manifest.sizeBytes !== o.sizeBytes) {
+      problems.push(`${at}: the object has ${o.sizeBytes} bytes but its manifest says ${o.manifest.sizeBytes}`);
+    }
     else pins[o.key] = o.manifest.sha256;
   }
   return { pins, problems };
@@ -64,8 +66,10 @@ export function fallbackBase(url: string): string {
   const refuse = (why: string) => new StoreError('invalid-input', `The fallback source ${shown} ${why}.`);
   if (!HttpUrl.safeParse(url).success) throw refuse('is not an https URL');
   const u = new URL(url);
-  if (u.protocol !== 'https:') throw refuse('is not an https URL: what the script fetches from it is installed on new hosts, so it must not be open to change in transit');
-  if (u.username || u.password) throw refuse('carries credentials (user:password@), which would be readable by anyone who can read the script');
+  if (u.protocol !== 'https:') {
+    throw refuse('is not an https URL: what the script fetches from it is installed on new hosts, so it must not be open to change in transit');
+  }
+  if (u.username || u.password) throw refuse('carries credentials (user:password@), readable by anyone who can read the script');
   if (u.search || u.hash) throw refuse('has a ?query or #fragment: it must be a base URL that file names are appended to');
   return url.replace(/\/+$/, '');
 }
@@ -109,8 +113,12 @@ export function bootstrapScript(config: BootstrapConfig, opts: BootstrapOptions 
   const fallback = opts.fallbackUrl === undefined ? '' : fallbackBase(opts.fallbackUrl);
   const pins = Object.entries(opts.pins ?? {}).sort(([a], [b]) => (a === KERNEL_KEY ? -1 : b === KERNEL_KEY ? 1 : a.localeCompare(b)));
   for (const [key, sha256] of pins) {
-    if (key !== KERNEL_KEY && !IMAGE_KEY_PATTERN.test(key)) throw new StoreError('invalid-input', `Cannot pin ${JSON.stringify(key).slice(0, 60)}: not a kernel or image key.`);
-    if (!Sha256Hex.safeParse(sha256).success) throw new StoreError('invalid-input', `Cannot pin ${key}: ${JSON.stringify(sha256).slice(0, 80)} is not a sha256.`);
+    if (key !== KERNEL_KEY && !IMAGE_KEY_PATTERN.test(key)) {
+      throw new StoreError('invalid-input', `Cannot pin ${JSON.stringify(key).slice(0, 60)}: not a kernel or image key.`);
+    }
+    if (!Sha256Hex.safeParse(sha256).success) {
+      throw new StoreError('invalid-input', `Cannot pin ${key}: ${JSON.stringify(sha256).slice(0, 80)} is not a sha256.`);
+    }
   }
   const vars = [
     `S3_BUCKET=${shellQuote(config.s3.bucket)}`,
@@ -266,16 +274,21 @@ sync_key() {
   described=$(manifest_field key "$manifest")
   rm -f "$manifest"
   if [[ $code == too-large ]]; then
-    failed "s3://$S3_BUCKET/$key${MANIFEST_SUFFIX} is over $MAX_MANIFEST_BYTES bytes, so it is not read and $key cannot be verified; not downloaded"
+    failed "s3://$S3_BUCKET/$key${MANIFEST_SUFFIX} is over $MAX_MANIFEST_BYTES bytes, so it is not read" \\
+      "and $key cannot be verified; not downloaded"
     return 0
   fi
-  if [[ $code != 200 ]]; then failed "s3://$S3_BUCKET/$key has no manifest (HTTP $code), so it cannot be verified; not downloaded"; return 0; fi
+  if [[ $code != 200 ]]; then
+    failed "s3://$S3_BUCKET/$key has no manifest (HTTP $code), so it cannot be verified; not downloaded"
+    return 0
+  fi
   if [[ $described != "$key" || ! $expected =~ ^[0-9a-f]{64}$ ]]; then
     failed "s3://$S3_BUCKET/$key${MANIFEST_SUFFIX} is not a manifest of $key with a sha256, so $key cannot be verified; not downloaded"
     return 0
   fi
   if [[ -n $pinned && $expected != "$pinned" ]]; then
-    failed "s3://$S3_BUCKET/$key changed since this script was made (its manifest says sha256 $expected, the script pins $pinned); not downloaded"
+    failed "s3://$S3_BUCKET/$key changed since this script was made" \\
+      "(its manifest says sha256 $expected, the script pins $pinned); not downloaded"
     return 0
   fi
   if [[ $(local_sha256 "$dest") == "$expected" ]]; then
@@ -313,7 +326,11 @@ from_fallback() {
     if ! fallback_curl "$FALLBACK_URL/$name" | sparse_from "$tmp"; then
       rm -f "$tmp"; failed "$FALLBACK_URL/$name could not be fetched"; continue
     fi
-    if install_verified "$tmp" "$dest" "$expected" "$FALLBACK_URL/$name"; then DOWNLOADED=$((DOWNLOADED + 1)); else FAILED=$((FAILED + 1)); fi
+    if install_verified "$tmp" "$dest" "$expected" "$FALLBACK_URL/$name"; then
+      DOWNLOADED=$((DOWNLOADED + 1))
+    else
+      FAILED=$((FAILED + 1))
+    fi
   done
   rm -f "$sums"
 }
@@ -334,7 +351,11 @@ if [[ $FOUND == *' rootfs-'* && -n $PINNED_KEYS ]]; then
     if [[ -z \${PINNED[$key]:-} ]]; then log "warning: s3://$S3_BUCKET/$key is not pinned in this script: skipped"; fi
   done
   for key in $PINNED_KEYS; do
-    if [[ $FOUND == *" $key "* ]]; then sync_key "$key"; else failed "s3://$S3_BUCKET/$key is pinned in this script but not in the bucket"; fi
+    if [[ $FOUND == *" $key "* ]]; then
+      sync_key "$key"
+    else
+      failed "s3://$S3_BUCKET/$key is pinned in this script but not in the bucket"
+    fi
   done
 elif [[ $FOUND == *' rootfs-'* ]]; then
   for key in $FOUND; do sync_key "$key"; done

@@ -134,7 +134,9 @@ function linkDefault(workspace: string, language: string): Pick<SyncReport, 'lin
   const target = path.relative(workspace, image);
   const link = path.join(workspace, DEFAULT_LINK);
   const existing = fs.lstatSync(link, { throwIfNoEntry: false });
-  if (existing && !existing.isSymbolicLink()) return { linkProblem: `${link} is a file, not a link: left as it is`, ...removeOldLink(workspace) };
+  if (existing && !existing.isSymbolicLink()) {
+    return { linkProblem: `${link} is a file, not a link: left as it is`, ...removeOldLink(workspace) };
+  }
   if (!existing || path.resolve(workspace, fs.readlinkSync(link)) !== image) {
     const tmp = `${link}.${process.pid}.tmp`;
     fs.rmSync(tmp, { force: true });

@@ -80,7 +80,9 @@ export function formatListing(listing: Listing, opts: { utc?: boolean } = {}): s
   for (const o of listing.objects) {
     lines.push(`${formatTimestamp(new Date(o.lastModified), opts.utc)} ${humanSize(o.sizeBytes).padStart(10)} ${printable(o.key)}`);
     const m = o.manifest;
-    if (m?.language) lines.push(`${' '.repeat(31)}${m.language}: ${m.versions.length ? printable(m.versions.join('; ')) : 'no versions recorded'}`);
+    if (m?.language) {
+      lines.push(`${' '.repeat(31)}${m.language}: ${m.versions.length ? printable(m.versions.join('; ')) : 'no versions recorded'}`);
+    }
   }
   lines.push('', `Total Objects: ${listing.totalObjects}`, `   Total Size: ${humanSize(listing.totalBytes)}`);
   return lines.join('\n') + '\n';

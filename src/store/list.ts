@@ -66,7 +66,9 @@ export async function readManifest(target: S3Access, key: string): Promise<{ man
       }
       return { text: Buffer.concat(chunks).toString('utf8') };
     });
-    if (read.text === undefined) return { problem: `${mkey} is not a valid manifest: it has ${read.tooLarge}, over the ${MAX_MANIFEST_BYTES / 1024} KiB a manifest may have` };
+    if (read.text === undefined) {
+      return { problem: `${mkey} is not a valid manifest: it has ${read.tooLarge}, over the ${MAX_MANIFEST_BYTES / 1024} KiB a manifest may have` };
+    }
     const text = read.text;
     const manifest = Manifest.parse(JSON.parse(text));
     if (manifest.key !== key) return { problem: `${mkey} describes ${manifest.key}` };
@@ -88,7 +90,9 @@ export async function listBucket(target: S3Access): Promise<Listing> {
   let token: string | undefined;
   do {
     const page = await send(target, { verb: 'list', action: 's3:ListBucket' }, (c) =>
-      c.send(new ListObjectsV2Command({ Bucket: config.bucket, ContinuationToken: token, EncodingType: 'url' }), { abortSignal: target.signal }),
+      c.send(new ListObjectsV2Command({ Bucket: config.bucket, ContinuationToken: token, EncodingType: 'url' }), {
+        abortSignal: target.signal,
+      }),
     );
     for (const o of page.Contents ?? []) {
       // The keys exactly as stored, hostile ones included; printing them is format.ts's care.

@@ -250,7 +250,10 @@ describe('store: names, policy, part sizes and the bootstrap script', () => {
     assert.equal(shellQuote("it's"), `'it'\\''s'`);
     assert.throws(() => bootstrapScript({ s3, workspace: '/srv/firecracker', languages: ['py;thon'] }), /is not a language name/);
     const refused = (fallbackUrl: string, why: RegExp) =>
-      assert.throws(() => bootstrapScript({ s3, workspace: '/w', languages: [] }, { fallbackUrl }), (err: StoreError) => err.kind === 'invalid-input' && why.test(err.message));
+      assert.throws(
+        () => bootstrapScript({ s3, workspace: '/w', languages: [] }, { fallbackUrl }),
+        (err: StoreError) => err.kind === 'invalid-input' && why.test(err.message),
+      );
     refused("https://x/'$(id)'", /is not an https URL\.$/);
     refused('file:///etc', /is not an https URL\.$/);
     refused('http://images.example.test/rootfs', /"http:\/\/images\.example\.test\/rootfs" is not an https URL: .* must not be open to change in transit\.$/);

@@ -26,7 +26,7 @@ import {
 } from '../../src/store';
 import { tempDir } from '../support/process';
 import { testS3, type TestCredentials, type TestS3 } from '../support/s3';
-import { allocated, MiB, randomFile, rootfs, sha256File, sparseFile, workspace } from './helpers';
+import { allocated, MiB, objectText, randomFile, rootfs, sha256File, sparseFile, workspace } from './helpers';
 
 const LANGUAGES = ['bash', 'go', 'nodejs', 'python', 'rust'];
 
@@ -193,7 +193,7 @@ describe('store: upload, list and sync with a real S3 @real', function () {
       randomFile(path.join(ws, 'images/rootfs-bash.ext4'), 64 * 1024);
       await uploadAll({ client: c, config: bucket, workspace: ws });
       const mkey = 'rootfs-bash.ext4.manifest.json';
-      const manifest = Manifest.parse(JSON.parse(await (await c.send(new GetObjectCommand({ Bucket: bucket.bucket, Key: mkey }))).Body!.transformToString()));
+      const manifest = Manifest.parse(JSON.parse(await objectText(c, bucket.bucket, mkey)));
       // An OSC that retitles the window, and a C1 CSI; a key that clears the screen, homes the cursor and starts a line.
       const versions = ['bash 5.1\u001b]0;owned\u0007\u009b2J'];
       await c.send(new PutObjectCommand({ Bucket: bucket.bucket, Key: mkey, Body: JSON.stringify({ ...manifest, versions }, null, 2) }));
@@ -201,7 +201,8 @@ describe('store: upload, list and sync with a real S3 @real', function () {
       await c.send(new PutObjectCommand({ Bucket: bucket.bucket, Key: hostile, Body: 'x' }));
       // Listed exactly as stored (XML cannot carry ESC: the listing asks for url-encoded keys), a space and a plus included.
       await c.send(new PutObjectCommand({ Bucket: bucket.bucket, Key: 'a b+c%41.txt', Body: 'y' }));
-      assert.deepEqual((await listBucket({ client: c, config: bucket })).objects.map((o) => o.key).sort(), ['a b+c%41.txt', hostile, 'rootfs-bash.ext4', mkey].sort());
+      const keys = (await listBucket({ client: c, config: bucket })).objects.map((o) => o.key);
+      assert.deepEqual(keys.sort(), ['a b+c%41.txt', hostile, 'rootfs-bash.ext4', mkey].sort());
 
       const file = path.join(tempDir('hostile-cli'), 'rootfs.yaml');
       // A Temporal address of its own, so the CLI has no reason to look for (or start) the local one.
@@ -236,7 +237,7 @@ describe('store: upload, list and sync with a real S3 @real', function () {
       randomFile(image, 64 * 1024);
       await uploadAll({ client: c, config: bucket, workspace: ws });
       const mkey = 'rootfs-bash.ext4.manifest.json';
-      const manifest = Manifest.parse(JSON.parse(await (await c.send(new GetObjectCommand({ Bucket: bucket.bucket, Key: mkey }))).Body!.transformToString()));
+      const manifest = Manifest.parse(JSON.parse(await objectText(c, bucket.bucket, mkey)));
       // Valid by the schema, only too large: the cap is what refuses it.
       const big = JSON.stringify({ ...manifest, versions: ['x'.repeat(70_000)] }, null, 2);
       assert.ok(Manifest.safeParse(JSON.parse(big)).success);
@@ -247,7 +248,7 @@ describe('store: upload, list and sync with a real S3 @real', function () {
       assert.equal(listed.manifestProblem, `${mkey} is not a valid manifest: it has ${Buffer.byteLength(big)} bytes, over the 64 KiB a manifest may have`);
       const report = await syncDown({ client: c, config: bucket, workspace: workspace('big-manifest-mirror') });
       assert.equal(report.ok, false);
-      assert.match(report.files[0]!.error ?? '', /rootfs-bash\.ext4: its manifest is unusable \(.* over the 64 KiB a manifest may have\), so it cannot be verified\.$/);
+      assert.match(report.files[0]!.error ?? '', /rootfs-bash\.ext4: its manifest is unusable \(.* over the 64 KiB a manifest may have\), so it cannot/);
 
       await assert.rejects(
         uploadImage({ client: c, config: bucket, workspace: ws }, 'bash', image, { versions: ['y'.repeat(70_000)] }),
