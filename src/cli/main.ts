@@ -184,10 +184,11 @@ function program(setExit: (code: number) => void): Command {
     .addHelpText('after', '\nExample:\n  rootfs s3 download')
     .action(async () => setExit(await s3Commands.download(await runtime(true))));
   s3.command('bootstrap-script').description('print the script a new build host runs at first boot to sync kernel and images')
-    .option('--fallback-url <url>', 'where to fetch from when the bucket has no images (serves SHA256SUMS too)')
-    .addHelpText('after', '\nExample:\n  rootfs s3 bootstrap-script --fallback-url https://images.example.internal/rootfs > user-data.sh')
-    .action(async (opts: { fallbackUrl?: string }) =>
-      setExit(await s3Commands.bootstrapScript({ loaded: loadConfig({ file: cli.opts().config }) } as CliRuntime, opts.fallbackUrl)));
+    .option('--fallback-url <url>', 'https URL to fetch from when the bucket has no images (serves SHA256SUMS too)')
+    .option('--pin', "write the sha256 of every object, read from the bucket's manifests, into the script: it installs only those")
+    .addHelpText('after', '\nExample:\n  rootfs s3 bootstrap-script --pin --fallback-url https://images.example.internal/rootfs > user-data.sh')
+    .action(async (opts: { fallbackUrl?: string; pin?: boolean }) =>
+      setExit(await s3Commands.bootstrapScript({ loaded: loadConfig({ file: cli.opts().config }) } as CliRuntime, opts)));
   s3.command('iam-policy').description('print the least-privilege IAM policy for the bucket').option('--with-bucket-setup', 'include what bucket-setup needs')
     .addHelpText('after', '\nExample:\n  rootfs s3 iam-policy > policy.json')
     .action(async (opts: { withBucketSetup?: boolean }) => setExit(await s3Commands.iamPolicy({ loaded: loadConfig({ file: cli.opts().config }) } as CliRuntime, !!opts.withBucketSetup)));

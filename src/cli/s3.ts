@@ -3,12 +3,15 @@ import {
   bucketSetup,
   createClient,
   bootstrapScript,
+  bucketPins,
+  fallbackBase,
   formatListing,
   formatSync,
   formatUploads,
   iamPolicy,
   listBucket,
   syncDown,
+  terminalJson,
   terminalProgress,
   uploadAll,
   uploadSingle,
@@ -35,7 +38,7 @@ export const s3Commands = {
   list: (rt: CliRuntime, json: boolean) =>
     withStore(rt, async (ctx) => {
       const listing = await listBucket(ctx);
-      process.stdout.write(json ? JSON.stringify(listing, null, 2) + '\n' : formatListing(listing));
+      process.stdout.write(json ? terminalJson(listing) + '\n' : formatListing(listing));
       return 0;
     }),
 
@@ -60,10 +63,29 @@ export const s3Commands = {
       return report.ok ? 0 : 1;
     }),
 
-  bootstrapScript: (rt: CliRuntime, fallbackUrl?: string) => {
+  /** With `pin`, the bucket's manifests are read (credentials needed) and their sums written into the script. */
+  bootstrapScript: async (rt: CliRuntime, opts: { fallbackUrl?: string; pin?: boolean }) => {
     const { config } = rt.loaded;
-    process.stdout.write(bootstrapScript({ s3: config.s3, workspace: config.workspace, languages: config.languages }, { fallbackUrl }));
-    return Promise.resolve(0);
+    const { fallbackUrl } = opts;
+    // A bad --fallback-url is a usage error (exit 2), told before anything is asked of the bucket.
+    try {
+      if (fallbackUrl !== undefined) fallbackBase(fallbackUrl);
+    } catch (err) {
+      console.error(`rootfs: --fallback-url: ${(err as Error).message}`);
+      return 2;
+    }
+    let pins: Record<string, string> | undefined;
+    if (opts.pin) {
+      const found = await withStore(rt, (ctx) => bucketPins(ctx));
+      // A pinned script that silently left an image out would be worse than none.
+      for (const problem of found.problems) console.error(`rootfs: cannot pin ${problem}`);
+      if (!Object.keys(found.pins).length) console.error(`rootfs: --pin: s3://${config.s3.bucket} has no kernel or image to pin`);
+      if (found.problems.length || !Object.keys(found.pins).length) return 1;
+      pins = found.pins;
+    }
+    const { s3, workspace, languages } = config;
+    process.stdout.write(bootstrapScript({ s3, workspace, languages }, { fallbackUrl, pins }));
+    return 0;
   },
 
   iamPolicy: (rt: CliRuntime, withSetup: boolean) => {

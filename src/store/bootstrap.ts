@@ -1,6 +1,8 @@
-import { HttpUrl, NAME_PATTERN, type S3Config } from '../config/schema';
-import { StoreError } from './errors';
-import { DEFAULT_LANGUAGE, DEFAULT_LINK, KERNEL_KEY, MANIFEST_SUFFIX } from './layout';
+import { HttpUrl, NAME_PATTERN, Sha256Hex, type S3Config } from '../config/schema';
+import type { S3Access } from './client';
+import { StoreError, where } from './errors';
+import { DEFAULT_LANGUAGE, DEFAULT_LINK, IMAGE_KEY_PATTERN, KERNEL_KEY, MANIFEST_SUFFIX, MAX_MANIFEST_BYTES, OLD_LINK } from './layout';
+import { listBucket } from './list';
 
 export interface BootstrapConfig {
   s3: S3Config;
@@ -11,15 +13,66 @@ export interface BootstrapConfig {
 
 export interface BootstrapOptions {
   /**
-   * Where to fetch from when the bucket has no images: a URL base serving `vmlinux`,
+   * Where to fetch from when the bucket has no images: an https URL base serving `vmlinux`,
    * `rootfs-<lang>.ext4` and, to verify them, `SHA256SUMS` (as `sha256sum` prints it).
    */
   fallbackUrl?: string;
   defaultLanguage?: string;
+  /**
+   * The sha256 each key must have (`vmlinux`, `rootfs-<lang>.ext4`), from `bucketPins`. With
+   * pins the script installs exactly these contents: an object swapped later, in the bucket or
+   * at the fallback, is refused, and the bucket's other images are skipped.
+   */
+  pins?: Readonly<Record<string, string>>;
+}
+
+export interface BucketPins {
+  /** Key -> sha256, from each object's manifest. */
+  pins: Record<string, string>;
+  /** Kernel or image objects that cannot be pinned, and why (no usable manifest, size differs). */
+  problems: string[];
+}
+
+/**
+ * The sha256 of the kernel and every image in the bucket, as their manifests say, to pin into a
+ * bootstrap script. An object whose manifest is missing, unusable or of another size is a problem.
+ */
+export async function bucketPins(target: S3Access): Promise<BucketPins> {
+  const listing = await listBucket(target);
+  const pins: Record<string, string> = {};
+  const problems: string[] = [];
+  for (const o of listing.objects) {
+    if (o.kind !== 'kernel' && o.kind !== 'image') continue;
+    const at = where(target.config, o.key);
+    if (!o.manifest) problems.push(`${at}: ${o.manifestProblem ?? 'it has no manifest'}`);
+    else if (o.manifest.sizeBytes !== o.sizeBytes) {
+      problems.push(`${at}: the object has ${o.sizeBytes} bytes but its manifest says ${o.manifest.sizeBytes}`);
+    }
+    else pins[o.key] = o.manifest.sha256;
+  }
+  return { pins, problems };
 }
 
 /** Single-quoted for bash; every value in the script goes through this. */
 export const shellQuote = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
+
+/**
+ * The fallback source as the script uses it, or why it cannot be: https only (what comes from it
+ * is installed as root on new hosts), no `user:password@` (the script is readable user-data), no
+ * query or fragment (file names are appended to it).
+ */
+export function fallbackBase(url: string): string {
+  const shown = JSON.stringify(url).slice(0, 80);
+  const refuse = (why: string) => new StoreError('invalid-input', `The fallback source ${shown} ${why}.`);
+  if (!HttpUrl.safeParse(url).success) throw refuse('is not an https URL');
+  const u = new URL(url);
+  if (u.protocol !== 'https:') {
+    throw refuse('is not an https URL: what the script fetches from it is installed on new hosts, so it must not be open to change in transit');
+  }
+  if (u.username || u.password) throw refuse('carries credentials (user:password@), readable by anyone who can read the script');
+  if (u.search || u.hash) throw refuse('has a ?query or #fragment: it must be a base URL that file names are appended to');
+  return url.replace(/\/+$/, '');
+}
 
 /** The URL of the bucket that object keys are appended to, path-style or virtual-hosted as configured. */
 export function bucketUrl(s3: S3Config): string {
@@ -39,13 +92,17 @@ export function bucketUrl(s3: S3Config): string {
  * bash, curl (7.75 or later, for `--aws-sigv4`) and coreutils, so it works before anything
  * is installed. It syncs like `download`: every `rootfs-<lang>.ext4` and `vmlinux` whose
  * manifest's sha256 differs from the local file is downloaded (sparse) to a temp file, checked
- * and renamed into place; then `images/rootfs.ext4` points at the python image. When the
- * bucket has no images it fetches from `fallbackUrl` instead, saying so in the log.
+ * and renamed into place; then `<workspace>/rootfs.ext4` points at `images/rootfs-python.ext4`. When the
+ * bucket has no images it fetches from `fallbackUrl` instead (https only, redirects included),
+ * saying so in the log. Every file is checked against a sha256 (the manifest's, the fallback's
+ * `SHA256SUMS`, or the one pinned in the script) and not installed without one that matches;
+ * any such file makes the exit 1.
  *
  * Credentials come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN in the
  * environment and reach curl through a config on a pipe, never its argv; without them the
  * requests are unsigned (a public bucket). S3_BUCKET_URL, S3_REGION, ROOTFS_WORKSPACE and
- * ROOTFS_FALLBACK_URL override the values written into the script.
+ * ROOTFS_FALLBACK_URL (https only, else the script stops with exit 2) override the values written
+ * into the script; curl's own CURL_CA_BUNDLE names the CAs it trusts.
  */
 export function bootstrapScript(config: BootstrapConfig, opts: BootstrapOptions = {}): string {
   const languages = (Array.isArray(config.languages) ? [...config.languages] : Object.keys(config.languages)) as string[];
@@ -53,10 +110,15 @@ export function bootstrapScript(config: BootstrapConfig, opts: BootstrapOptions 
   for (const name of [...languages, defaultLanguage]) {
     if (!NAME_PATTERN.test(name)) throw new StoreError('invalid-input', `${JSON.stringify(name).slice(0, 60)} is not a language name.`);
   }
-  let fallback = '';
-  if (opts.fallbackUrl !== undefined) {
-    if (!HttpUrl.safeParse(opts.fallbackUrl).success) throw new StoreError('invalid-input', `The fallback source ${JSON.stringify(opts.fallbackUrl).slice(0, 80)} is not an http(s) URL.`);
-    fallback = opts.fallbackUrl.replace(/\/+$/, '');
+  const fallback = opts.fallbackUrl === undefined ? '' : fallbackBase(opts.fallbackUrl);
+  const pins = Object.entries(opts.pins ?? {}).sort(([a], [b]) => (a === KERNEL_KEY ? -1 : b === KERNEL_KEY ? 1 : a.localeCompare(b)));
+  for (const [key, sha256] of pins) {
+    if (key !== KERNEL_KEY && !IMAGE_KEY_PATTERN.test(key)) {
+      throw new StoreError('invalid-input', `Cannot pin ${JSON.stringify(key).slice(0, 60)}: not a kernel or image key.`);
+    }
+    if (!Sha256Hex.safeParse(sha256).success) {
+      throw new StoreError('invalid-input', `Cannot pin ${key}: ${JSON.stringify(sha256).slice(0, 80)} is not a sha256.`);
+    }
   }
   const vars = [
     `S3_BUCKET=${shellQuote(config.s3.bucket)}`,
@@ -65,26 +127,44 @@ export function bootstrapScript(config: BootstrapConfig, opts: BootstrapOptions 
     `WORKSPACE=\${ROOTFS_WORKSPACE:-${shellQuote(config.workspace)}}`,
     `FALLBACK_URL=\${ROOTFS_FALLBACK_URL:-${shellQuote(fallback)}}`,
     `LANGUAGES=${shellQuote(languages.join(' '))}`,
-    `LINK_TARGET=${shellQuote(`rootfs-${defaultLanguage}.ext4`)}`,
+    `LINK_TARGET=${shellQuote(`images/rootfs-${defaultLanguage}.ext4`)}`,
+    pins.length
+      ? `# Pinned: the sha256 of each object as the bucket's manifests said when this script was made.\n` +
+        `# Only these contents are installed; make the script again after publishing new images.\n` +
+        `declare -A PINNED=(\n${pins.map(([k, v]) => `  [${shellQuote(k)}]=${shellQuote(v)}\n`).join('')})`
+      : '# Not pinned: the sums come from the bucket\'s manifests and the fallback\'s SHA256SUMS at run time.\ndeclare -A PINNED=()',
+    `PINNED_KEYS=${shellQuote(pins.map(([k]) => k).join(' '))}`,
   ];
   return `#!/bin/bash
 # Generated by rootfs-pipeline (bootstrapScript). Syncs the Firecracker kernel and root
 # filesystem images from s3://${config.s3.bucket} into the workspace of a new build host and
-# links images/${DEFAULT_LINK}; falls back to a plain URL when the bucket has no images.
+# links ${DEFAULT_LINK} to the python image; falls back to a plain URL when the bucket has no images.
 # Needs bash, curl >= 7.75 and coreutils. Credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
 # (and AWS_SESSION_TOKEN) from the environment; without them requests are unsigned.
+# The fallback is fetched over https only; CURL_CA_BUNDLE names other CAs to trust.
 set -euo pipefail
 export LC_ALL=C
 umask 022
 
 ${vars.join('\n')}
 LIST_PAGE_SIZE=\${S3_LIST_PAGE_SIZE:-1000}
+# A manifest is well under 1 KiB, a SHA256SUMS a few lines: larger ones are not read.
+MAX_MANIFEST_BYTES=${MAX_MANIFEST_BYTES}
+MAX_SUMS_BYTES=1048576
 IMAGES="$WORKSPACE/images"
 # SigV4 needs the payload hash; every request here is a GET without a body.
 EMPTY_SHA256=e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
 CURL_OPTS=(--silent --show-error --connect-timeout 10 --retry 4 --retry-delay 2 --retry-connrefused)
 
 log() { printf '%s rootfs-bootstrap: %s\\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >&2; }
+
+# What the fallback serves is installed as root: it must not be open to change in transit.
+FALLBACK_URL=\${FALLBACK_URL%/}
+if [[ -n $FALLBACK_URL && $FALLBACK_URL != https://* ]]; then
+  log "error: the fallback source must be an https:// URL, not $FALLBACK_URL"
+  exit 2
+fi
+fallback_curl() { curl "\${CURL_OPTS[@]}" --proto =https --proto-redir =https --location --fail "$@"; }
 
 # Only names this tool writes are used as file names: nothing else in the bucket reaches a path.
 valid_key() { [[ $1 == ${KERNEL_KEY} || $1 =~ ^rootfs-[a-z][a-z0-9-]{0,31}\\.ext4$ ]]; }
@@ -107,6 +187,14 @@ s3_get() {
   local code
   code=$(s3_curl -o "$2" -w '%{http_code}' "$S3_BUCKET_URL/$1") || true
   printf '%s' "\${code:-000}"
+}
+
+# get_manifest KEY OUT: the manifest of KEY into OUT; prints the HTTP status, or too-large.
+get_manifest() {
+  local code rc=0
+  code=$(s3_curl --max-filesize "$MAX_MANIFEST_BYTES" -o "$2" -w '%{http_code}' "$S3_BUCKET_URL/$1${MANIFEST_SUFFIX}") || rc=$?
+  # 63: curl's "maximum file size exceeded"; the size check covers a server that sends no length.
+  if ((rc == 63)) || (($(stat -c %s "$2") > MAX_MANIFEST_BYTES)); then printf 'too-large'; else printf '%s' "\${code:-000}"; fi
 }
 
 # What S3 said in an error body, e.g. "AccessDenied: Access Denied."
@@ -147,13 +235,20 @@ sparse_from() { dd of="$1" ibs=1M obs=4K conv=sparse iflag=fullblock status=none
 
 local_sha256() { if [[ -f $1 ]]; then sha256sum <"$1" | cut -d' ' -f1; fi; }
 
-# install_verified TMP DEST EXPECTED NAME: renames TMP over DEST only when its sha256 is EXPECTED.
+# install_verified TMP DEST EXPECTED NAME: renames TMP over DEST only when its sha256 is EXPECTED;
+# without an EXPECTED sum nothing is installed.
 install_verified() {
-  local actual
-  actual=$(local_sha256 "$1")
-  if [[ -n $3 && $actual != "$3" ]]; then
+  local actual kept=''
+  if [[ -e $2 ]]; then kept='; the local copy was kept'; fi
+  if [[ ! $3 =~ ^[0-9a-f]{64}$ ]]; then
     rm -f "$1"
-    log "error: $4 does not match its checksum (sha256 $actual, expected $3); the local copy was kept"
+    log "error: $4 has no checksum to verify it against; not installed$kept"
+    return 1
+  fi
+  actual=$(local_sha256 "$1")
+  if [[ $actual != "$3" ]]; then
+    rm -f "$1"
+    log "error: $4 does not match its checksum (sha256 $actual, expected $3); not installed$kept"
     return 1
   fi
   mv -f "$1" "$2"
@@ -162,48 +257,80 @@ install_verified() {
 
 dest_of() { if [[ $1 == ${KERNEL_KEY} ]]; then printf '%s' "$WORKSPACE/$1"; else printf '%s' "$IMAGES/$1"; fi; }
 
-DOWNLOADED=0 UNCHANGED=0 FAILED=0
+# manifest_field NAME FILE: a string field of a manifest as this tool writes it (one field a line).
+manifest_field() { sed -n "s/^ *\\"$1\\": *\\"\\\\([^\\"]*\\\\)\\",\\\\{0,1\\\\}$/\\\\1/p" "$2" | head -n1; }
 
-# sync_key KEY: the object, when its manifest's sha256 differs from the local file's.
+DOWNLOADED=0 UNCHANGED=0 FAILED=0
+failed() { log "error: $*"; FAILED=$((FAILED + 1)); }
+
+# sync_key KEY: the object, when its manifest's sha256 differs from the local file's. Without a
+# manifest that describes this key with a sha256, nothing is downloaded.
 sync_key() {
-  local key=$1 dest tmp manifest expected code
+  local key=$1 dest tmp manifest expected described code pinned=\${PINNED[$1]:-}
   dest=$(dest_of "$key")
   manifest=$(mktemp)
-  code=$(s3_get "$key${MANIFEST_SUFFIX}" "$manifest")
-  expected=$(sed -n 's/^ *"sha256": *"\\([0-9a-f]\\{64\\}\\)".*/\\1/p' "$manifest" | head -n1)
+  code=$(get_manifest "$key" "$manifest")
+  expected=$(manifest_field sha256 "$manifest")
+  described=$(manifest_field key "$manifest")
   rm -f "$manifest"
-  if [[ $code != 200 || -z $expected ]]; then
-    log "error: $key has no usable manifest (HTTP $code), so it cannot be verified; not downloaded"
-    FAILED=$((FAILED + 1)); return 0
+  if [[ $code == too-large ]]; then
+    failed "s3://$S3_BUCKET/$key${MANIFEST_SUFFIX} is over $MAX_MANIFEST_BYTES bytes, so it is not read" \\
+      "and $key cannot be verified; not downloaded"
+    return 0
+  fi
+  if [[ $code != 200 ]]; then
+    failed "s3://$S3_BUCKET/$key has no manifest (HTTP $code), so it cannot be verified; not downloaded"
+    return 0
+  fi
+  if [[ $described != "$key" || ! $expected =~ ^[0-9a-f]{64}$ ]]; then
+    failed "s3://$S3_BUCKET/$key${MANIFEST_SUFFIX} is not a manifest of $key with a sha256, so $key cannot be verified; not downloaded"
+    return 0
+  fi
+  if [[ -n $pinned && $expected != "$pinned" ]]; then
+    failed "s3://$S3_BUCKET/$key changed since this script was made" \\
+      "(its manifest says sha256 $expected, the script pins $pinned); not downloaded"
+    return 0
   fi
   if [[ $(local_sha256 "$dest") == "$expected" ]]; then
     log "$key is up to date"; UNCHANGED=$((UNCHANGED + 1)); return 0
   fi
   tmp="$(dirname "$dest")/.$key.$$.partial"
   if ! s3_curl --fail "$S3_BUCKET_URL/$key" | sparse_from "$tmp"; then
-    rm -f "$tmp"; log "error: the download of s3://$S3_BUCKET/$key failed"; FAILED=$((FAILED + 1)); return 0
+    rm -f "$tmp"; failed "the download of s3://$S3_BUCKET/$key failed"; return 0
   fi
   if install_verified "$tmp" "$dest" "$expected" "s3://$S3_BUCKET/$key"; then DOWNLOADED=$((DOWNLOADED + 1)); else FAILED=$((FAILED + 1)); fi
 }
 
-# from_fallback: vmlinux and the configured images from FALLBACK_URL, checked against its SHA256SUMS.
+# from_fallback: vmlinux and the configured images from FALLBACK_URL, each only when its content
+# matches the sum pinned in this script or, if none, the one SHA256SUMS lists; a file without a
+# sum is not even fetched.
 from_fallback() {
-  local sums name tmp expected
+  local sums name dest tmp expected missing=''
   sums=$(mktemp)
-  if ! curl "\${CURL_OPTS[@]}" --location --fail -o "$sums" "$FALLBACK_URL/SHA256SUMS"; then
+  if ! fallback_curl --max-filesize "$MAX_SUMS_BYTES" -o "$sums" "$FALLBACK_URL/SHA256SUMS"; then
     : >"$sums"
-    log "warning: $FALLBACK_URL/SHA256SUMS is missing: the fallback files cannot be verified"
+    missing=" ($FALLBACK_URL/SHA256SUMS could not be fetched)"
   fi
   for name in ${KERNEL_KEY} $(for l in $LANGUAGES; do printf 'rootfs-%s.ext4 ' "$l"; done); do
-    tmp="$(dirname "$(dest_of "$name")")/.$name.$$.partial"
-    if ! curl "\${CURL_OPTS[@]}" --location --fail "$FALLBACK_URL/$name" | sparse_from "$tmp"; then
-      rm -f "$tmp"; log "error: $FALLBACK_URL/$name could not be fetched"; FAILED=$((FAILED + 1)); continue
+    dest=$(dest_of "$name")
+    expected=\${PINNED[$name]:-}
+    if [[ -z $expected ]]; then expected=$(awk -v n="$name" '$2 == n || $2 == "*" n { print tolower($1); exit }' "$sums"); fi
+    if [[ ! $expected =~ ^[0-9a-f]{64}$ ]]; then
+      failed "$FALLBACK_URL/$name has no sha256 in $FALLBACK_URL/SHA256SUMS$missing, so it cannot be verified; not installed"
+      continue
     fi
-    expected=$(awk -v n="$name" '$2 == n || $2 == "*" n { print $1; exit }' "$sums")
-    if [[ -s $sums && -z $expected ]]; then
-      rm -f "$tmp"; log "error: $name is not listed in $FALLBACK_URL/SHA256SUMS; not installed"; FAILED=$((FAILED + 1)); continue
+    if [[ $(local_sha256 "$dest") == "$expected" ]]; then
+      log "$name is up to date"; UNCHANGED=$((UNCHANGED + 1)); continue
     fi
-    if install_verified "$tmp" "$(dest_of "$name")" "$expected" "$FALLBACK_URL/$name"; then DOWNLOADED=$((DOWNLOADED + 1)); else FAILED=$((FAILED + 1)); fi
+    tmp="$(dirname "$dest")/.$name.$$.partial"
+    if ! fallback_curl "$FALLBACK_URL/$name" | sparse_from "$tmp"; then
+      rm -f "$tmp"; failed "$FALLBACK_URL/$name could not be fetched"; continue
+    fi
+    if install_verified "$tmp" "$dest" "$expected" "$FALLBACK_URL/$name"; then
+      DOWNLOADED=$((DOWNLOADED + 1))
+    else
+      FAILED=$((FAILED + 1))
+    fi
   done
   rm -f "$sums"
 }
@@ -214,12 +341,24 @@ log "syncing s3://$S3_BUCKET into $WORKSPACE"
 status=0
 KEYS=$(list_keys) || status=$?
 if [[ $status == 1 ]]; then exit 1; fi
-SYNC=()
+FOUND=' '
 while IFS= read -r key; do
-  if valid_key "$key"; then SYNC+=("$key"); fi
+  if valid_key "$key"; then FOUND+="$key "; fi
 done <<<"$KEYS"
-if [[ " \${SYNC[*]-} " == *' rootfs-'* ]]; then
-  for key in "\${SYNC[@]}"; do sync_key "$key"; done
+if [[ $FOUND == *' rootfs-'* && -n $PINNED_KEYS ]]; then
+  # Exactly the pinned keys: one missing is a failure, one not pinned is not installed.
+  for key in $FOUND; do
+    if [[ -z \${PINNED[$key]:-} ]]; then log "warning: s3://$S3_BUCKET/$key is not pinned in this script: skipped"; fi
+  done
+  for key in $PINNED_KEYS; do
+    if [[ $FOUND == *" $key "* ]]; then
+      sync_key "$key"
+    else
+      failed "s3://$S3_BUCKET/$key is pinned in this script but not in the bucket"
+    fi
+  done
+elif [[ $FOUND == *' rootfs-'* ]]; then
+  for key in $FOUND; do sync_key "$key"; done
 else
   why="has no images"
   if [[ $status == 2 ]]; then why="does not exist"; fi
@@ -231,14 +370,20 @@ else
   from_fallback
 fi
 
-LINK="$IMAGES/${DEFAULT_LINK}"
-if [[ -f "$IMAGES/$LINK_TARGET" ]]; then
+LINK="$WORKSPACE/${DEFAULT_LINK}"
+if [[ -f "$WORKSPACE/$LINK_TARGET" ]]; then
   if [[ -e $LINK && ! -L $LINK ]]; then
     log "warning: $LINK is a file, not a link: left as it is"
   else
     ln -sfn "$LINK_TARGET" "$LINK.$$.tmp"
     mv -Tf "$LINK.$$.tmp" "$LINK"
     log "$LINK -> $LINK_TARGET"
+  fi
+  # The default link of earlier versions, when it is one of ours: hosts look for the one above.
+  OLD="$WORKSPACE/${OLD_LINK}"
+  if [[ -L $OLD && $(readlink "$OLD") =~ ^rootfs-[a-z][a-z0-9-]{0,31}\\.ext4$ ]]; then
+    rm -f "$OLD"
+    log "removed $OLD, the default link of earlier versions"
   fi
 fi
 log "done: $DOWNLOADED downloaded, $UNCHANGED up to date, $FAILED failed"

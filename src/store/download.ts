@@ -5,7 +5,7 @@ import { GetObjectCommand } from '@aws-sdk/client-s3';
 import { DEFAULT_RETRY, send, statObject, withRetry, type StoreContext } from './client';
 import { fileDigest, rememberDigest } from './digest';
 import { StoreError, where } from './errors';
-import { DEFAULT_LANGUAGE, DEFAULT_LINK, imageKey, imagesDir, localPathOf, type Manifest } from './layout';
+import { DEFAULT_LANGUAGE, DEFAULT_LINK, IMAGE_KEY_PATTERN, imageKey, imagesDir, localPathOf, OLD_LINK, type Manifest } from './layout';
 import { listBucket, type ListedObject } from './list';
 import { track } from './progress';
 import { SparseWriter } from './sparse';
@@ -28,16 +28,18 @@ export interface SyncReport {
   bytesTransferred: number;
   /** False when any file failed. */
   ok: boolean;
-  /** The path of the default link, when the default language's image is present. */
+  /** The path of the default link, `<workspace>/rootfs.ext4`, when the default language's image is present. */
   link?: string;
-  /** What the link points at, e.g. `rootfs-python.ext4`. */
+  /** What the link points at, e.g. `images/rootfs-python.ext4`. */
   linkTarget?: string;
   /** Why the default link was left alone, when it was. */
   linkProblem?: string;
+  /** The link of earlier versions, `images/rootfs.ext4`, when this sync removed it. */
+  oldLinkRemoved?: string;
 }
 
 export interface SyncOptions {
-  /** The image `images/rootfs.ext4` points at; default python. */
+  /** The image `<workspace>/rootfs.ext4` points at; default python. */
   defaultLanguage?: string;
 }
 
@@ -110,21 +112,38 @@ async function fetchVerified(target: StoreContext, o: ListedObject, m: Manifest,
   }
 }
 
-/** Points `images/rootfs.ext4` at the default image, replacing only a symlink. */
-function linkDefault(workspace: string, language: string): Pick<SyncReport, 'link' | 'linkTarget' | 'linkProblem'> {
-  const dir = imagesDir(workspace);
-  const target = imageKey(language);
-  if (!fs.existsSync(path.join(dir, target))) return {};
-  const link = path.join(dir, DEFAULT_LINK);
+/**
+ * Removes `images/rootfs.ext4` when it is the link earlier versions made (to a `rootfs-<lang>.ext4`
+ * beside it): two default links would drift apart, and the old one is not where hosts look. A
+ * file, or a link someone pointed elsewhere, is left alone.
+ */
+function removeOldLink(workspace: string): Pick<SyncReport, 'oldLinkRemoved'> {
+  const old = path.join(workspace, OLD_LINK);
+  if (!fs.lstatSync(old, { throwIfNoEntry: false })?.isSymbolicLink() || !IMAGE_KEY_PATTERN.test(fs.readlinkSync(old))) return {};
+  fs.rmSync(old);
+  return { oldLinkRemoved: old };
+}
+
+/**
+ * Points `<workspace>/rootfs.ext4` at `images/rootfs-<lang>.ext4`, as the hosts' configs expect,
+ * replacing only a symlink; one that already leads to that image (an absolute one made by hand) stays.
+ */
+function linkDefault(workspace: string, language: string): Pick<SyncReport, 'link' | 'linkTarget' | 'linkProblem' | 'oldLinkRemoved'> {
+  const image = path.join(imagesDir(workspace), imageKey(language));
+  if (!fs.existsSync(image)) return {};
+  const target = path.relative(workspace, image);
+  const link = path.join(workspace, DEFAULT_LINK);
   const existing = fs.lstatSync(link, { throwIfNoEntry: false });
-  if (existing && !existing.isSymbolicLink()) return { linkProblem: `${link} is a file, not a link: left as it is` };
-  if (!existing || fs.readlinkSync(link) !== target) {
+  if (existing && !existing.isSymbolicLink()) {
+    return { linkProblem: `${link} is a file, not a link: left as it is`, ...removeOldLink(workspace) };
+  }
+  if (!existing || path.resolve(workspace, fs.readlinkSync(link)) !== image) {
     const tmp = `${link}.${process.pid}.tmp`;
     fs.rmSync(tmp, { force: true });
     fs.symlinkSync(target, tmp);
     fs.renameSync(tmp, link);
   }
-  return { link, linkTarget: target };
+  return { link, linkTarget: target, ...removeOldLink(workspace) };
 }
 
 /**
@@ -132,7 +151,7 @@ function linkDefault(workspace: string, language: string): Pick<SyncReport, 'lin
  * image to `images/`. What moves is decided by checksum: a file whose local sha256 equals its
  * manifest's stays; others are downloaded and verified. An object without a valid manifest is
  * not trusted, so not downloaded. Local files the bucket lacks are left alone. Then
- * `images/rootfs.ext4` points at the python image when it is there.
+ * `<workspace>/rootfs.ext4` points at the python image when it is there.
  */
 export async function syncDown(ctx: StoreContext, opts: SyncOptions = {}): Promise<SyncReport> {
   const listing = await listBucket(ctx);

@@ -7,6 +7,38 @@ import type { UploadResult } from './upload';
  * `aws s3 ls --human-readable --summarize`, so the output reads the same as before.
  */
 
+/**
+ * Characters that act on a terminal rather than show: C0 controls (ESC, newline, …), DEL, C1
+ * controls (CSI is one) and the bidi controls that reorder what is shown.
+ */
+const BEYOND_C0 = '\\u007f-\\u009f\\u061c\\u200e\\u200f\\u2028\\u2029\\u202a-\\u202e\\u2066-\\u2069';
+const UNSAFE = new RegExp(`[\\u0000-\\u001f${BEYOND_C0}]`, 'g');
+/** What JSON.stringify leaves raw (it escapes C0 controls in strings itself). */
+const UNSAFE_IN_JSON = new RegExp(`[${BEYOND_C0}]`, 'g');
+const UNSAFE_OR_BACKSLASH = new RegExp(`${UNSAFE.source}|\\\\`, 'g');
+const NAMED: Record<string, string> = { '\n': '\\n', '\r': '\\r', '\t': '\\t', '\\': '\\\\' };
+
+/**
+ * Text from the bucket (keys, manifest fields, errors quoting them) as it may be printed: each
+ * unsafe character as a visible escape (`\x1b`, `\n`, `\u{202e}`), a backslash doubled so the
+ * escapes cannot be faked. A hostile key cannot move the cursor, clear the screen or retitle
+ * the window.
+ */
+export function printable(text: string): string {
+  return text.replace(UNSAFE_OR_BACKSLASH, (c) => {
+    const code = c.codePointAt(0)!;
+    return NAMED[c] ?? (code < 0x100 ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u{${code.toString(16)}}`);
+  });
+}
+
+/**
+ * JSON for a terminal: JSON.stringify escapes C0 controls but prints DEL, C1 and bidi controls
+ * raw; these become `\uXXXX` too, which any JSON reader turns back into the same string.
+ */
+export function terminalJson(value: unknown): string {
+  return JSON.stringify(value, null, 2).replace(UNSAFE_IN_JSON, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}
+
 const UNITS = ['KiB', 'MiB', 'GiB', 'TiB', 'PiB', 'EiB'];
 
 /** `1 Byte`, `512 Bytes`, `1.0 KiB`, `512.0 MiB`: the AWS CLI's rule, rounding included. */
@@ -35,7 +67,7 @@ export function formatSeconds(seconds: number): string {
 
 /**
  * One line per object, then the totals; under an image with a manifest, its language and the
- * versions verified at build:
+ * versions verified at build (keys and versions through `printable`):
  *
  *     2024-05-01 12:00:00  512.0 MiB rootfs-python.ext4
  *                                    python: Python 3.10.12
@@ -46,9 +78,11 @@ export function formatSeconds(seconds: number): string {
 export function formatListing(listing: Listing, opts: { utc?: boolean } = {}): string {
   const lines: string[] = [];
   for (const o of listing.objects) {
-    lines.push(`${formatTimestamp(new Date(o.lastModified), opts.utc)} ${humanSize(o.sizeBytes).padStart(10)} ${o.key}`);
+    lines.push(`${formatTimestamp(new Date(o.lastModified), opts.utc)} ${humanSize(o.sizeBytes).padStart(10)} ${printable(o.key)}`);
     const m = o.manifest;
-    if (m?.language) lines.push(`${' '.repeat(31)}${m.language}: ${m.versions.length ? m.versions.join('; ') : 'no versions recorded'}`);
+    if (m?.language) {
+      lines.push(`${' '.repeat(31)}${m.language}: ${m.versions.length ? printable(m.versions.join('; ')) : 'no versions recorded'}`);
+    }
   }
   lines.push('', `Total Objects: ${listing.totalObjects}`, `   Total Size: ${humanSize(listing.totalBytes)}`);
   return lines.join('\n') + '\n';
@@ -72,12 +106,13 @@ export function formatSync(report: SyncReport): string {
   const width = Math.max(0, ...report.files.map((f) => f.key.length));
   const lines = report.files.map((f) =>
     f.status === 'failed'
-      ? `FAILED    ${f.key.padEnd(width)} ${f.error ?? ''}`
+      ? `FAILED    ${f.key.padEnd(width)} ${printable(f.error ?? '')}`
       : `${f.status.padEnd(9)} ${f.key.padEnd(width)} ${humanSize(f.sizeBytes).padStart(10)}${f.status === 'downloaded' ? `  ${formatSeconds(f.seconds)}` : ''}`,
   );
   const count = (s: string) => report.files.filter((f) => f.status === s).length;
   lines.push(`${count('downloaded')} downloaded (${humanSize(report.bytesTransferred)}), ${count('unchanged')} unchanged, ${count('failed')} failed`);
   if (report.link) lines.push(`${report.link} -> ${report.linkTarget}`);
   if (report.linkProblem) lines.push(report.linkProblem);
+  if (report.oldLinkRemoved) lines.push(`removed ${report.oldLinkRemoved}, the default link of earlier versions`);
   return lines.join('\n') + '\n';
 }

@@ -13,7 +13,16 @@ export { abortIncompleteUploads, choosePartSize, DEFAULT_PART_SIZE, MIN_PART_SIZ
 export { checkLanguage, uploadAll, uploadImage, uploadKernel, uploadSingle, type UploadOptions, type UploadResult } from './upload';
 export { syncDown, type SyncedFile, type SyncOptions, type SyncReport } from './download';
 export { SparseWriter } from './sparse';
-export { bootstrapScript, bucketUrl, shellQuote, type BootstrapConfig, type BootstrapOptions } from './bootstrap';
+export {
+  bootstrapScript,
+  bucketPins,
+  bucketUrl,
+  fallbackBase,
+  shellQuote,
+  type BootstrapConfig,
+  type BootstrapOptions,
+  type BucketPins,
+} from './bootstrap';
 export { abortIncompleteRule, bucketSetup, iamPolicy, type BucketSetupOptions, type IamPolicy, type PolicyOptions } from './policy';
-export { formatListing, formatSeconds, formatSync, formatTimestamp, formatUploads, humanSize } from './format';
+export { formatListing, formatSeconds, formatSync, formatTimestamp, formatUploads, humanSize, printable, terminalJson } from './format';
 export { formatTransfer, terminalProgress, track, type ProgressSink, type TransferAction, type TransferStatus } from './progress';

@@ -18,7 +18,10 @@ import { NAME_PATTERN, Sha256Hex } from '../config/schema';
  *
  *   <workspace>/vmlinux
  *   <workspace>/images/rootfs-<lang>.ext4
- *   <workspace>/images/rootfs.ext4 -> rootfs-python.ext4
+ *   <workspace>/rootfs.ext4 -> images/rootfs-python.ext4   the image hosts boot by default
+ *
+ * The default link is where the hosts' Firecracker configs have always found it. Earlier versions
+ * put it at `images/rootfs.ext4`; a sync removes that link when it is one of ours.
  *
  * Beside each file, a dotfile `.<name>.digest.json` remembers its sha256 and CRC32, valid while
  * size, mtime and inode are unchanged. While an upload is unfinished, its ID and part size are
@@ -28,7 +31,12 @@ import { NAME_PATTERN, Sha256Hex } from '../config/schema';
 export const KERNEL_KEY = 'vmlinux';
 export const MANIFEST_SUFFIX = '.manifest.json';
 export const DEFAULT_LANGUAGE = 'python';
+/** The default link, in the workspace itself. */
 export const DEFAULT_LINK = 'rootfs.ext4';
+/** Where earlier versions put the default link: `images/rootfs.ext4 -> rootfs-<lang>.ext4`. */
+export const OLD_LINK = path.join('images', DEFAULT_LINK);
+/** A manifest is well under 1 KiB; one larger than this is not read (nor written). */
+export const MAX_MANIFEST_BYTES = 64 * 1024;
 
 const LANG = NAME_PATTERN.source.replace(/^\^|\$$/g, '');
 export const IMAGE_KEY_PATTERN = new RegExp(`^rootfs-(${LANG})\\.ext4$`);

@@ -2,7 +2,7 @@ import { GetObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { z } from 'zod';
 import { send, type S3Access } from './client';
 import { StoreError } from './errors';
-import { IMAGE_KEY_PATTERN, KERNEL_KEY, languageOfKey, Manifest, MANIFEST_SUFFIX, manifestKey } from './layout';
+import { IMAGE_KEY_PATTERN, KERNEL_KEY, languageOfKey, Manifest, MANIFEST_SUFFIX, manifestKey, MAX_MANIFEST_BYTES } from './layout';
 
 export interface ListedObject {
   key: string;
@@ -28,14 +28,48 @@ export interface Listing {
 const kindOf = (key: string): ListedObject['kind'] =>
   key === KERNEL_KEY ? 'kernel' : IMAGE_KEY_PATTERN.test(key) ? 'image' : key.endsWith(MANIFEST_SUFFIX) ? 'manifest' : 'other';
 
-/** Reads and validates one manifest object; a problem is returned, not thrown. */
+/**
+ * A key as listed with `EncodingType: url`, which S3 servers use to send keys that XML cannot
+ * carry (controls such as ESC; MinIO replaces them with U+FFFD otherwise): form-encoded, so `+`
+ * is a space. A key that does not decode is kept as sent.
+ */
+function decodeListedKey(key: string): string {
+  try {
+    return decodeURIComponent(key.replace(/\+/g, ' '));
+  } catch {
+    return key;
+  }
+}
+
+/**
+ * Reads and validates one manifest object; a problem is returned, not thrown. At most
+ * MAX_MANIFEST_BYTES are read: whoever can write the bucket must not make readers load a
+ * gigabyte.
+ */
 export async function readManifest(target: S3Access, key: string): Promise<{ manifest?: Manifest; problem?: string }> {
   const mkey = manifestKey(key);
   try {
-    const text = await send(target, { key: mkey, verb: 'read', action: 's3:GetObject' }, async (c) => {
+    const read = await send(target, { key: mkey, verb: 'read', action: 's3:GetObject' }, async (c) => {
       const res = await c.send(new GetObjectCommand({ Bucket: target.config.bucket, Key: mkey }), { abortSignal: target.signal });
-      return res.Body!.transformToString();
+      const body = res.Body as AsyncIterable<Buffer> & { destroy?: () => void };
+      if ((res.ContentLength ?? 0) > MAX_MANIFEST_BYTES) {
+        body.destroy?.();
+        return { tooLarge: `${res.ContentLength} bytes` };
+      }
+      const chunks: Buffer[] = [];
+      let length = 0;
+      // Leaving the loop early ends the stream: a body longer than it said is not read further.
+      for await (const chunk of body) {
+        length += chunk.length;
+        if (length > MAX_MANIFEST_BYTES) return { tooLarge: `more than ${MAX_MANIFEST_BYTES} bytes` };
+        chunks.push(chunk);
+      }
+      return { text: Buffer.concat(chunks).toString('utf8') };
     });
+    if (read.text === undefined) {
+      return { problem: `${mkey} is not a valid manifest: it has ${read.tooLarge}, over the ${MAX_MANIFEST_BYTES / 1024} KiB a manifest may have` };
+    }
+    const text = read.text;
     const manifest = Manifest.parse(JSON.parse(text));
     if (manifest.key !== key) return { problem: `${mkey} describes ${manifest.key}` };
     return { manifest };
@@ -56,10 +90,13 @@ export async function listBucket(target: S3Access): Promise<Listing> {
   let token: string | undefined;
   do {
     const page = await send(target, { verb: 'list', action: 's3:ListBucket' }, (c) =>
-      c.send(new ListObjectsV2Command({ Bucket: config.bucket, ContinuationToken: token }), { abortSignal: target.signal }),
+      c.send(new ListObjectsV2Command({ Bucket: config.bucket, ContinuationToken: token, EncodingType: 'url' }), {
+        abortSignal: target.signal,
+      }),
     );
     for (const o of page.Contents ?? []) {
-      const key = o.Key!;
+      // The keys exactly as stored, hostile ones included; printing them is format.ts's care.
+      const key = page.EncodingType === 'url' ? decodeListedKey(o.Key!) : o.Key!;
       const kind = kindOf(key);
       objects.push({
         key,

@@ -7,7 +7,18 @@ import { send, statObject, type StoreContext } from './client';
 import { crc32Of, fileDigest } from './digest';
 import { StoreError, where } from './errors';
 import { readManifest } from './list';
-import { IMAGE_KEY_PATTERN, imageKey, imagesDir, KERNEL_KEY, kernelPath, Manifest, manifestKey, uploadStateDir, type ImageFacts } from './layout';
+import {
+  IMAGE_KEY_PATTERN,
+  imageKey,
+  imagesDir,
+  KERNEL_KEY,
+  kernelPath,
+  Manifest,
+  manifestKey,
+  MAX_MANIFEST_BYTES,
+  uploadStateDir,
+  type ImageFacts,
+} from './layout';
 import { putFile } from './multipart';
 import { track } from './progress';
 
@@ -97,6 +108,11 @@ async function publish(ctx: StoreContext, input: PublishInput): Promise<UploadRe
   if (stale) {
     const body = Buffer.from(JSON.stringify(manifest, null, 2) + '\n');
     const mkey = manifestKey(key);
+    if (body.length > MAX_MANIFEST_BYTES) {
+      // Readers would refuse it; the facts (versions) are what grew.
+      const why = `the manifest would have ${body.length} bytes, over the ${MAX_MANIFEST_BYTES / 1024} KiB readers accept`;
+      throw new StoreError('invalid-input', `Cannot upload ${where(ctx.config, mkey)}: ${why}.`, { bucket: ctx.config.bucket, key: mkey });
+    }
     await send(ctx, { key: mkey, verb: 'upload', action: 's3:PutObject' }, (c) =>
       c.send(
         new PutObjectCommand({ Bucket: ctx.config.bucket, Key: mkey, Body: body, ContentType: 'application/json', ChecksumCRC32: crc32Of(body) }),

@@ -14,8 +14,10 @@ import {
   humanSize,
   iamPolicy,
   MIN_PART_SIZE,
+  printable,
   shellQuote,
   StoreError,
+  terminalJson,
   terminalProgress,
   track,
   type Listing,
@@ -91,6 +93,21 @@ describe('store: human sizes and listings', () => {
     assert.equal(formatListing({ bucket: 'b', objects: [], totalObjects: 0, totalBytes: 0 }), '\nTotal Objects: 0\n   Total Size: 0 Bytes\n');
   });
 
+  it('escapes what would act on a terminal: controls, DEL, C1, bidi; backslashes doubled; JSON too', () => {
+    assert.equal(printable('rootfs-python.ext4'), 'rootfs-python.ext4');
+    assert.equal(printable('a\u001b[2J\nb\r\tc\u0000\u007f\u009b\u202e\\x1b'), 'a\\x1b[2J\\nb\\r\\tc\\x00\\x7f\\x9b\\u{202e}\\\\x1b');
+    const listing: Listing = {
+      bucket: 'b',
+      objects: [{ key: 'x\u001b[Ay', sizeBytes: 1, lastModified: '2024-05-01T12:00:00.000Z', kind: 'other' }],
+      totalObjects: 1,
+      totalBytes: 1,
+    };
+    assert.match(formatListing(listing, { utc: true }), /^2024-05-01 12:00:00 {5}1 Byte x\\x1b\[Ay$/m);
+    const json = terminalJson({ key: 'a\u001b\u009b\u202e\u2028' });
+    assert.equal(json, '{\n  "key": "a\\u001b\\u009b\\u202e\\u2028"\n}');
+    assert.deepEqual(JSON.parse(json), { key: 'a\u001b\u009b\u202e\u2028' });
+  });
+
   it('summarises uploads and syncs in lines a person reads', () => {
     const common = { file: '/x', kind: 'image' as const, sha256: 'a'.repeat(64), manifestWritten: true };
     const text = formatUploads([
@@ -109,12 +126,13 @@ describe('store: human sizes and listings', () => {
       ],
       bytesTransferred: 0,
       ok: false,
-      link: '/w/images/rootfs.ext4',
-      linkTarget: 'rootfs-python.ext4',
+      link: '/w/rootfs.ext4',
+      linkTarget: 'images/rootfs-python.ext4',
+      oldLinkRemoved: '/w/images/rootfs.ext4',
     });
     assert.match(sync, /^FAILED {4}rootfs-go\.ext4 Cannot download s3:\/\/b\/rootfs-go\.ext4: …$/m);
     assert.match(sync, /^0 downloaded \(0 Bytes\), 1 unchanged, 1 failed$/m);
-    assert.match(sync, /^\/w\/images\/rootfs\.ext4 -> rootfs-python\.ext4$/m);
+    assert.match(sync, /^\/w\/rootfs\.ext4 -> images\/rootfs-python\.ext4\nremoved \/w\/images\/rootfs\.ext4, the default link of earlier versions$/m);
   });
 });
 
@@ -231,7 +249,20 @@ describe('store: names, policy, part sizes and the bootstrap script', () => {
     assert.ok(!/AWS_SECRET_ACCESS_KEY"? *\S*@/.test(script));
     assert.equal(shellQuote("it's"), `'it'\\''s'`);
     assert.throws(() => bootstrapScript({ s3, workspace: '/srv/firecracker', languages: ['py;thon'] }), /is not a language name/);
-    assert.throws(() => bootstrapScript({ s3, workspace: '/w', languages: [] }, { fallbackUrl: "http://x/'$(id)'" }), /is not an http\(s\) URL/);
-    assert.throws(() => bootstrapScript({ s3, workspace: '/w', languages: [] }, { fallbackUrl: 'file:///etc' }), /is not an http\(s\) URL/);
+    const refused = (fallbackUrl: string, why: RegExp) =>
+      assert.throws(
+        () => bootstrapScript({ s3, workspace: '/w', languages: [] }, { fallbackUrl }),
+        (err: StoreError) => err.kind === 'invalid-input' && why.test(err.message),
+      );
+    refused("https://x/'$(id)'", /is not an https URL\.$/);
+    refused('file:///etc', /is not an https URL\.$/);
+    refused('http://images.example.test/rootfs', /"http:\/\/images\.example\.test\/rootfs" is not an https URL: .* must not be open to change in transit\.$/);
+    refused('https://user:pass@images.example.test/rootfs', /carries credentials/);
+    refused('https://images.example.test/rootfs?token=1', /has a \?query or #fragment/);
+    const pin = (pins: Record<string, string>) => bootstrapScript({ s3, workspace: '/w', languages: [] }, { pins });
+    execFileSync('bash', ['-n'], { input: pin({ 'rootfs-go.ext4': 'a'.repeat(64), vmlinux: 'b'.repeat(64) }) });
+    assert.match(pin({ 'rootfs-go.ext4': 'a'.repeat(64), vmlinux: 'b'.repeat(64) }), /^PINNED_KEYS='vmlinux rootfs-go\.ext4'$/m);
+    assert.throws(() => pin({ "rootfs-go.ext4'$(id)'": 'a'.repeat(64) }), /Cannot pin .*: not a kernel or image key\.$/);
+    assert.throws(() => pin({ vmlinux: "a'$(id)'" }), /Cannot pin vmlinux: .* is not a sha256\.$/);
   });
 });

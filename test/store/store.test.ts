@@ -3,6 +3,7 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { GetBucketVersioningCommand, GetObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { stringify } from 'yaml';
 import type { S3Config } from '../../src/config';
 import {
   abortIncompleteUploads,
@@ -23,8 +24,9 @@ import {
   type StoreContext,
   type TransferStatus,
 } from '../../src/store';
+import { tempDir } from '../support/process';
 import { testS3, type TestCredentials, type TestS3 } from '../support/s3';
-import { allocated, MiB, randomFile, sha256File, sparseFile, workspace } from './helpers';
+import { allocated, MiB, objectText, randomFile, rootfs, sha256File, sparseFile, workspace } from './helpers';
 
 const LANGUAGES = ['bash', 'go', 'nodejs', 'python', 'rust'];
 
@@ -98,6 +100,8 @@ describe('store: upload, list and sync with a real S3 @real', function () {
     assert.match(text, /\n\nTotal Objects: 12\n {3}Total Size: 2\.1 GiB\n$/);
 
     mirror = workspace('mirror');
+    // The default link where earlier versions made it: replaced by the seed's <workspace>/rootfs.ext4.
+    fs.symlinkSync('rootfs-python.ext4', path.join(mirror, 'images/rootfs.ext4'));
     t0 = Date.now();
     const report = await syncDown(ctx(mirror));
     const downloadSeconds = (Date.now() - t0) / 1000;
@@ -109,8 +113,10 @@ describe('store: upload, list and sync with a real S3 @real', function () {
     const image = path.join(mirror, 'images/rootfs-python.ext4');
     assert.equal(fs.statSync(image).size, 2048 * MiB);
     assert.ok(allocated(image) < 320 * MiB, `the 2 GiB image takes ${humanSize(allocated(image))} on disk`);
-    assert.equal(fs.readlinkSync(path.join(mirror, 'images/rootfs.ext4')), 'rootfs-python.ext4');
-    assert.equal(report.link, path.join(mirror, 'images/rootfs.ext4'));
+    assert.equal(fs.readlinkSync(path.join(mirror, 'rootfs.ext4')), 'images/rootfs-python.ext4');
+    assert.equal(report.link, path.join(mirror, 'rootfs.ext4'));
+    assert.equal(report.oldLinkRemoved, path.join(mirror, 'images/rootfs.ext4'));
+    assert.ok(!fs.existsSync(path.join(mirror, 'images/rootfs.ext4')));
     assert.deepEqual(fs.readdirSync(path.join(mirror, 'images')).filter((n) => n.endsWith('.partial')), []);
     const mb = (2048 * MiB) / 1e6;
     console.log(
@@ -120,9 +126,17 @@ describe('store: upload, list and sync with a real S3 @real', function () {
   });
 
   it('a second sync moves nothing; an image changed in the bucket moves alone', async () => {
+    // A link made by hand to the same image stays; an old-place link that is not ours stays too.
+    fs.rmSync(path.join(mirror, 'rootfs.ext4'));
+    fs.symlinkSync(path.join(mirror, 'images/rootfs-python.ext4'), path.join(mirror, 'rootfs.ext4'));
+    fs.symlinkSync('/srv/elsewhere/custom.ext4', path.join(mirror, 'images/rootfs.ext4'));
     const second = await syncDown(ctx(mirror));
     assert.equal(second.bytesTransferred, 0);
     assert.ok(second.files.every((f) => f.status === 'unchanged'));
+    assert.equal(fs.readlinkSync(path.join(mirror, 'rootfs.ext4')), path.join(mirror, 'images/rootfs-python.ext4'));
+    assert.equal(fs.readlinkSync(path.join(mirror, 'images/rootfs.ext4')), '/srv/elsewhere/custom.ext4');
+    assert.equal(second.oldLinkRemoved, undefined);
+    fs.rmSync(path.join(mirror, 'images/rootfs.ext4'));
 
     randomFile(path.join(source, 'images/rootfs-bash.ext4'), 5 * MiB); // same size, new content
     const changed = await uploadImage(ctx(source), 'bash', path.join(source, 'images/rootfs-bash.ext4'));
@@ -169,6 +183,80 @@ describe('store: upload, list and sync with a real S3 @real', function () {
     const rust = await uploadImage(ctx(source), 'rust', path.join(source, 'images/rootfs-rust.ext4'));
     assert.deepEqual([go.status, rust.status, rust.manifestWritten], ['uploaded', 'unchanged', true]);
     assert.ok((await syncDown(ctx(mirror))).files.every((f) => f.status === 'unchanged'));
+  });
+
+  it('s3 list shows hostile keys and manifest texts escaped: nothing from the bucket reaches the terminal raw', async () => {
+    const bucket = await s3.freshBucket();
+    const c = createClient({ config: bucket, credentials });
+    try {
+      const ws = workspace('hostile');
+      randomFile(path.join(ws, 'images/rootfs-bash.ext4'), 64 * 1024);
+      await uploadAll({ client: c, config: bucket, workspace: ws });
+      const mkey = 'rootfs-bash.ext4.manifest.json';
+      const manifest = Manifest.parse(JSON.parse(await objectText(c, bucket.bucket, mkey)));
+      // An OSC that retitles the window, and a C1 CSI; a key that clears the screen, homes the cursor and starts a line.
+      const versions = ['bash 5.1\u001b]0;owned\u0007\u009b2J'];
+      await c.send(new PutObjectCommand({ Bucket: bucket.bucket, Key: mkey, Body: JSON.stringify({ ...manifest, versions }, null, 2) }));
+      const hostile = 'notes\u001b[2J\u001b[1;1H\nrootfs-python.ext4';
+      await c.send(new PutObjectCommand({ Bucket: bucket.bucket, Key: hostile, Body: 'x' }));
+      // Listed exactly as stored (XML cannot carry ESC: the listing asks for url-encoded keys), a space and a plus included.
+      await c.send(new PutObjectCommand({ Bucket: bucket.bucket, Key: 'a b+c%41.txt', Body: 'y' }));
+      const keys = (await listBucket({ client: c, config: bucket })).objects.map((o) => o.key);
+      assert.deepEqual(keys.sort(), ['a b+c%41.txt', hostile, 'rootfs-bash.ext4', mkey].sort());
+
+      const file = path.join(tempDir('hostile-cli'), 'rootfs.yaml');
+      // A Temporal address of its own, so the CLI has no reason to look for (or start) the local one.
+      fs.writeFileSync(file, stringify({ workspace: ws, temporal: { address: '127.0.0.1:9' }, s3: bucket }));
+      // eslint-disable-next-line no-control-regex
+      const raw = /[\u0000-\u0009\u000b-\u001f\u007f-\u009f]/;
+      const text = await rootfs(['--config', file, 's3', 'list'], s3.env);
+      assert.equal(text.code, 0, text.stderr);
+      assert.ok(!raw.test(text.stdout), JSON.stringify(text.stdout));
+      assert.match(text.stdout, /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d {5}1 Byte notes\\x1b\[2J\\x1b\[1;1H\\nrootfs-python\.ext4$/m);
+      assert.match(text.stdout, /^ {31}bash: bash 5\.1\\x1b\]0;owned\\x07\\x9b2J$/m);
+      assert.match(text.stdout, /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d {5}1 Byte a b\+c%41\.txt$/m);
+      assert.equal(text.stdout.split('\n').length, 9, 'four objects, a versions line, a blank line, two totals');
+
+      const json = await rootfs(['--config', file, 's3', 'list', '--json'], s3.env);
+      assert.equal(json.code, 0, json.stderr);
+      assert.ok(!raw.test(json.stdout.replace(/\n/g, '')), JSON.stringify(json.stdout));
+      const parsed = JSON.parse(json.stdout) as { objects: Array<{ key: string; manifest?: { versions: string[] } }> };
+      assert.ok(parsed.objects.some((o) => o.key === hostile), 'JSON gives the key back exactly');
+      assert.deepEqual(parsed.objects.find((o) => o.key === 'rootfs-bash.ext4')?.manifest?.versions, versions);
+    } finally {
+      c.destroy();
+    }
+  });
+
+  it('a manifest over 64 KiB is neither read nor written, and its image is not synced', async () => {
+    const bucket = await s3.freshBucket();
+    const c = createClient({ config: bucket, credentials });
+    try {
+      const ws = workspace('big-manifest');
+      const image = path.join(ws, 'images/rootfs-bash.ext4');
+      randomFile(image, 64 * 1024);
+      await uploadAll({ client: c, config: bucket, workspace: ws });
+      const mkey = 'rootfs-bash.ext4.manifest.json';
+      const manifest = Manifest.parse(JSON.parse(await objectText(c, bucket.bucket, mkey)));
+      // Valid by the schema, only too large: the cap is what refuses it.
+      const big = JSON.stringify({ ...manifest, versions: ['x'.repeat(70_000)] }, null, 2);
+      assert.ok(Manifest.safeParse(JSON.parse(big)).success);
+      await c.send(new PutObjectCommand({ Bucket: bucket.bucket, Key: mkey, Body: big }));
+
+      const listed = (await listBucket({ client: c, config: bucket })).objects.find((o) => o.key === 'rootfs-bash.ext4')!;
+      assert.equal(listed.manifest, undefined);
+      assert.equal(listed.manifestProblem, `${mkey} is not a valid manifest: it has ${Buffer.byteLength(big)} bytes, over the 64 KiB a manifest may have`);
+      const report = await syncDown({ client: c, config: bucket, workspace: workspace('big-manifest-mirror') });
+      assert.equal(report.ok, false);
+      assert.match(report.files[0]!.error ?? '', /rootfs-bash\.ext4: its manifest is unusable \(.* over the 64 KiB a manifest may have\), so it cannot/);
+
+      await assert.rejects(
+        uploadImage({ client: c, config: bucket, workspace: ws }, 'bash', image, { versions: ['y'.repeat(70_000)] }),
+        (err: StoreError) => err.kind === 'invalid-input' && /the manifest would have \d+ bytes, over the 64 KiB readers accept\.$/.test(err.message),
+      );
+    } finally {
+      c.destroy();
+    }
   });
 
   it('refuses hostile and malformed language names before sending any request', async () => {
