@@ -1,5 +1,4 @@
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import {
   AbortMultipartUploadCommand,
   CompleteMultipartUploadCommand,
@@ -17,12 +16,13 @@ import { crc32Of, type FileDigest } from './digest';
 import { StoreError, where } from './errors';
 import { IMAGE_KEY_PATTERN, isStoreKey, KERNEL_KEY } from './layout';
 import { track } from './progress';
+import { forgetState, readState, STATE_SUFFIX, statePath, writeState, type UploadState } from './upload-state';
 
 /**
  * Sending one file to one key: a single PUT for small files, else a multipart upload of parts
  * sent in parallel (memory: `concurrency` part buffers), each with its CRC32, completed with the
  * full-object CRC32 that S3 checks. The upload ID and part size are kept in a small state file
- * (in `<workspace>/.uploads/`) until the upload completes, so an upload cut off by a killed
+ * (in `<workspace>/.uploads/`, see upload-state.ts) until the upload completes, so an upload cut off by a killed
  * process or an unreachable server resumes with the parts S3 already holds (ListParts) instead
  * of starting over. Any other failure aborts the upload, leaving no parts behind. No object
  * appears under the key until the upload completes, and then only with the checksum S3 verified.
@@ -52,37 +52,6 @@ export interface PutFileResult {
   /** Parts found already stored by an earlier, interrupted run. */
   partsReused: number;
 }
-
-interface UploadState {
-  endpoint: string;
-  bucket: string;
-  key: string;
-  uploadId: string;
-  partSizeBytes: number;
-  sizeBytes: number;
-  sha256: string;
-  crc32: string;
-  startedAt: string;
-}
-
-const STATE_SUFFIX = '.upload.json';
-const statePath = (stateDir: string, bucket: string, key: string) => path.join(stateDir, `${bucket}__${key}${STATE_SUFFIX}`);
-
-function readState(file: string): UploadState | undefined {
-  try {
-    return JSON.parse(fs.readFileSync(file, 'utf8')) as UploadState;
-  } catch {
-    return undefined;
-  }
-}
-
-function writeState(file: string, state: UploadState): void {
-  fs.mkdirSync(path.dirname(file), { recursive: true });
-  fs.writeFileSync(`${file}.tmp`, JSON.stringify(state, null, 2) + '\n');
-  fs.renameSync(`${file}.tmp`, file);
-}
-
-const forgetState = (file: string) => fs.rmSync(file, { force: true });
 
 export function choosePartSize(sizeBytes: number, requested = DEFAULT_PART_SIZE): number {
   const atLeast = Math.ceil(sizeBytes / MAX_PARTS);
