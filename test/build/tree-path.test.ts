@@ -8,11 +8,11 @@ import { Pipeline } from '../../src/build/pipeline';
 import { installSource, type SourceContext } from '../../src/build/sources';
 import { resolveInTree, writeInTree } from '../../src/build/tree-path';
 import { Config } from '../../src/config/schema';
-import { LocalHost, SshHost, type Host } from '../../src/host';
+import { LocalHost, type Host } from '../../src/host';
 import { startFixtureServer, type FixtureServer } from '../support/fixture-server';
 import { onCleanup, tempDir } from '../support/process';
-import { testSshd } from '../support/sshd';
 import { busyboxTree } from '../support/trees';
+import { TEST_HOSTS } from '../support/hosts';
 
 const sha256 = (b: Buffer | string) => crypto.createHash('sha256').update(b).digest('hex');
 
@@ -90,18 +90,8 @@ const refused = (pattern: RegExp) => (err: unknown) => {
   return true;
 };
 
-const hosts: Array<[string, () => Promise<Host>]> = [
-  ['LocalHost', async () => new LocalHost()],
-  [
-    'SshHost',
-    async () => {
-      const sshd = await testSshd();
-      return SshHost.connect({ host: sshd.host, port: sshd.port, user: sshd.user, keyPath: sshd.clientKeyPath, hostKeySha256: sshd.hostKeySha256 });
-    },
-  ],
-];
 
-for (const [name, connect] of hosts) {
+for (const [name, connect] of TEST_HOSTS) {
   describe(`tree paths resolve as the image sees them, on ${name} @real`, function () {
     this.timeout(60_000);
     let host: Host;

@@ -10,20 +10,10 @@ import { onCleanup, tempDir } from '../support/process';
 import { testS3 } from '../support/s3';
 import { testTemporal } from '../support/temporal';
 import { busyboxTree } from '../support/trees';
+import { CLI, rootfs } from '../support/cli';
 
-const CLI = path.join(__dirname, '../../src/cli/main.js');
 const ESC = '\u001b';
 
-function rootfs(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-    child.once('exit', (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 describe('rootfs CLI', function () {
   this.timeout(20 * 60 * 1000);

@@ -16,8 +16,8 @@ import { hostTaskQueue } from '../../worker';
 import { projectRoot } from '../../src/util/paths';
 import { freePort, onCleanup, tempDir } from '../support/process';
 import { testTemporal } from '../support/temporal';
+import { rootfs } from '../support/cli';
 
-const CLI = path.join(__dirname, '../../src/cli/main.js');
 
 /** A process that is not ours in any way, killed at cleanup. */
 function sleeper(): ChildProcess {
@@ -59,16 +59,6 @@ async function freePorts(): Promise<DevPorts> {
   return { temporal: await freePort(), temporalUi: await freePort(), s3: await freePort(), s3Console: await freePort() };
 }
 
-function rootfs(args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-    child.once('exit', (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 describe('process identity', () => {
   it('knows a recorded process by its start time and command line, and a listener by its socket', async () => {

@@ -1,5 +1,4 @@
 import { strict as assert } from 'node:assert';
-import { spawn } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -17,19 +16,9 @@ import { catInImage } from '../support/image';
 import { recordHistory } from '../support/record';
 import { testS3 } from '../support/s3';
 import { testTemporal } from '../support/temporal';
+import { rootfs } from '../support/cli';
 
-const CLI = path.join(__dirname, '../../src/cli/main.js');
 
-function rootfs(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-    child.once('exit', (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 /** Whether dpkg in the image built under `imageKey` lists `pkg` as installed. */
 function installedIn(env: BuildEnv, imageKey: string, pkg: string): boolean {

@@ -4,10 +4,10 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { StepRunner } from '../../src/build/context';
-import { check, chrootArgv, CommandError, commandName, LocalHost, SshHost, tellingLine, type Host } from '../../src/host';
+import { check, chrootArgv, CommandError, commandName, LocalHost, tellingLine, type Host } from '../../src/host';
 import { onCleanup, tempDir } from '../support/process';
-import { testSshd } from '../support/sshd';
 import { busyboxTree } from '../support/trees';
+import { TEST_HOSTS } from '../support/hosts';
 
 /**
  * `status`, the live view and Temporal Web show an error's first line only. A failed command's
@@ -41,18 +41,8 @@ describe('a failed command says why on its first line', () => {
   });
 });
 
-const hosts: Array<[string, () => Promise<Host>]> = [
-  ['LocalHost', async () => new LocalHost()],
-  [
-    'SshHost',
-    async () => {
-      const sshd = await testSshd();
-      return SshHost.connect({ host: sshd.host, port: sshd.port, user: sshd.user, keyPath: sshd.clientKeyPath, hostKeySha256: sshd.hostKeySha256 });
-    },
-  ],
-];
 
-for (const [name, connect] of hosts) {
+for (const [name, connect] of TEST_HOSTS) {
   describe(`a full disk is named on the first line, on ${name} @real`, function () {
     this.timeout(60_000);
     let host: Host;

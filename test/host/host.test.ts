@@ -2,24 +2,14 @@ import { strict as assert } from 'node:assert';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { check, CommandError, LocalHost, output, runInChroot, SshHost, type Host } from '../../src/host';
+import { check, CommandError, output, runInChroot, SshHost, type Host } from '../../src/host';
 import { tempDir } from '../support/process';
 import { testSshd } from '../support/sshd';
 import { busyboxTree } from '../support/trees';
+import { TEST_HOSTS } from '../support/hosts';
 
 const sha256 = (file: string) => crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
 
-/** The same suite runs against every Host implementation: they must behave alike. */
-const implementations: Array<[string, () => Promise<Host>]> = [
-  ['LocalHost', async () => new LocalHost()],
-  [
-    'SshHost',
-    async () => {
-      const sshd = await testSshd();
-      return SshHost.connect({ host: sshd.host, port: sshd.port, user: sshd.user, keyPath: sshd.clientKeyPath, hostKeySha256: sshd.hostKeySha256 });
-    },
-  ],
-];
 
 async function gone(host: Host, pattern: string): Promise<boolean> {
   // pgrep exits 1 when nothing matches; it never matches itself.
@@ -34,7 +24,7 @@ function mountsUnder(dir: string): string[] {
     .filter((m) => m === dir || m.startsWith(`${dir}/`));
 }
 
-for (const [name, connect] of implementations) {
+for (const [name, connect] of TEST_HOSTS) {
   describe(`${name} @real`, function () {
     this.timeout(120_000);
     let host: Host;

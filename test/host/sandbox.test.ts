@@ -2,11 +2,11 @@ import { strict as assert } from 'node:assert';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { LocalHost, runInImage, runInSandbox, SANDBOX_UID, SshHost, type Host, type ImageCommand } from '../../src/host';
+import { LocalHost, runInImage, runInSandbox, SANDBOX_UID, type Host, type ImageCommand } from '../../src/host';
 import { makeImage } from '../support/image';
 import { tempDir } from '../support/process';
-import { testSshd } from '../support/sshd';
 import { busyboxTree } from '../support/trees';
+import { TEST_HOSTS } from '../support/hosts';
 
 /** A busybox tree (0755, as debootstrap makes them) with a file only root may read and one anyone may read. */
 function tree(): string {
@@ -48,18 +48,8 @@ async function hostUidOf(marker: string): Promise<string> {
   throw new Error(`no process "sleep ${marker}" appeared`);
 }
 
-const implementations: Array<[string, () => Promise<Host>]> = [
-  ['LocalHost', async () => new LocalHost()],
-  [
-    'SshHost',
-    async () => {
-      const sshd = await testSshd();
-      return SshHost.connect({ host: sshd.host, port: sshd.port, user: sshd.user, keyPath: sshd.clientKeyPath, hostKeySha256: sshd.hostKeySha256 });
-    },
-  ],
-];
 
-for (const [name, connect] of implementations) {
+for (const [name, connect] of TEST_HOSTS) {
   describe(`runInSandbox on ${name} @real`, function () {
     this.timeout(60_000);
     let host: Host;

@@ -1,10 +1,10 @@
-import { spawn } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { strict as assert } from 'node:assert';
 import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { tempDir } from '../support/process';
+import { rootfs as runCli } from '../support/cli';
 
 export const MiB = 1024 * 1024;
 
@@ -51,23 +51,8 @@ export function workspace(prefix = 'ws'): string {
 /** Bytes a file takes on disk. */
 export const allocated = (file: string) => fs.statSync(file).blocks * 512;
 
-const CLI = path.join(__dirname, '../../src/cli/main.js');
-
 /** The CLI as a program, with the environment given and nothing else of this process's. */
-export function rootfs(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], {
-      env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-    child.on('error', reject);
-    child.once('exit', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+export const rootfs = (args: string[], env: Record<string, string> = {}) => runCli(args, env, { clean: true });
 
 /** An object's content as text, read here rather than by the code under test. */
 export async function objectText(client: S3Client, bucket: string, key: string): Promise<string> {
