@@ -8,13 +8,13 @@ import { debootstrapDefaultMirror } from './mirror';
 import { ArtifactStore } from './artifacts';
 import { BuildError, type StepRunner } from './context';
 import { checkX8664Executable } from './elf';
-import { stepKey } from './keys';
 import {
   archiveDists,
   baseKeyInput,
   basePackages,
   customizeKeyInput,
   imageKeyInput,
+  keyRecord,
   operatorKeyInput,
   runtimeKeyInput,
   runtimeUsesArchive,
@@ -155,8 +155,8 @@ export class Pipeline {
     const archive = await this.archiveFor(snapshot);
     const keyring = await this.keyringOnHost();
     const packages = basePackages(base);
-    const key = stepKey('base', null, baseKeyInput({ base, mirror, archive, keyringSha256: keyring.sha256 }));
-    const { meta, reused } = await this.store.ensure(key, 'base', async (work) => {
+    const record = keyRecord('base', null, baseKeyInput({ base, mirror, archive, keyringSha256: keyring.sha256 }), null);
+    const { meta, reused } = await this.store.ensure(record, async (work) => {
       const tree = path.posix.join(work, 'tree');
       const sources = this.dists().map((d) => `deb ${mirror} ${d} ${base.components.join(' ')}`);
       this.runner.phase('mmdebstrap');
@@ -171,7 +171,7 @@ export class Pipeline {
       await writeInTree(this.runner, tree, '/etc/hostname', 'localhost\n');
       return { suite: base.suite, mirror, archive, packages };
     });
-    return { key, reused, data: meta.data };
+    return { key: record.key, reused, data: meta.data };
   }
 
   /**
@@ -217,8 +217,8 @@ export class Pipeline {
   async runtime(language: string, baseKey: string, snapshot?: ArchiveSnapshot): Promise<StepOutcome> {
     const spec = this.spec(language);
     const archive = runtimeUsesArchive(spec) ? await this.archiveFor(snapshot) : null;
-    const key = stepKey('runtime', baseKey, runtimeKeyInput({ spec, archive }));
-    const { meta, reused } = await this.store.ensure(key, 'runtime', async (work) => {
+    const record = keyRecord('runtime', baseKey, runtimeKeyInput({ spec, archive }), language);
+    const { meta, reused } = await this.store.ensure(record, async (work) => {
       const tree = await this.copyTree(baseKey, work);
       const installed: SourceRecord = {};
       await this.withChrootSetup(tree, async () => {
@@ -230,7 +230,7 @@ export class Pipeline {
       });
       return { installed };
     });
-    return { key, reused, data: meta.data };
+    return { key: record.key, reused, data: meta.data };
   }
 
   async operator(language: string, runtimeKey: string, operatorSha256: string): Promise<StepOutcome> {
@@ -240,8 +240,8 @@ export class Pipeline {
     }
     const input = operatorKeyInput({ language, spec, operatorSha256 });
     const { unit, profile } = input;
-    const key = stepKey('operator', runtimeKey, input);
-    const { meta, reused } = await this.store.ensure(key, 'operator', async (work) => {
+    const record = keyRecord('operator', runtimeKey, input, language);
+    const { meta, reused } = await this.store.ensure(record, async (work) => {
       const tree = await this.copyTree(runtimeKey, work);
       this.runner.phase('installing the operator and its unit');
       const operator = await putInTree(this.runner, tree, OPERATOR_PATH, this.input.operatorPath, 0o755);
@@ -252,14 +252,14 @@ export class Pipeline {
       await writeInTree(this.runner, tree, `/etc/profile.d/${language}.sh`, profile, 0o644);
       return { operatorSha256 };
     });
-    return { key, reused, data: meta.data };
+    return { key: record.key, reused, data: meta.data };
   }
 
   /** Runs the configured version checks inside the finished tree and checks what booting needs. */
   async verify(language: string, operatorKey: string): Promise<StepOutcome<VerifyData>> {
     const spec = this.spec(language);
-    const key = stepKey('verify', operatorKey, verifyKeyInput({ spec }));
-    const { meta, reused } = await this.store.ensure(key, 'verify', async () => {
+    const record = keyRecord('verify', operatorKey, verifyKeyInput({ spec }), language);
+    const { meta, reused } = await this.store.ensure(record, async () => {
       const tree = this.store.tree(operatorKey);
       this.runner.phase('inspecting the tree');
       const problems = await inspectTree(this.runner, tree, language, spec);
@@ -280,7 +280,7 @@ export class Pipeline {
       }
       return { versions };
     });
-    return { key, reused, data: VerifyData.parse(meta.data) };
+    return { key: record.key, reused, data: VerifyData.parse(meta.data) };
   }
 
   imagePath(language: string): string {
@@ -294,9 +294,10 @@ export class Pipeline {
    */
   async image(language: string, verifyKey: string, operatorKey: string, customizations: string[][] = []): Promise<StepOutcome<ImageData>> {
     const { sizeMiB, headroomMiB } = this.input.config.image;
-    const key = stepKey('image', verifyKey, imageKeyInput({ language, image: this.input.config.image, operatorKey }));
+    const record = keyRecord('image', verifyKey, imageKeyInput({ language, image: this.input.config.image, operatorKey }), language);
+    const { key } = record;
     const file = imageKey(language);
-    const { meta, reused } = await this.store.ensure(key, 'image', async (work) => {
+    const { meta, reused } = await this.store.ensure(record, async (work) => {
       const tree = this.store.tree(operatorKey);
       const usedMiB = Number((await this.runner.read(['du', '-sx', '--block-size=1M', tree])).split(/\s/)[0]);
       // ext4 metadata (inode tables, journal) takes roughly a tenth plus a fixed part.
@@ -359,8 +360,8 @@ export class Pipeline {
     if (!fromKey || !(await this.store.lookup(fromKey))) {
       throw new BuildError(`the tree behind ${this.imagePath(language)} is not in the artifact store: rebuild it (rootfs create ${language})`, 'InvalidInput');
     }
-    const key = stepKey('customize', fromKey, customizeKeyInput({ argv }));
-    const { meta, reused } = await this.store.ensure(key, 'customize', async (work) => {
+    const record = keyRecord('customize', fromKey, customizeKeyInput({ argv }), language);
+    const { meta, reused } = await this.store.ensure(record, async (work) => {
       const tree = await this.copyTree(fromKey, work);
       await this.withChrootSetup(tree, async () => {
         this.runner.phase(`running ${argv.join(' ')}`);
@@ -369,7 +370,7 @@ export class Pipeline {
       });
       return { argv, fromKey };
     });
-    return { key, reused, data: meta.data, fromKey, customizations: [...(manifest.customizations ?? []), argv] };
+    return { key: record.key, reused, data: meta.data, fromKey, customizations: [...(manifest.customizations ?? []), argv] };
   }
 
   /**

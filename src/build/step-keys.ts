@@ -1,4 +1,6 @@
-import { type BaseSpec, type LanguageSpec, type S3Config } from '../config/schema';
+import { z } from 'zod';
+import { Name, type BaseSpec, type LanguageSpec, type S3Config } from '../config/schema';
+import { KEY_PATTERN, STEP_NAMES, stepKey, type StepName } from './keys';
 import { renderProfile, renderUnit } from './render';
 
 /**
@@ -87,4 +89,25 @@ export function customizeKeyInput(f: { argv: string[] }) {
 /** Where the image goes: the upload makes no artifact, but its key says whether this bucket has this image. */
 export function uploadKeyInput(f: { s3: Pick<S3Config, 'bucket' | 'region' | 'endpoint'> }) {
   return { bucket: f.s3.bucket, region: f.s3.region, endpoint: f.s3.endpoint ?? null };
+}
+
+const Key = z.string().regex(KEY_PATTERN);
+
+/**
+ * An artifact's key and everything it hashes, kept beside the artifact (`key-input.json`) so
+ * that `rootfs explain` can say why a step ran: how its input differs from the step before.
+ * `language` is not hashed (a runtime is shared by languages with the same runtime); the base,
+ * shared by all, has none.
+ */
+export const KeyRecord = z.object({
+  key: Key,
+  step: z.enum(STEP_NAMES),
+  previous: Key.nullable(),
+  language: Name.nullable(),
+  input: z.record(z.string(), z.unknown()),
+});
+export type KeyRecord = z.infer<typeof KeyRecord>;
+
+export function keyRecord(step: StepName, previous: string | null, input: Record<string, unknown>, language: string | null): KeyRecord {
+  return { key: stepKey(step, previous, input), step, previous, language, input };
 }

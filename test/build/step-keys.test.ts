@@ -1,6 +1,12 @@
 import { strict as assert } from 'node:assert';
 import { stepKey } from '../../src/build/keys';
-import { customizeKeyInput, operatorKeyInput, runtimeKeyInput } from '../../src/build/step-keys';
+import {
+  customizeKeyInput,
+  keyRecord,
+  KeyRecord,
+  operatorKeyInput,
+  runtimeKeyInput,
+} from '../../src/build/step-keys';
 import { chainKeys, factsOf, FIRST, PINNED, SECOND, sha256, type ChainKeys, type KeyFacts } from './key-fixtures';
 
 const STEPS = ['base', 'runtime', 'operator', 'verify', 'image', 'upload'] as const;
@@ -82,5 +88,18 @@ describe('step key inputs', () => {
     const input = operatorKeyInput({ language: 'go', spec: FIRST.languages.go!, operatorSha256: sha256('x') });
     assert.match(input.unit, /^Environment=GOPATH=\/root\/go$/m);
     assert.match(input.profile, /^export PATH=\/usr\/local\/go\/bin:\$PATH$/m);
+  });
+});
+
+describe('key records', () => {
+  const python = FIRST.languages.python!;
+  const record = (previous: string | null, input: Record<string, unknown>, step: 'runtime' | 'operator' | 'verify' = 'runtime') =>
+    keyRecord(step, previous, input, 'python');
+
+  it('hash to their key, and survive JSON', () => {
+    const r = record(PINNED.first.base, runtimeKeyInput({ spec: python, archive: FIRST.archive }));
+    assert.equal(r.key, PINNED.first.python.runtime);
+    const parsed = KeyRecord.parse(JSON.parse(JSON.stringify(r)));
+    assert.equal(stepKey(parsed.step, parsed.previous, parsed.input), r.key);
   });
 });
