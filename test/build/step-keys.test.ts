@@ -1,4 +1,5 @@
 import { strict as assert } from 'node:assert';
+import { keyInputChanges } from '../../src/build/key-diff';
 import { stepKey } from '../../src/build/keys';
 import {
   customizeKeyInput,
@@ -6,6 +7,7 @@ import {
   KeyRecord,
   operatorKeyInput,
   runtimeKeyInput,
+  verifyKeyInput,
 } from '../../src/build/step-keys';
 import { chainKeys, factsOf, FIRST, PINNED, SECOND, sha256, type ChainKeys, type KeyFacts } from './key-fixtures';
 
@@ -91,7 +93,7 @@ describe('step key inputs', () => {
   });
 });
 
-describe('key records', () => {
+describe('key records and what changed between two', () => {
   const python = FIRST.languages.python!;
   const record = (previous: string | null, input: Record<string, unknown>, step: 'runtime' | 'operator' | 'verify' = 'runtime') =>
     keyRecord(step, previous, input, 'python');
@@ -101,5 +103,41 @@ describe('key records', () => {
     assert.equal(r.key, PINNED.first.python.runtime);
     const parsed = KeyRecord.parse(JSON.parse(JSON.stringify(r)));
     assert.equal(stepKey(parsed.step, parsed.previous, parsed.input), r.key);
+  });
+
+  it('name the field that changed, with both values', () => {
+    const before = record(PINNED.first.base, runtimeKeyInput({ spec: { ...python, packages: [] }, archive: FIRST.archive }));
+    const after = record(PINNED.first.base, runtimeKeyInput({ spec: python, archive: FIRST.archive }));
+    assert.deepEqual(keyInputChanges(before, after), ['runtime: packages: [] → ["python3-venv"]']);
+    assert.deepEqual(keyInputChanges(after, after), []);
+  });
+
+  it('go into objects and lists of records, and say when only the step before changed', () => {
+    const before = record(PINNED.first.base, runtimeKeyInput({ spec: python, archive: FIRST.archive }));
+    const spec = structuredClone(python);
+    spec.runtime[0] = { ...spec.runtime[0]!, links: [] };
+    const after = record(PINNED.second.base, runtimeKeyInput({ spec, archive: { ...FIRST.archive, 'jammy-security': '4'.repeat(64) } }));
+    assert.deepEqual(keyInputChanges(before, after), [
+      `runtime: previous: ${PINNED.first.base} → ${PINNED.second.base}`,
+      `runtime: archive.jammy-security: (none) → "${'4'.repeat(64)}"`,
+      'runtime: runtime.0.links: [{"path":"/usr/local/bin/python","target":"/usr/bin/python3"}] → []',
+    ]);
+  });
+
+  it('show the lines of a rendered file that changed, not the whole file', () => {
+    const op = (environment: Record<string, string>) => {
+      const input = operatorKeyInput({ language: 'python', spec: { ...python, environment }, operatorSha256: sha256('x') });
+      return record(PINNED.first.python.runtime, input, 'operator');
+    };
+    const changes = keyInputChanges(op({ A: '1' }), op({ A: '2' }));
+    assert.deepEqual(changes, [
+      'operator: profile: removed "export A=1"; added "export A=2"',
+      'operator: unit: removed "Environment=A=1"; added "Environment=A=2"',
+    ]);
+    const verify = (expect: string) => {
+      const spec = { ...python, verify: [{ argv: ['python3', '-V'], expect }] };
+      return record(PINNED.first.python.operator, verifyKeyInput({ spec }), 'verify');
+    };
+    assert.deepEqual(keyInputChanges(verify('^Python'), verify('^Python 3')), ['verify: verify.0.expect: "^Python" → "^Python 3"']);
   });
 });
