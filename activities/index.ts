@@ -7,6 +7,7 @@ import { BuildError, StepRunner, type Progress } from '../src/build/context';
 import { KEY_PATTERN, stepKey } from '../src/build/keys';
 import { Pipeline, type ArchiveSnapshot } from '../src/build/pipeline';
 import { ImageArtifactData } from '../src/build/step-data';
+import { uploadKeyInput } from '../src/build/step-keys';
 import { HostKeyMismatchError, type Host } from '../src/host';
 import type { BucketListing, ImageData, StepResult, UploadData, VerifyData } from '../workflows/types';
 
@@ -153,8 +154,7 @@ export function createActivities(deps: ActivityDeps) {
           signal: Context.current().cancellationSignal,
           image: { versions, artifactKey: imageKey, sha256: artifact.sha256, sizeBytes: artifact.sizeBytes },
         });
-        const { bucket, region, endpoint } = spec.s3;
-        return { ...result, key: stepKey('upload', imageKey, { bucket, region, endpoint: endpoint ?? null }) };
+        return { ...result, key: stepKey('upload', imageKey, uploadKeyInput({ s3: spec.s3 })) };
       });
     },
 

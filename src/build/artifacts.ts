@@ -1,6 +1,7 @@
 import * as crypto from 'node:crypto';
 import * as path from 'node:path';
-import { KEY_PATTERN } from './keys';
+import { KEY_PATTERN, stepKey } from './keys';
+import { KeyRecord } from './step-keys';
 import { check } from '../host';
 import type { StepRunner } from './context';
 
@@ -8,6 +9,7 @@ import type { StepRunner } from './context';
  * Content-addressed step outputs on the build host, under `<workspace>/artifacts`:
  *
  *   artifacts/<key>/meta.json   what the step produced (small JSON)
+ *   artifacts/<key>/key-input.json  what the key hashes (a KeyRecord): why this step ran, for `rootfs explain`
  *   artifacts/<key>/tree/       a root filesystem tree (base, runtime, operator steps)
  *   artifacts/<key>/<file>      a file (the ext4 image)
  *   artifacts/.tmp/<key>.<rand> a step at work; published by one rename, so a key that exists is complete
@@ -57,15 +59,60 @@ export class ArtifactStore {
   }
 
   /**
-   * Builds `key` with `build(workDir)` unless it exists. The work happens in a temp dir that only
-   * a completed build renames into place; a lock keeps two builds of one key from racing, and
-   * whatever a dead run left of this key is removed first.
+   * What the artifact's key hashes; null when the key was never built, or was built before
+   * artifacts kept it. A record that does not hash to its key is refused.
+   */
+  async keyRecord(key: string): Promise<KeyRecord | null> {
+    const file = path.posix.join(this.dir(key), 'key-input.json');
+    if (!(await this.runner.host.stat(file))) return null;
+    let record: KeyRecord;
+    try {
+      record = KeyRecord.parse(JSON.parse((await this.runner.host.readFile(file)).toString('utf8')));
+    } catch (err) {
+      throw new Error(`${file} is not a key record: ${(err as Error).message}`, { cause: err });
+    }
+    if (record.key !== key || stepKey(record.step, record.previous, record.input) !== key) {
+      throw new Error(`${file} does not hash to ${key}: it was changed`);
+    }
+    return record;
+  }
+
+  /**
+   * The artifacts of `step` that kept their key record, newest first, with the time each was
+   * published (seconds). One `find` on the build host, whatever the number of artifacts.
+   */
+  async recorded(step: string): Promise<Array<{ key: string; time: number }>> {
+    const prefix = `${step}-`;
+    const out = await this.runner
+      .read([
+        'find', this.root, '-mindepth', '2', '-maxdepth', '2',
+        '-name', 'key-input.json', '-path', `${this.root}/${prefix}*`, '-printf', '%T@ %h\n',
+      ])
+      .catch((err: Error) => {
+        throw new Error(`cannot list the ${step} artifacts under ${this.root}: ${err.message}`, { cause: err });
+      });
+    return out
+      .split('\n')
+      .filter(Boolean)
+      .map((line) => {
+        const [time, dir] = [line.slice(0, line.indexOf(' ')), line.slice(line.indexOf(' ') + 1)];
+        return { key: path.posix.basename(dir), time: Number(time) };
+      })
+      .filter((a) => KEY_PATTERN.test(a.key) && a.key.startsWith(prefix) && Number.isFinite(a.time))
+      .sort((a, b) => b.time - a.time || (a.key < b.key ? -1 : 1));
+  }
+
+  /**
+   * Builds `record.key` with `build(workDir)` unless it exists. The work happens in a temp dir that
+   * only a completed build renames into place, with its meta.json and key record; a lock keeps two
+   * builds of one key from racing, and whatever a dead run left of this key is removed first.
    */
   async ensure(
-    key: string,
-    step: string,
+    record: KeyRecord,
     build: (workDir: string) => Promise<Record<string, unknown>>,
   ): Promise<{ meta: ArtifactMeta; reused: boolean }> {
+    const { key, step } = record;
+    if (stepKey(record.step, record.previous, record.input) !== key) throw new Error(`the key record of ${key} does not hash to it`);
     const existing = await this.lookup(key);
     if (existing) return { meta: existing, reused: true };
     const release = await this.lock(key);
@@ -79,6 +126,7 @@ export class ArtifactStore {
         const data = await build(work);
         const meta: ArtifactMeta = { key, step, createdAt: new Date().toISOString(), data };
         await this.runner.host.writeFile(path.posix.join(work, 'meta.json'), JSON.stringify(meta, null, 2) + '\n');
+        await this.runner.host.writeFile(path.posix.join(work, 'key-input.json'), JSON.stringify(record, null, 2) + '\n');
         await this.runner.run(['sync', '-f', work]);
         await this.runner.run(['mv', '-T', work, this.dir(key)]);
         return { meta, reused: false };

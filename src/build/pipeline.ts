@@ -8,18 +8,24 @@ import { debootstrapDefaultMirror } from './mirror';
 import { ArtifactStore } from './artifacts';
 import { BuildError, type StepRunner } from './context';
 import { checkX8664Executable } from './elf';
-import { stepKey } from './keys';
+import {
+  archiveDists,
+  baseKeyInput,
+  basePackages,
+  customizeKeyInput,
+  imageKeyInput,
+  keyRecord,
+  operatorKeyInput,
+  runtimeKeyInput,
+  runtimeUsesArchive,
+  verifyKeyInput,
+  type ArchiveSnapshot,
+} from './step-keys';
 import { ImageArtifactData, VerifyData, type ImageData } from './step-data';
-import { OPERATOR_PATH, renderProfile, renderUnit, UNIT_PATH, UNIT_WANTS_LINK } from './render';
+import { OPERATOR_PATH, UNIT_PATH, UNIT_WANTS_LINK } from './render';
 import { inspectTree } from './inspect';
 import { installSource, sha256OnHost, type SourceRecord } from './sources';
 import { linkInTree, putInTree, resolveInTree, writeInTree } from './tree-path';
-
-/** Bumped when a step's recipe changes in a way its inputs do not show, to invalidate old artifacts. */
-const RECIPE = { base: 1, runtime: 2, operator: 1, verify: 1, image: 1, customize: 1 } as const;
-
-/** Packages every image gets on top of minbase: an init (systemd as PID 1), apt, and apt's keyring. */
-export const BASE_PACKAGES = ['systemd-sysv', 'apt', 'ubuntu-keyring'];
 
 export interface StepOutcome<D extends object = Record<string, unknown>> {
   key: string;
@@ -38,8 +44,7 @@ export interface PipelineInput {
   clientEnv?: Record<string, string>;
 }
 
-/** sha256 of the signed InRelease per dist (`jammy`, `jammy-updates`): which archive a build saw. */
-export type ArchiveSnapshot = Record<string, string>;
+export type { ArchiveSnapshot } from './step-keys';
 
 const sha256Local = (file: string) => crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
 
@@ -96,8 +101,7 @@ export class Pipeline {
   }
 
   private dists(): string[] {
-    const { suite, pockets } = this.input.config.base;
-    return [suite, ...pockets.map((p) => `${suite}-${p}`)];
+    return archiveDists(this.input.config.base);
   }
 
   /**
@@ -150,19 +154,9 @@ export class Pipeline {
     this.runner.phase('reading the archive state');
     const archive = await this.archiveFor(snapshot);
     const keyring = await this.keyringOnHost();
-    const packages = [...new Set([...BASE_PACKAGES, ...base.packages])].sort();
-    const key = stepKey('base', null, {
-      recipe: RECIPE.base,
-      suite: base.suite,
-      variant: base.variant,
-      components: base.components,
-      dists: this.dists(),
-      mirror,
-      archive,
-      keyring: keyring.sha256,
-      packages,
-    });
-    const { meta, reused } = await this.store.ensure(key, 'base', async (work) => {
+    const packages = basePackages(base);
+    const record = keyRecord('base', null, baseKeyInput({ base, mirror, archive, keyringSha256: keyring.sha256 }), null);
+    const { meta, reused } = await this.store.ensure(record, async (work) => {
       const tree = path.posix.join(work, 'tree');
       const sources = this.dists().map((d) => `deb ${mirror} ${d} ${base.components.join(' ')}`);
       this.runner.phase('mmdebstrap');
@@ -177,7 +171,7 @@ export class Pipeline {
       await writeInTree(this.runner, tree, '/etc/hostname', 'localhost\n');
       return { suite: base.suite, mirror, archive, packages };
     });
-    return { key, reused, data: meta.data };
+    return { key: record.key, reused, data: meta.data };
   }
 
   /**
@@ -222,16 +216,9 @@ export class Pipeline {
 
   async runtime(language: string, baseKey: string, snapshot?: ArchiveSnapshot): Promise<StepOutcome> {
     const spec = this.spec(language);
-    const usesApt = spec.packages.length > 0 || spec.runtime.some((s) => s.kind === 'apt');
-    const archive = usesApt ? await this.archiveFor(snapshot) : null;
-    const key = stepKey('runtime', baseKey, {
-      recipe: RECIPE.runtime,
-      runtime: spec.runtime,
-      packages: spec.packages,
-      files: spec.files,
-      archive,
-    });
-    const { meta, reused } = await this.store.ensure(key, 'runtime', async (work) => {
+    const archive = runtimeUsesArchive(spec) ? await this.archiveFor(snapshot) : null;
+    const record = keyRecord('runtime', baseKey, runtimeKeyInput({ spec, archive }), language);
+    const { meta, reused } = await this.store.ensure(record, async (work) => {
       const tree = await this.copyTree(baseKey, work);
       const installed: SourceRecord = {};
       await this.withChrootSetup(tree, async () => {
@@ -243,7 +230,7 @@ export class Pipeline {
       });
       return { installed };
     });
-    return { key, reused, data: meta.data };
+    return { key: record.key, reused, data: meta.data };
   }
 
   async operator(language: string, runtimeKey: string, operatorSha256: string): Promise<StepOutcome> {
@@ -251,10 +238,10 @@ export class Pipeline {
     if (sha256Local(this.input.operatorPath) !== operatorSha256) {
       throw new BuildError(`operator binary ${this.input.operatorPath} changed during the build; start the build again`, 'InvalidInput');
     }
-    const unit = renderUnit(spec);
-    const profile = renderProfile(language, spec);
-    const key = stepKey('operator', runtimeKey, { recipe: RECIPE.operator, operatorSha256, unit, profile, language });
-    const { meta, reused } = await this.store.ensure(key, 'operator', async (work) => {
+    const input = operatorKeyInput({ language, spec, operatorSha256 });
+    const { unit, profile } = input;
+    const record = keyRecord('operator', runtimeKey, input, language);
+    const { meta, reused } = await this.store.ensure(record, async (work) => {
       const tree = await this.copyTree(runtimeKey, work);
       this.runner.phase('installing the operator and its unit');
       const operator = await putInTree(this.runner, tree, OPERATOR_PATH, this.input.operatorPath, 0o755);
@@ -265,14 +252,14 @@ export class Pipeline {
       await writeInTree(this.runner, tree, `/etc/profile.d/${language}.sh`, profile, 0o644);
       return { operatorSha256 };
     });
-    return { key, reused, data: meta.data };
+    return { key: record.key, reused, data: meta.data };
   }
 
   /** Runs the configured version checks inside the finished tree and checks what booting needs. */
   async verify(language: string, operatorKey: string): Promise<StepOutcome<VerifyData>> {
     const spec = this.spec(language);
-    const key = stepKey('verify', operatorKey, { recipe: RECIPE.verify, verify: spec.verify, environment: spec.environment, path: spec.path });
-    const { meta, reused } = await this.store.ensure(key, 'verify', async () => {
+    const record = keyRecord('verify', operatorKey, verifyKeyInput({ spec }), language);
+    const { meta, reused } = await this.store.ensure(record, async () => {
       const tree = this.store.tree(operatorKey);
       this.runner.phase('inspecting the tree');
       const problems = await inspectTree(this.runner, tree, language, spec);
@@ -293,7 +280,7 @@ export class Pipeline {
       }
       return { versions };
     });
-    return { key, reused, data: VerifyData.parse(meta.data) };
+    return { key: record.key, reused, data: VerifyData.parse(meta.data) };
   }
 
   imagePath(language: string): string {
@@ -307,9 +294,10 @@ export class Pipeline {
    */
   async image(language: string, verifyKey: string, operatorKey: string, customizations: string[][] = []): Promise<StepOutcome<ImageData>> {
     const { sizeMiB, headroomMiB } = this.input.config.image;
-    const key = stepKey('image', verifyKey, { recipe: RECIPE.image, sizeMiB: sizeMiB ?? null, headroomMiB, operatorKey, language });
+    const record = keyRecord('image', verifyKey, imageKeyInput({ language, image: this.input.config.image, operatorKey }), language);
+    const { key } = record;
     const file = imageKey(language);
-    const { meta, reused } = await this.store.ensure(key, 'image', async (work) => {
+    const { meta, reused } = await this.store.ensure(record, async (work) => {
       const tree = this.store.tree(operatorKey);
       const usedMiB = Number((await this.runner.read(['du', '-sx', '--block-size=1M', tree])).split(/\s/)[0]);
       // ext4 metadata (inode tables, journal) takes roughly a tenth plus a fixed part.
@@ -372,8 +360,8 @@ export class Pipeline {
     if (!fromKey || !(await this.store.lookup(fromKey))) {
       throw new BuildError(`the tree behind ${this.imagePath(language)} is not in the artifact store: rebuild it (rootfs create ${language})`, 'InvalidInput');
     }
-    const key = stepKey('customize', fromKey, { recipe: RECIPE.customize, argv });
-    const { meta, reused } = await this.store.ensure(key, 'customize', async (work) => {
+    const record = keyRecord('customize', fromKey, customizeKeyInput({ argv }), language);
+    const { meta, reused } = await this.store.ensure(record, async (work) => {
       const tree = await this.copyTree(fromKey, work);
       await this.withChrootSetup(tree, async () => {
         this.runner.phase(`running ${argv.join(' ')}`);
@@ -382,7 +370,7 @@ export class Pipeline {
       });
       return { argv, fromKey };
     });
-    return { key, reused, data: meta.data, fromKey, customizations: [...(manifest.customizations ?? []), argv] };
+    return { key: record.key, reused, data: meta.data, fromKey, customizations: [...(manifest.customizations ?? []), argv] };
   }
 
   /**

@@ -9,6 +9,7 @@ import { formatImageReport, verifyImage } from '../build/verify-image';
 import { LocalHost } from '../host';
 import { createCommand, resumeCommand, statusCommand, workerCommand } from './build';
 import { customizeCommand } from './customize';
+import { explainCommand } from './explain';
 import { listBackgroundWorkers, stopBackgroundWorkers } from './background-worker';
 import { devStack, resolveRuntime, type CliRuntime } from './runtime';
 import { s3Commands } from './s3';
@@ -156,6 +157,18 @@ function program(setExit: (code: number) => void): Command {
       const loaded = loadConfig({ file: cli.opts().config, sshHost: opts.ssh });
       const language = languageArgument(lang, loaded.config);
       setExit(await customizeCommand(loaded, language, argv));
+    });
+
+  cli
+    .command('explain')
+    .description("why each step behind a built image ran: what differs from that step's closest earlier artifact")
+    .argument('<language>')
+    .option('--json', 'print as JSON')
+    .addOption(sshOption())
+    .addHelpText('after', '\nExample:\n  rootfs explain python')
+    .action(async (lang: string, opts: { json?: boolean; ssh?: string }) => {
+      const loaded = loadConfig({ file: cli.opts().config, sshHost: opts.ssh });
+      setExit(await explainCommand(loaded, languageArgument(lang, loaded.config), { json: !!opts.json }));
     });
 
   cli

@@ -40,7 +40,7 @@ describe('rootfs CLI', function () {
   });
 
   it('prints help with an example for every command', async () => {
-    for (const cmd of [['create-all'], ['status'], ['verify'], ['resume'], ['s3', 'list'], ['s3', 'download'], ['s3', 'bootstrap-script']]) {
+    for (const cmd of [['create-all'], ['status'], ['verify'], ['resume'], ['explain'], ['s3', 'list'], ['s3', 'download'], ['s3', 'bootstrap-script']]) {
       const help = await rootfs([...cmd, '--help']);
       assert.equal(help.code, 0, cmd.join(' '));
       assert.match(help.stdout, /Example:\n {2}rootfs /, cmd.join(' '));
