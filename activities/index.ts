@@ -1,13 +1,13 @@
 import * as path from 'node:path';
 import { ApplicationFailure, Context } from '@temporalio/activity';
 import { z } from 'zod';
-import { checkBuildHost, localInputs, PinnedFileMissing, WrongBuildHost, BuildSpec } from '../src/build/build-spec';
+import { checkBuildHost, localInputs, PinnedFileMissing, WrongBuildHost, BuildSpec } from '../src/pipeline/build-spec';
 import { ConfigError, Name, Sha256Hex, type LoadedConfig, type S3Config } from '../src/config';
-import { BuildError, StepRunner, type Progress } from '../src/build/context';
-import { KEY_PATTERN, stepKey } from '../src/build/keys';
-import { Pipeline, type ArchiveSnapshot } from '../src/build/pipeline';
-import { ImageArtifactData } from '../src/build/step-data';
-import { uploadKeyInput } from '../src/build/step-keys';
+import { BuildError, StepRunner, type Progress } from '../src/pipeline/context';
+import { KEY_PATTERN, stepKey } from '../src/pipeline/keys';
+import { Pipeline, type ArchiveSnapshot } from '../src/pipeline/pipeline';
+import { ImageArtifactData } from '../src/pipeline/step-data';
+import { uploadKeyInput } from '../src/pipeline/step-keys';
 import { HostKeyMismatchError, type Host } from '../src/host';
 import type { BucketListing, ImageData, StepResult, UploadData, VerifyData } from '../workflows/types';
 

@@ -10,7 +10,7 @@ import {
   workflowInfo,
 } from '@temporalio/workflow';
 import type { BuildActivities } from '../activities';
-import type { BuildSpec } from '../src/build/build-spec';
+import type { BuildSpec } from '../src/pipeline/build-spec';
 import { createRootfs, shortMessage } from './create-rootfs';
 import { childProgressSignal, progressQuery, replaceSpecUpdate, specQuery } from './messages';
 import { childWorkflowId, STEPS, type CreateAllRootfsInput, type CreateAllSummary, type ImageSummary, type LanguageProgress } from './types';

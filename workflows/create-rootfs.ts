@@ -13,7 +13,7 @@ import {
 } from '@temporalio/workflow';
 import type { BuildActivities } from '../activities';
 import { LANGUAGE, STATE, STEP } from '../src/temporal/search-attributes';
-import type { BuildSpec } from '../src/build/build-spec';
+import type { BuildSpec } from '../src/pipeline/build-spec';
 import { abortUpdate, childProgressSignal, progressQuery, retryStepUpdate, specQuery } from './messages';
 import {
   NON_RETRYABLE_ERRORS,

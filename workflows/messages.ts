@@ -1,5 +1,5 @@
 import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
-import type { BuildSpec } from '../src/build/build-spec';
+import type { BuildSpec } from '../src/pipeline/build-spec';
 import type { LanguageProgress } from './types';
 
 /** Every language's step states; the parent answers with all of its children's. */

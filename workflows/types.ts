@@ -2,7 +2,7 @@
  * Types shared by the workflows, the activities and the CLI. Pure types: workflow code imports
  * this file, so it must stay free of runtime dependencies.
  */
-import type { BuildSpec } from '../src/build/build-spec';
+import type { BuildSpec } from '../src/pipeline/build-spec';
 
 /** The steps of one image, in order. `allocate` checks inputs and prepares the workspace. */
 export const STEPS = ['allocate', 'base', 'runtime', 'operator', 'verify', 'image', 'upload'] as const;
@@ -132,7 +132,7 @@ export interface StepResult<D extends object = Record<string, unknown>> {
   data: D;
 }
 
-export type { ImageData, UploadData, VerifyData } from '../src/build/step-data';
+export type { ImageData, UploadData, VerifyData } from '../src/pipeline/step-data';
 
 export const childWorkflowId = (runTag: string, language: string) => `${runTag}/${language}`;
 export const parentWorkflowId = (runTag: string) => `${runTag}/all`;

@@ -4,7 +4,7 @@ import { hostTaskQueue, ORCHESTRATOR_TASK_QUEUE, runWorkers } from '../../worker
 import { createAllRootfs } from '../../workflows';
 import { abortUpdate, progressQuery, replaceSpecUpdate, retryStepUpdate, specQuery } from '../../workflows/messages';
 import { parentWorkflowId, STEP_TITLES, STEPS, type CreateAllSummary, type LanguageProgress } from '../../workflows/types';
-import { buildSpecOf, languageSpec, specChanges, specDigest, type BuildSpec } from '../build/build-spec';
+import { buildSpecOf, languageSpec, specChanges, specDigest, type BuildSpec } from '../pipeline/build-spec';
 import { Name } from '../config';
 import { humanSize } from '../store';
 import { ensureBackgroundWorker, waitForPoller } from './background-worker';

@@ -1,7 +1,7 @@
 import * as path from 'node:path';
-import { buildSpecOf, localInputs } from '../build/build-spec';
-import { StepRunner } from '../build/context';
-import { Pipeline } from '../build/pipeline';
+import { buildSpecOf, localInputs } from '../pipeline/build-spec';
+import { StepRunner } from '../pipeline/context';
+import { Pipeline } from '../pipeline/pipeline';
 import { connectBuildHost } from '../host';
 import type { LoadedConfig } from '../config';
 import { humanSize } from '../store';

@@ -1,10 +1,10 @@
 import * as path from 'node:path';
 import { z } from 'zod';
-import { ArtifactStore } from '../build/artifacts';
-import { StepRunner } from '../build/context';
-import { keyInputChanges } from '../build/key-diff';
-import { KEY_PATTERN } from '../build/keys';
-import type { KeyRecord } from '../build/step-keys';
+import { ArtifactStore } from '../pipeline/artifacts';
+import { StepRunner } from '../pipeline/context';
+import { keyInputChanges } from '../pipeline/key-diff';
+import { KEY_PATTERN } from '../pipeline/keys';
+import type { KeyRecord } from '../pipeline/step-keys';
 import type { LoadedConfig } from '../config';
 import { connectBuildHost, type Host } from '../host';
 import { imageKey, MANIFEST_SUFFIX } from '../store/layout';

@@ -5,7 +5,7 @@ import { Command, CommanderError, InvalidArgumentError, Option } from 'commander
 import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { ConfigError, loadConfig, Name, NAME_PATTERN, type Config } from '../config';
 import { checkLanguage, imageKey, StoreError } from '../store';
-import { formatImageReport, verifyImage } from '../build/verify-image';
+import { formatImageReport, verifyImage } from '../pipeline/verify-image';
 import { LocalHost } from '../host';
 import { createCommand, resumeCommand, statusCommand, workerCommand } from './build';
 import { customizeCommand } from './customize';

@@ -2,7 +2,7 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { debootstrapDefaultMirror } from '../build/mirror';
+import { debootstrapDefaultMirror } from '../pipeline/mirror';
 import { capture, passthrough } from '../util/exec';
 import { projectRoot, toolsDir } from '../util/paths';
 import { PINNED, toolPaths } from './tools';

@@ -3,7 +3,7 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parse, stringify } from 'yaml';
-import { buildSpecOf, type BuildSpec } from '../../src/build/build-spec';
+import { buildSpecOf, type BuildSpec } from '../../src/pipeline/build-spec';
 import { loadConfig, type S3Config } from '../../src/config';
 import { createClient, statObject } from '../../src/store';
 import { ORCHESTRATOR_TASK_QUEUE } from '../../worker';

@@ -3,7 +3,7 @@ import { execFileSync } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { StepRunner } from '../../src/build/context';
+import { StepRunner } from '../../src/pipeline/context';
 import { check, chrootArgv, CommandError, commandName, LocalHost, tellingLine, type Host } from '../../src/host';
 import { onCleanup, tempDir } from '../support/process';
 import { busyboxTree } from '../support/trees';

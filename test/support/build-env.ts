@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { NativeConnection } from '@temporalio/worker';
 import { stringify } from 'yaml';
-import { buildSpecOf, type BuildSpec } from '../../src/build/build-spec';
+import { buildSpecOf, type BuildSpec } from '../../src/pipeline/build-spec';
 import { loadConfig, type S3Config } from '../../src/config';
 import { requireTool } from '../../src/setup/tools';
 import { hostTaskQueue, runWorkers, type WorkerOptions } from '../../worker';

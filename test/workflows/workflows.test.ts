@@ -4,7 +4,7 @@ import { WorkflowFailedError, WorkflowUpdateFailedError, type WorkflowHandle } f
 import { ApplicationFailure } from '@temporalio/activity';
 import { NativeConnection, Worker } from '@temporalio/worker';
 import type { BuildActivities } from '../../activities';
-import { BuildSpec } from '../../src/build/build-spec';
+import { BuildSpec } from '../../src/pipeline/build-spec';
 import { PROFILES } from '../../src/config';
 import { createAllRootfs, createRootfs } from '../../workflows';
 import { abortUpdate, progressQuery, replaceSpecUpdate, retryStepUpdate, specQuery } from '../../workflows/messages';

@@ -1,6 +1,6 @@
 import * as crypto from 'node:crypto';
 import { Base, Image, Language, S3, type LanguageSpec, type S3Config } from '../../src/config/schema';
-import { stepKey } from '../../src/build/keys';
+import { stepKey } from '../../src/pipeline/keys';
 import {
   baseKeyInput,
   imageKeyInput,
@@ -11,7 +11,7 @@ import {
   verifyKeyInput,
   type ArchiveSnapshot,
   type BaseSettings,
-} from '../../src/build/step-keys';
+} from '../../src/pipeline/step-keys';
 
 /** Inputs whose keys are pinned (step-keys.test.ts) and which the pipeline test builds (explain.test.ts). */
 
@@ -57,7 +57,7 @@ export const SECOND = {
 };
 
 /**
- * Keys computed by the code before the key inputs moved to src/build/step-keys.ts (main at
+ * Keys computed by the code before the key inputs moved to src/pipeline/step-keys.ts (main at
  * 36476d3: Pipeline.base/runtime/operator/verify/image/customize run on these inputs with a store
  * whose `ensure` recorded the key, and the upload key as activities/index.ts made it). Computed
  * once and written here by hand: artifacts already built must keep their keys, so these never change.

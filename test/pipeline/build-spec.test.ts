@@ -13,7 +13,7 @@ import {
   PinnedFileMissing,
   specChanges,
   WrongBuildHost,
-} from '../../src/build/build-spec';
+} from '../../src/pipeline/build-spec';
 import { loadConfig } from '../../src/config';
 import { requireTool } from '../../src/setup/tools';
 import { tempDir } from '../support/process';

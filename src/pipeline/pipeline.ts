@@ -1,15 +1,13 @@
-import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { SYSTEM_PATH, type LanguageSpec } from '../config/schema';
 import { imageKey } from '../store/layout';
-import type { BuildSettings } from './build-spec';
-import { debootstrapDefaultMirror } from './mirror';
+import { fileSha256, type BuildSettings } from './build-spec';
+import { Archive } from './archive';
 import { ArtifactStore } from './artifacts';
 import { BuildError, type StepRunner } from './context';
 import { checkX8664Executable } from './elf';
 import {
-  archiveDists,
   baseKeyInput,
   basePackages,
   customizeKeyInput,
@@ -25,7 +23,9 @@ import { ImageArtifactData, VerifyData, type ImageData } from './step-data';
 import { OPERATOR_PATH, UNIT_PATH, UNIT_WANTS_LINK } from './render';
 import { inspectTree } from './inspect';
 import { installSource, sha256OnHost, type SourceRecord } from './sources';
-import { linkInTree, putInTree, resolveInTree, writeInTree } from './tree-path';
+import { publishedManifest, publishImage, type PublishedManifest } from './publish';
+import { linkInTree, putInTree, writeInTree } from './tree-path';
+import { cleanApt, copyTree, withChrootSetup } from './tree-setup';
 
 export interface StepOutcome<D extends object = Record<string, unknown>> {
   key: string;
@@ -46,11 +46,10 @@ export interface PipelineInput {
 
 export type { ArchiveSnapshot } from './step-keys';
 
-const sha256Local = (file: string) => crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
-
 export class Pipeline {
   readonly store: ArtifactStore;
   private readonly workspace: string;
+  private readonly archive: Archive;
 
   constructor(
     private readonly runner: StepRunner,
@@ -58,6 +57,7 @@ export class Pipeline {
   ) {
     this.workspace = input.config.workspace;
     this.store = new ArtifactStore(runner, this.workspace);
+    this.archive = new Archive(runner, input.config.base, input.keyringPath, this.cacheDir, input.clientEnv);
   }
 
   private get cacheDir(): string {
@@ -86,79 +86,21 @@ export class Pipeline {
       throw new BuildError(`archive keyring ${this.input.keyringPath} is missing: run \`npm run setup\``, 'InvalidInput');
     }
     await this.runner.run(['mkdir', '-p', this.store.root, this.imagesDir, this.cacheDir]);
-    return { operatorSha256: sha256Local(this.input.operatorPath) };
-  }
-
-  private mirrorOnce?: Promise<string>;
-
-  /** The configured mirror, else the build host's debootstrap default (asked once per step). */
-  private mirror(): Promise<string> {
-    const base = this.input.config.base;
-    // The build host's debootstrap, not this worker's: an SSH build host may have another one.
-    this.mirrorOnce ??= (async () =>
-      (base.mirror ?? (await debootstrapDefaultMirror((argv, env) => this.runner.read(argv, { env }), base.suite))).replace(/\/+$/, ''))();
-    return this.mirrorOnce;
-  }
-
-  private dists(): string[] {
-    return archiveDists(this.input.config.base);
-  }
-
-  /**
-   * The archive state an apt step's key includes: the build's snapshot when it has one (taken once
-   * by createAllRootfs, so that an archive publish in the middle of a build cannot split the shared
-   * base in two), else read now. A snapshot of other dists than configured is not used.
-   */
-  private async archiveFor(snapshot?: ArchiveSnapshot): Promise<Record<string, string>> {
-    const dists = this.dists();
-    if (snapshot && Object.keys(snapshot).sort().join() === [...dists].sort().join()) return snapshot;
-    return this.archiveState(await this.mirror());
-  }
-
-  /** The archive's state now: for a build to pin at its start (see archiveFor). */
-  async archiveSnapshot(): Promise<ArchiveSnapshot> {
-    return this.archiveState(await this.mirror());
-  }
-
-  /** sha256 of each dist's signed InRelease: the archive's state, part of every apt step's key. */
-  private async archiveState(mirror: string): Promise<Record<string, string>> {
-    const state: Record<string, string> = {};
-    for (const dist of this.dists()) {
-      const url = `${mirror}/dists/${dist}/InRelease`;
-      const text = await this.runner.read(['curl', '--fail', '--silent', '--show-error', '--location', '--retry', '3', '--', url], {
-        env: this.input.clientEnv,
-      });
-      state[dist] = crypto.createHash('sha256').update(text).digest('hex');
-    }
-    return state;
-  }
-
-  /** Puts the keyring on the build host (content-addressed, so it is copied once). */
-  private async keyringOnHost(): Promise<{ path: string; sha256: string }> {
-    const sha256 = sha256Local(this.input.keyringPath);
-    const remote = path.posix.join(this.cacheDir, 'keyrings', `${sha256}.gpg`);
-    if (!(await this.runner.host.stat(remote))) {
-      await this.runner.run(['mkdir', '-p', path.posix.dirname(remote)]);
-      // Concurrent builds may copy it at once: each through its own temp name.
-      const tmp = `${remote}.${crypto.randomBytes(4).toString('hex')}.tmp`;
-      await this.runner.host.putFile(this.input.keyringPath, tmp, 0o644);
-      await this.runner.run(['mv', '-f', tmp, remote]);
-    }
-    return { path: remote, sha256 };
+    return { operatorSha256: fileSha256(this.input.operatorPath) };
   }
 
   /** The base tree shared by every language: minbase + updates pocket + systemd-sysv, signed sources only. */
   async base(snapshot?: ArchiveSnapshot): Promise<StepOutcome> {
     const base = this.input.config.base;
-    const mirror = await this.mirror();
+    const mirror = await this.archive.mirror();
     this.runner.phase('reading the archive state');
-    const archive = await this.archiveFor(snapshot);
-    const keyring = await this.keyringOnHost();
+    const archive = await this.archive.stateFor(snapshot);
+    const keyring = await this.archive.keyringOnHost();
     const packages = basePackages(base);
     const record = keyRecord('base', null, baseKeyInput({ base, mirror, archive, keyringSha256: keyring.sha256 }), null);
     const { meta, reused } = await this.store.ensure(record, async (work) => {
       const tree = path.posix.join(work, 'tree');
-      const sources = this.dists().map((d) => `deb ${mirror} ${d} ${base.components.join(' ')}`);
+      const sources = this.archive.dists().map((d) => `deb ${mirror} ${d} ${base.components.join(' ')}`);
       this.runner.phase('mmdebstrap');
       // A private mount namespace: the kernel drops mmdebstrap's mounts even if it is killed.
       await this.runner.run([
@@ -174,59 +116,19 @@ export class Pipeline {
     return { key: record.key, reused, data: meta.data };
   }
 
-  /**
-   * Runs `fn` with the tree set up for package installs: no services start, DNS works. The image's
-   * own `/etc/resolv.conf` (a link in jammy) is replaced for the install, never written through,
-   * and put back after.
-   */
-  private async withChrootSetup<T>(tree: string, fn: () => Promise<T>): Promise<T> {
-    const resolvPath = await resolveInTree(this.runner.host, tree, '/etc/resolv.conf', { followLast: false });
-    const resolvStat = await this.runner.host.stat(resolvPath);
-    const resolvLink = resolvStat?.isSymbolicLink ? await this.runner.host.readlink(resolvPath) : '';
-    const resolvFile = resolvStat?.isFile ? await this.runner.host.readFile(resolvPath) : null;
-    const noServices = '#!/bin/sh\n# rootfs-pipeline: no services start during the build.\nexit 101\n';
-    const policy = await writeInTree(this.runner, tree, '/usr/sbin/policy-rc.d', noServices, 0o755);
-    const resolv = await writeInTree(this.runner, tree, '/etc/resolv.conf', await this.runner.host.readFile('/etc/resolv.conf'));
-    try {
-      return await fn();
-    } finally {
-      await this.runner.run(['rm', '-f', '--', policy, resolv]);
-      if (resolvLink) await linkInTree(this.runner, tree, '/etc/resolv.conf', resolvLink);
-      if (resolvFile) await writeInTree(this.runner, tree, '/etc/resolv.conf', resolvFile, resolvStat!.mode & 0o7777);
-    }
-  }
-
-  /** Leaves no package lists or caches in the image. */
-  private async cleanApt(tree: string): Promise<void> {
-    // Resolved in the tree: with a link on the way, `find -delete` would empty the build host's own.
-    const at = (p: string) => resolveInTree(this.runner.host, tree, p, { followLast: true });
-    await this.runner.run([
-      'find', await at('/var/lib/apt/lists'), await at('/var/cache/apt'),
-      '-mindepth', '1', '-not', '-name', 'lock', '-not', '-name', 'partial', '-not', '-name', 'archives', '-delete',
-    ]);
-    await this.runner.run(['find', await at('/var/cache/apt/archives'), '-type', 'f', '-name', '*.deb', '-delete']);
-  }
-
-  private async copyTree(fromKey: string, work: string): Promise<string> {
-    const tree = path.posix.join(work, 'tree');
-    this.runner.phase(`copying ${fromKey}`);
-    await this.runner.run(['cp', '-a', '--reflink=auto', this.store.tree(fromKey), tree]);
-    return tree;
-  }
-
   async runtime(language: string, baseKey: string, snapshot?: ArchiveSnapshot): Promise<StepOutcome> {
     const spec = this.spec(language);
-    const archive = runtimeUsesArchive(spec) ? await this.archiveFor(snapshot) : null;
+    const archive = runtimeUsesArchive(spec) ? await this.archive.stateFor(snapshot) : null;
     const record = keyRecord('runtime', baseKey, runtimeKeyInput({ spec, archive }), language);
     const { meta, reused } = await this.store.ensure(record, async (work) => {
-      const tree = await this.copyTree(baseKey, work);
+      const tree = await copyTree(this.runner, this.store, baseKey, work);
       const installed: SourceRecord = {};
-      await this.withChrootSetup(tree, async () => {
+      await withChrootSetup(this.runner, tree, async () => {
         const ctx = { runner: this.runner, tree, cacheDir: this.cacheDir, clientEnv: this.input.clientEnv ?? {} };
         for (const source of spec.runtime) Object.assign(installed, await installSource(ctx, source));
         if (spec.packages.length) Object.assign(installed, await installSource(ctx, { kind: 'apt', packages: spec.packages, links: [] }));
         for (const file of spec.files) await writeInTree(this.runner, tree, file.path, file.content, file.mode);
-        await this.cleanApt(tree);
+        await cleanApt(this.runner, tree);
       });
       return { installed };
     });
@@ -235,14 +137,14 @@ export class Pipeline {
 
   async operator(language: string, runtimeKey: string, operatorSha256: string): Promise<StepOutcome> {
     const spec = this.spec(language);
-    if (sha256Local(this.input.operatorPath) !== operatorSha256) {
+    if (fileSha256(this.input.operatorPath) !== operatorSha256) {
       throw new BuildError(`operator binary ${this.input.operatorPath} changed during the build; start the build again`, 'InvalidInput');
     }
     const input = operatorKeyInput({ language, spec, operatorSha256 });
     const { unit, profile } = input;
     const record = keyRecord('operator', runtimeKey, input, language);
     const { meta, reused } = await this.store.ensure(record, async (work) => {
-      const tree = await this.copyTree(runtimeKey, work);
+      const tree = await copyTree(this.runner, this.store, runtimeKey, work);
       this.runner.phase('installing the operator and its unit');
       const operator = await putInTree(this.runner, tree, OPERATOR_PATH, this.input.operatorPath, 0o755);
       await this.runner.run(['chmod', '0755', operator]);
@@ -287,6 +189,16 @@ export class Pipeline {
     return path.posix.join(this.imagesDir, imageKey(language));
   }
 
+  /** The archive's state now: for a build to pin at its start. */
+  archiveSnapshot(): Promise<ArchiveSnapshot> {
+    return this.archive.state();
+  }
+
+  /** What the build wrote beside the published image of `language`, if it has been built. */
+  publishedManifest(language: string): Promise<PublishedManifest | null> {
+    return publishedManifest(this.runner, this.imagePath(language));
+  }
+
   /**
    * Makes the ext4 image from the finished tree with `mkfs.ext4 -d` (no loop mount), sized from
    * the content plus headroom unless a fixed size is configured, and checks it with `e2fsck -fn`.
@@ -326,7 +238,7 @@ export class Pipeline {
     const artifact = ImageArtifactData.parse(meta.data);
     const verified = await this.store.lookup(verifyKey);
     const versions = verified ? VerifyData.parse(verified.data).versions : [];
-    await this.publishImage(language, key, file, {
+    await publishImage(this.runner, path.posix.join(this.store.dir(key), file), this.imagePath(language), key, {
       language,
       sizeBytes: artifact.sizeBytes,
       sha256: artifact.sha256,
@@ -338,13 +250,6 @@ export class Pipeline {
       ...(customizations.length ? { customizations } : {}),
     });
     return { key, reused, data: { ...artifact, path: this.imagePath(language), versions } };
-  }
-
-  /** What the build wrote beside the published image of `language`, if it has been built. */
-  async publishedManifest(language: string): Promise<{ treeKey?: string; customizations?: string[][]; artifactKey?: string } | null> {
-    const file = `${this.imagePath(language)}.manifest.json`;
-    if (!(await this.runner.host.stat(file))) return null;
-    return JSON.parse((await this.runner.host.readFile(file)).toString('utf8')) as { treeKey?: string; customizations?: string[][] };
   }
 
   /**
@@ -362,38 +267,17 @@ export class Pipeline {
     }
     const record = keyRecord('customize', fromKey, customizeKeyInput({ argv }), language);
     const { meta, reused } = await this.store.ensure(record, async (work) => {
-      const tree = await this.copyTree(fromKey, work);
-      await this.withChrootSetup(tree, async () => {
+      const tree = await copyTree(this.runner, this.store, fromKey, work);
+      await withChrootSetup(this.runner, tree, async () => {
         this.runner.phase(`running ${argv.join(' ')}`);
         await this.runner.chroot(tree, ['env', '-i', ...verifyEnvironment(this.spec(language)), ...argv], output ? { onStdout: output, onStderr: output } : {});
-        await this.cleanApt(tree);
+        await cleanApt(this.runner, tree);
       });
       return { argv, fromKey };
     });
     return { key: record.key, reused, data: meta.data, fromKey, customizations: [...(manifest.customizations ?? []), argv] };
   }
 
-  /**
-   * Copies the image to `<workspace>/images/` (the layout the S3 commands and Firecracker use),
-   * sparse, by rename. A copy, not a link: a VM writing to its rootfs must not change the artifact.
-   */
-  private async publishImage(language: string, key: string, file: string, manifest: Record<string, unknown>): Promise<void> {
-    const dest = this.imagePath(language);
-    // What the build knows about the image, beside it: the S3 upload publishes it as the manifest.
-    await this.runner.host.writeFile(`${dest}.manifest.json`, JSON.stringify(manifest, null, 2) + '\n');
-    const marker = path.posix.join(this.imagesDir, `.${imageKey(language)}.source`);
-    const current = async () => `${key} ${(await this.runner.read(['stat', '-c', '%s %Y %i', dest]).catch(() => '')).trim()}`;
-    if ((await this.runner.host.stat(marker)) && (await this.runner.host.readFile(marker)).toString('utf8') === (await current())) return;
-    this.runner.phase(`publishing ${dest}`);
-    const tmp = `${dest}.${crypto.randomBytes(4).toString('hex')}.tmp`;
-    try {
-      await this.runner.run(['cp', '--sparse=always', path.posix.join(this.store.dir(key), file), tmp]);
-      await this.runner.run(['mv', '-f', tmp, dest]);
-    } finally {
-      await this.runner.run(['rm', '-f', tmp]);
-    }
-    await this.runner.host.writeFile(marker, await current());
-  }
 }
 
 /** `env -i` arguments for version checks: the unit's environment with a PATH that finds the runtime. */

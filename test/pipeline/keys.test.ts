@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { canonicalJson, KEY_PATTERN, stepKey } from '../../src/build/keys';
+import { canonicalJson, KEY_PATTERN, stepKey } from '../../src/pipeline/keys';
 
 describe('step keys', () => {
   const input = { suite: 'jammy', packages: ['a', 'b'], nested: { x: 1, y: [1, 2] } };

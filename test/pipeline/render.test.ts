@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { loadConfig } from '../../src/config';
-import { renderProfile, renderUnit } from '../../src/build/render';
+import { renderProfile, renderUnit } from '../../src/pipeline/render';
 
 describe('unit and profile rendering', () => {
   const { config } = loadConfig({ env: {}, cwd: '/' });

@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
-import { keyInputChanges } from '../../src/build/key-diff';
-import { stepKey } from '../../src/build/keys';
+import { keyInputChanges } from '../../src/pipeline/key-diff';
+import { stepKey } from '../../src/pipeline/keys';
 import {
   customizeKeyInput,
   keyRecord,
@@ -8,7 +8,7 @@ import {
   operatorKeyInput,
   runtimeKeyInput,
   verifyKeyInput,
-} from '../../src/build/step-keys';
+} from '../../src/pipeline/step-keys';
 import { chainKeys, factsOf, FIRST, PINNED, SECOND, sha256, type ChainKeys, type KeyFacts } from './key-fixtures';
 
 const STEPS = ['base', 'runtime', 'operator', 'verify', 'image', 'upload'] as const;

@@ -2,7 +2,7 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { checkX8664Executable } from '../../src/build/elf';
+import { checkX8664Executable } from '../../src/pipeline/elf';
 
 describe('operator binary check', () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rootfs-elf-'));
