@@ -1,40 +1,18 @@
 #!/usr/bin/env node
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { Command, CommanderError } from 'commander';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
-import { ConfigError, loadConfig, Name, NAME_PATTERN, type Config } from '../config';
-import { checkLanguage, imageKey, StoreError } from '../store';
-import { formatImageReport, verifyImage } from '../pipeline/verify-image';
-import { LocalHost } from '../host';
-import { createCommand, resumeCommand, statusCommand, workerCommand } from './build';
-import { customizeCommand } from './customize';
-import { explainCommand } from './explain';
-import { listBackgroundWorkers, stopBackgroundWorkers } from './background-worker';
-import { devStack, resolveRuntime, type CliRuntime } from './runtime';
-import { s3Commands } from './s3';
+import { ConfigError } from '../config';
+import { StoreError } from '../store';
 import { projectRoot } from '../util/paths';
+import { registerBuildCommands } from './groups/build';
+import { commandContext, EXIT, UsageError } from './groups/context';
+import { registerDevCommands } from './groups/dev';
+import { registerImageCommands } from './groups/images';
+import { registerS3Commands } from './groups/s3';
 
-/** Exit codes: 0 ok, 1 the work failed, 2 bad usage or configuration. */
-export const EXIT = { ok: 0, failed: 1, usage: 2 } as const;
-
-/** A mistake in the command line itself (exit 2). */
-class UsageError extends Error {}
-
-/** A language name from the command line, checked against the config before any I/O (exit 2 when wrong). */
-function languageArgument(lang: string, config: Config): string {
-  try {
-    return checkLanguage(lang, Object.keys(config.languages));
-  } catch (err) {
-    throw new UsageError((err as Error).message);
-  }
-}
-
-const positiveInt = (v: string) => {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('expected a positive whole number');
-  return n;
-};
+export { EXIT } from './groups/context';
 
 function packageVersion(): string {
   return (JSON.parse(fs.readFileSync(path.join(projectRoot(), 'package.json'), 'utf8')) as { version: string }).version;
@@ -49,198 +27,11 @@ function program(setExit: (code: number) => void): Command {
     .exitOverride()
     .showHelpAfterError();
 
-  const runtime = (needS3: boolean, sshHost?: string): Promise<CliRuntime> => resolveRuntime(cli.opts().config, { needS3, sshHost, log: (l) => console.error(l) });
-  const sshOption = (): Option => new Option('--ssh <name>', 'build on the SSH host of this name in the config (sshHosts), not on buildHost');
-  const run = <A extends unknown[]>(fn: (...args: A) => Promise<number>) => async (...args: A) => setExit(await fn(...args));
-
-  cli
-    .command('config')
-    .description('validate the configuration and print it resolved (profile and environment applied)')
-    .addOption(sshOption())
-    .addHelpText('after', '\nExample:\n  rootfs --config rootfs.yaml config --ssh builder-1')
-    .action(
-      run(async (opts: { ssh?: string }) => {
-        const { config, file } = loadConfig({ file: cli.opts().config, sshHost: opts.ssh });
-        console.error(file ? `config: ${file}` : 'config: built-in defaults (no config file)');
-        console.log(JSON.stringify(config, null, 2));
-        return EXIT.ok;
-      }),
-    );
-
-  const build = (name: string, description: string, example: string, takesLanguages: boolean) => {
-    const cmd = cli.command(name).description(description);
-    if (takesLanguages) cmd.argument('<languages...>', 'languages to build');
-    cmd
-      .option('--run-tag <tag>', 'names the run; starting the same tag again attaches to it (default: build-YYYYMMDD)')
-      .option('--concurrency <n>', 'images built at once', positiveInt, 2)
-      .option('--no-upload', 'build only, do not upload to S3')
-      .addOption(sshOption())
-      .option('--no-worker', 'do not start the background worker for this build host (one runs elsewhere: rootfs worker)')
-      .option('--detach', 'start and return at once (Ctrl-C while watching detaches too)')
-      .option('--json', 'print the summary as JSON')
-      .addHelpText('after', `\nExample:\n  ${example}`)
-      .action(async (...args: unknown[]) => {
-        const languages = takesLanguages ? (args[0] as string[]) : undefined;
-        const opts = args[takesLanguages ? 1 : 0] as { runTag?: string; concurrency: number; upload: boolean; worker: boolean; detach: boolean; json: boolean; ssh?: string };
-        // Names are checked before anything starts: a bad one is a usage error (exit 2), as in verify.
-        const { config } = loadConfig({ file: cli.opts().config, sshHost: opts.ssh });
-        for (const l of languages ?? []) languageArgument(l, config);
-        if (opts.runTag !== undefined && !Name.safeParse(opts.runTag).success) {
-          throw new UsageError(`--run-tag ${JSON.stringify(opts.runTag).slice(0, 40)}: expected a name matching ${NAME_PATTERN.source}`);
-        }
-        const rt = await runtime(opts.upload, opts.ssh);
-        setExit(await createCommand(rt, { ...opts, languages }));
-      });
-  };
-  build('create-all', 'build every configured language image (createAllRootfs), then upload and list the bucket', 'rootfs create-all --concurrency 2', false);
-  build('create', 'build some language images', 'rootfs create python go --no-upload', true);
-
-  cli
-    .command('status')
-    .description('show a build per language and step (without an ID: the recent builds)')
-    .argument('[workflowId]')
-    .option('--follow', 'print each change until the build ends')
-    .option('--json', 'print as JSON')
-    .addHelpText('after', '\nExample:\n  rootfs status --follow build-20261123/all')
-    .action(async (id: string | undefined, opts: { follow?: boolean; json?: boolean }) =>
-      setExit(await statusCommand(await runtime(false), id, { follow: !!opts.follow, json: !!opts.json })),
-    );
-
-  cli
-    .command('resume')
-    .description('retry the failed step of every image of a build that waits for it')
-    .argument('<workflowId>')
-    .option('--step <step>', 'only if this is the step that failed')
-    .option('--reload-config', "apply the config as it is now (the changes are shown) instead of the build's own settings")
-    .option('--no-worker', 'do not start the background worker for this build host')
-    .addOption(sshOption())
-    .addHelpText('after', '\nExample:\n  rootfs resume build-20261123/all --reload-config')
-    .action(async (id: string, opts: { step?: string; worker: boolean; ssh?: string; reloadConfig?: boolean }) =>
-      setExit(await resumeCommand(await runtime(opts.worker, opts.ssh), id, { step: opts.step, abort: false, worker: opts.worker, reloadConfig: !!opts.reloadConfig })));
-
-  cli
-    .command('abort')
-    .description('stop the images of a build that wait for a retry')
-    .argument('<workflowId>')
-    .addHelpText('after', '\nExample:\n  rootfs abort build-20261123/rust')
-    .action(async (id: string) => setExit(await resumeCommand(await runtime(false), id, { abort: true })));
-
-  cli
-    .command('verify')
-    .description('check a built image without booting it: version lines and size/used/available/use%')
-    .argument('<language>')
-    .option('--json', 'print as JSON')
-    .addHelpText('after', '\nExample:\n  rootfs verify python')
-    .action(async (lang: string, opts: { json?: boolean }) => {
-      const { config } = loadConfig({ file: cli.opts().config });
-      const language = languageArgument(lang, config);
-      const report = await verifyImage(new LocalHost(), path.join(config.workspace, 'images', imageKey(language)), config.languages[language]!);
-      process.stdout.write(opts.json ? JSON.stringify(report, null, 2) + '\n' : formatImageReport(report));
-      setExit(report.ok ? EXIT.ok : EXIT.failed);
-    });
-
-  cli
-    .command('customize')
-    .description('one-off change: run a command in the chroot of a built image, keep it as a new artifact, re-make the image')
-    .argument('<language>')
-    .argument('<command...>', 'the command and its arguments, after --')
-    .addOption(sshOption())
-    .addHelpText('after', [
-      '',
-      'A rebuild from config replaces a customized image: for a lasting change use the config',
-      '(languages.<lang>.packages and languages.<lang>.files).',
-      '',
-      'Example:',
-      "  rootfs customize python -- sh -c 'pip3 install --no-cache-dir requests'",
-    ].join('\n'))
-    .action(async (lang: string, argv: string[], opts: { ssh?: string }) => {
-      const loaded = loadConfig({ file: cli.opts().config, sshHost: opts.ssh });
-      const language = languageArgument(lang, loaded.config);
-      setExit(await customizeCommand(loaded, language, argv));
-    });
-
-  cli
-    .command('explain')
-    .description("why each step behind a built image ran: what differs from that step's closest earlier artifact")
-    .argument('<language>')
-    .option('--json', 'print as JSON')
-    .addOption(sshOption())
-    .addHelpText('after', '\nExample:\n  rootfs explain python')
-    .action(async (lang: string, opts: { json?: boolean; ssh?: string }) => {
-      const loaded = loadConfig({ file: cli.opts().config, sshHost: opts.ssh });
-      setExit(await explainCommand(loaded, languageArgument(lang, loaded.config), { json: !!opts.json }));
-    });
-
-  cli
-    .command('worker')
-    .description('run a worker for the configured build host in the foreground until SIGTERM/SIGINT (graceful)')
-    .option('--grace <seconds>', 'on SIGTERM/SIGINT, how long running steps may finish before they are cancelled', positiveInt, 30)
-    .addOption(sshOption())
-    .addHelpText('after', '\nExamples:\n  rootfs --config /etc/rootfs/builder-1.yaml worker --grace 120\n  rootfs worker --ssh builder-2')
-    .action(async (opts: { grace: number; ssh?: string }) => setExit(await workerCommand(await runtime(true, opts.ssh), opts.grace * 1000)));
-
-  const s3 = cli.command('s3').description('the image bucket');
-  s3.command('list').description('every object with date and size, totals, and image versions').option('--json', 'print as JSON')
-    .addHelpText('after', '\nExample:\n  rootfs s3 list')
-    .action(async (opts: { json?: boolean }) => setExit(await s3Commands.list(await runtime(true), !!opts.json)));
-  s3.command('upload').description('upload vmlinux and every images/rootfs-*.ext4 that changed')
-    .addHelpText('after', '\nExample:\n  rootfs s3 upload')
-    .action(async () => setExit(await s3Commands.upload(await runtime(true))));
-  s3.command('upload-single').description('upload one language image').argument('<language>')
-    .addHelpText('after', '\nExample:\n  rootfs s3 upload-single python')
-    .action(async (lang: string) => {
-      // Refused before any I/O: no server is started, no request sent.
-      languageArgument(lang, loadConfig({ file: cli.opts().config }).config);
-      setExit(await s3Commands.uploadSingle(await runtime(true), lang));
-    });
-  s3.command('download').description('sync the bucket into the workspace (only what differs), link rootfs.ext4 to python')
-    .addHelpText('after', '\nExample:\n  rootfs s3 download')
-    .action(async () => setExit(await s3Commands.download(await runtime(true))));
-  s3.command('bootstrap-script').description('print the script a new build host runs at first boot to sync kernel and images')
-    .option('--fallback-url <url>', 'https URL to fetch from when the bucket has no images (serves SHA256SUMS too)')
-    .option('--pin', "write the sha256 of every object, read from the bucket's manifests, into the script: it installs only those")
-    .addHelpText('after', '\nExample:\n  rootfs s3 bootstrap-script --pin --fallback-url https://images.example.internal/rootfs > user-data.sh')
-    .action(async (opts: { fallbackUrl?: string; pin?: boolean }) =>
-      setExit(await s3Commands.bootstrapScript({ loaded: loadConfig({ file: cli.opts().config }) } as CliRuntime, opts)));
-  s3.command('iam-policy').description('print the least-privilege IAM policy for the bucket').option('--with-bucket-setup', 'include what bucket-setup needs')
-    .addHelpText('after', '\nExample:\n  rootfs s3 iam-policy > policy.json')
-    .action(async (opts: { withBucketSetup?: boolean }) => setExit(await s3Commands.iamPolicy({ loaded: loadConfig({ file: cli.opts().config }) } as CliRuntime, !!opts.withBucketSetup)));
-  s3.command('bucket-setup').description('turn on versioning and/or abort incomplete multipart uploads after N days')
-    .option('--versioning', 'enable versioning').addOption(new Option('--abort-incomplete-days <n>', 'lifecycle rule').argParser(positiveInt))
-    .addHelpText('after', '\nExample:\n  rootfs s3 bucket-setup --versioning --abort-incomplete-days 3')
-    .action(async (opts: { versioning?: boolean; abortIncompleteDays?: number }) =>
-      setExit(await s3Commands.bucketSetup(await runtime(true), { versioning: !!opts.versioning, abortIncompleteDays: opts.abortIncompleteDays })));
-  s3.command('abort-uploads').description('abort every incomplete multipart upload in the bucket')
-    .addHelpText('after', '\nExample:\n  rootfs s3 abort-uploads')
-    .action(async () => setExit(await s3Commands.abortUploads(await runtime(true))));
-
-  const dev = cli.command('dev').description('the embedded local stack (Temporal dev server, S3 server) and the background workers, under .rootfs/');
-  dev.command('up').description('start it (or find it running)').addHelpText('after', '\nExample:\n  rootfs dev up').action(
-    run(async () => {
-      const stack = devStack();
-      const { config } = loadConfig({ file: cli.opts().config });
-      const t = await stack.temporal();
-      const s = await stack.s3(config.s3.bucket);
-      console.log(`Temporal ${t.address} (Web UI ${t.uiUrl})${t.started ? ' started' : ''}\nS3 ${s.endpoint}${s.started ? ' started' : ''}`);
-      return EXIT.ok;
-    }),
-  );
-  dev.command('down').description('stop the background workers (gracefully), then the stack').addHelpText('after', '\nExample:\n  rootfs dev down').action(
-    run(async () => {
-      const note = (line: string) => console.error(line);
-      const workers = (await stopBackgroundWorkers(undefined, undefined, note)).map((w) => `worker ${w.alias} (pid ${w.pid})`);
-      console.log(`stopped: ${[...workers, ...(await devStack().down(note))].join(', ') || 'nothing'}`);
-      return EXIT.ok;
-    }),
-  );
-  dev.command('status').description('is it running, and which background workers run').addHelpText('after', '\nExample:\n  rootfs dev status').action(
-    run(async () => {
-      const s = devStack().status();
-      console.log(`temporal: ${s.temporal}\ns3: ${s.s3}`);
-      for (const w of listBackgroundWorkers()) console.log(`worker ${w.alias}: ${w.running ? `up (pid ${w.pid})` : 'down'}  ${w.address} ${w.namespace}  log ${w.log}`);
-      return EXIT.ok;
-    }),
-  );
+  const ctx = commandContext(cli, setExit);
+  registerBuildCommands(ctx);
+  registerImageCommands(ctx);
+  registerS3Commands(ctx);
+  registerDevCommands(ctx);
   return cli;
 }
 
