@@ -36,7 +36,8 @@ export default tseslint.config(
             {
               group: workflowForbidden,
               allowTypeImports: true,
-              message: 'Workflow code must stay deterministic: no Node built-ins or I/O libraries (import type is fine).',
+              message:
+                'Workflow code must stay deterministic: no Node built-ins or I/O libraries (import type is fine).',
             },
           ],
         },

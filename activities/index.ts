@@ -47,7 +47,11 @@ const Snapshot = z.record(z.string().regex(/^[a-z0-9][a-z0-9.-]{0,63}$/), Sha256
 const Pinned = { spec: BuildSpec.optional() };
 
 function pinnedSpec(spec: BuildSpec | undefined): BuildSpec {
-  if (!spec) throw new BuildError('this build was started by an older version that did not pin its configuration: start it again', 'InvalidInput');
+  if (!spec)
+    throw new BuildError(
+      'this build was started by an older version that did not pin its configuration: start it again',
+      'InvalidInput',
+    );
   return spec;
 }
 const LanguageInput = z.strictObject({ language: Name, ...Pinned });
@@ -57,17 +61,29 @@ const RuntimeInput = z.strictObject({ language: Name, baseKey: Key, archive: Sna
 const OperatorInput = z.strictObject({ language: Name, runtimeKey: Key, operatorSha256: Sha256Hex, ...Pinned });
 const VerifyInput = z.strictObject({ language: Name, operatorKey: Key, ...Pinned });
 const ImageInput = z.strictObject({ language: Name, verifyKey: Key, operatorKey: Key, ...Pinned });
-const UploadInput = z.strictObject({ language: Name, imageKey: Key, versions: z.array(z.string().max(500)).max(20), ...Pinned });
+const UploadInput = z.strictObject({
+  language: Name,
+  imageKey: Key,
+  versions: z.array(z.string().max(500)).max(20),
+  ...Pinned,
+});
 
 function toFailure(err: unknown): unknown {
-  if (err instanceof BuildError) return ApplicationFailure.create({ message: err.message, type: err.type, nonRetryable: true });
-  if (err instanceof ConfigError) return ApplicationFailure.create({ message: err.message, type: 'ConfigError', nonRetryable: true });
-  if (err instanceof HostKeyMismatchError) return ApplicationFailure.create({ message: err.message, type: 'HostKeyMismatch', nonRetryable: true });
+  if (err instanceof BuildError)
+    return ApplicationFailure.create({ message: err.message, type: err.type, nonRetryable: true });
+  if (err instanceof ConfigError)
+    return ApplicationFailure.create({ message: err.message, type: 'ConfigError', nonRetryable: true });
+  if (err instanceof HostKeyMismatchError)
+    return ApplicationFailure.create({ message: err.message, type: 'HostKeyMismatch', nonRetryable: true });
   if (err instanceof PinnedFileMissing || err instanceof WrongBuildHost) {
     return ApplicationFailure.create({ message: err.message, type: err.name, nonRetryable: true });
   }
   if (err instanceof z.ZodError) {
-    return ApplicationFailure.create({ message: `invalid activity input: ${z.prettifyError(err)}`, type: 'InvalidInput', nonRetryable: true });
+    return ApplicationFailure.create({
+      message: `invalid activity input: ${z.prettifyError(err)}`,
+      type: 'InvalidInput',
+      nonRetryable: true,
+    });
   }
   return err;
 }
@@ -125,11 +141,15 @@ export function createActivities(deps: ActivityDeps) {
     },
 
     async runtime(input: z.input<typeof RuntimeInput>): Promise<StepResult> {
-      return withPipeline(RuntimeInput, input, (p, { language, baseKey, archive }) => p.runtime(language, baseKey, archive));
+      return withPipeline(RuntimeInput, input, (p, { language, baseKey, archive }) =>
+        p.runtime(language, baseKey, archive),
+      );
     },
 
     async operator(input: z.input<typeof OperatorInput>): Promise<StepResult> {
-      return withPipeline(OperatorInput, input, (p, { language, runtimeKey, operatorSha256 }) => p.operator(language, runtimeKey, operatorSha256));
+      return withPipeline(OperatorInput, input, (p, { language, runtimeKey, operatorSha256 }) =>
+        p.operator(language, runtimeKey, operatorSha256),
+      );
     },
 
     async verify(input: z.input<typeof VerifyInput>): Promise<StepResult<VerifyData>> {
@@ -137,7 +157,9 @@ export function createActivities(deps: ActivityDeps) {
     },
 
     async image(input: z.input<typeof ImageInput>): Promise<StepResult<ImageData>> {
-      return withPipeline(ImageInput, input, (p, { language, verifyKey, operatorKey }) => p.image(language, verifyKey, operatorKey));
+      return withPipeline(ImageInput, input, (p, { language, verifyKey, operatorKey }) =>
+        p.image(language, verifyKey, operatorKey),
+      );
     },
 
     async upload(input: z.input<typeof UploadInput>): Promise<StepResult<UploadData>> {

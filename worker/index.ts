@@ -54,7 +54,9 @@ export async function runWorkers(opts: WorkerOptions, signal: AbortSignal): Prom
     connection: opts.connection,
     namespace: opts.namespace,
     taskQueue: ORCHESTRATOR_TASK_QUEUE,
-    ...(opts.workflowBundle ? { workflowBundle: opts.workflowBundle } : { workflowsPath: require.resolve('../workflows') }),
+    ...(opts.workflowBundle
+      ? { workflowBundle: opts.workflowBundle }
+      : { workflowsPath: require.resolve('../workflows') }),
     shutdownGraceTime: grace,
   });
   const host = await Worker.create({

@@ -13,7 +13,14 @@ import type { BuildActivities } from '../activities';
 import type { BuildSpec } from '../src/pipeline/build-spec';
 import { createRootfs, shortMessage } from './create-rootfs';
 import { childProgressSignal, progressQuery, replaceSpecUpdate, specQuery } from './messages';
-import { childWorkflowId, STEPS, type CreateAllRootfsInput, type CreateAllSummary, type ImageSummary, type LanguageProgress } from './types';
+import {
+  childWorkflowId,
+  STEPS,
+  type CreateAllRootfsInput,
+  type CreateAllSummary,
+  type ImageSummary,
+  type LanguageProgress,
+} from './types';
 
 /** Builds every language image as a child workflow, a few at a time, then lists the bucket. */
 export async function createAllRootfs(input: CreateAllRootfsInput): Promise<CreateAllSummary> {
@@ -28,7 +35,8 @@ export async function createAllRootfs(input: CreateAllRootfsInput): Promise<Crea
   let spec = input.spec;
   const languages = input.languages ?? (spec ? Object.keys(spec.languages) : (await light.plan()).languages);
   /** A child's spec: its own language only, so its history holds what it builds and nothing else. */
-  const childSpec = (language: string) => (spec ? { spec: { ...spec, languages: { [language]: spec.languages[language]! } } } : {});
+  const childSpec = (language: string) =>
+    spec ? { spec: { ...spec, languages: { [language]: spec.languages[language]! } } } : {};
   const pinned = () => (spec ? { spec } : {});
   // One archive state for every child: an archive publish during the build must not give two
   // children two different bases. When it cannot be read here, each child reads it (and pauses
@@ -70,10 +78,16 @@ export async function createAllRootfs(input: CreateAllRootfsInput): Promise<Crea
     },
     {
       validator: (next) => {
-        if (!spec) throw new Error(`${workflowInfo().workflowId} was started without a pinned configuration, so it cannot take a new one`);
+        if (!spec)
+          throw new Error(
+            `${workflowInfo().workflowId} was started without a pinned configuration, so it cannot take a new one`,
+          );
         const names = Object.keys(next.languages ?? {});
         const missing = languages.filter((l) => !names.includes(l));
-        if (missing.length) throw new Error(`the new configuration has no ${missing.join(', ')}: a build's languages stay those it started with`);
+        if (missing.length)
+          throw new Error(
+            `the new configuration has no ${missing.join(', ')}: a build's languages stay those it started with`,
+          );
       },
     },
   );
@@ -100,7 +114,14 @@ export async function createAllRootfs(input: CreateAllRootfsInput): Promise<Crea
       const p = progress.get(language)!;
       if (p.state !== 'aborted') p.state = 'failed';
       render();
-      results.push({ language, workflowId: childWorkflowId(runTag, language), state: p.state, versions: [], steps: {}, error: shortMessage(err, 300) });
+      results.push({
+        language,
+        workflowId: childWorkflowId(runTag, language),
+        state: p.state,
+        versions: [],
+        steps: {},
+        error: shortMessage(err, 300),
+      });
     } finally {
       running--;
     }

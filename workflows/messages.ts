@@ -10,7 +10,9 @@ export const progressQuery = defineQuery<LanguageProgress[]>('progress');
  * With `spec` (`resume --reload-config`), the build takes that spec from now on and goes through
  * its steps again from the first: the ones whose inputs did not change are reused at once.
  */
-export const retryStepUpdate = defineUpdate<{ language: string; step: string }, [{ step?: string; spec?: BuildSpec }]>('retryStep');
+export const retryStepUpdate = defineUpdate<{ language: string; step: string }, [{ step?: string; spec?: BuildSpec }]>(
+  'retryStep',
+);
 
 /** What the build builds: the spec it was started with, or the one a reload gave it. */
 export const specQuery = defineQuery<BuildSpec | undefined>('spec');

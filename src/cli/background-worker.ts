@@ -3,7 +3,14 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Client } from '@temporalio/client';
-import { hasEnded, isRecordedProcess, recordedProcessOf, recordProcess, stopRecordedProcess, whatBecameOf } from '../dev/process-identity';
+import {
+  hasEnded,
+  isRecordedProcess,
+  recordedProcessOf,
+  recordProcess,
+  stopRecordedProcess,
+  whatBecameOf,
+} from '../dev/process-identity';
 import { projectRoot, stateDir } from '../util/paths';
 
 /**
@@ -69,7 +76,10 @@ function codeStamp(): string {
 }
 
 function workerDir(t: WorkerTarget): string {
-  const id = crypto.createHash('sha256').update(JSON.stringify([t.configFile ? path.resolve(t.configFile) : '', t.address, t.namespace, t.alias])).digest('hex');
+  const id = crypto
+    .createHash('sha256')
+    .update(JSON.stringify([t.configFile ? path.resolve(t.configFile) : '', t.address, t.namespace, t.alias]))
+    .digest('hex');
   return path.join(workersDir(), `${t.alias}-${id.slice(0, 8)}`);
 }
 
@@ -109,13 +119,26 @@ export function ensureBackgroundWorker(target: WorkerTarget): BackgroundWorker {
   }
   fs.mkdirSync(dir, { recursive: true });
   const out = fs.openSync(log, 'a');
-  const args = [CLI_MAIN(), ...(target.configFile ? ['--config', path.resolve(target.configFile)] : []), 'worker', ...(target.sshHost ? ['--ssh', target.sshHost] : [])];
+  const args = [
+    CLI_MAIN(),
+    ...(target.configFile ? ['--config', path.resolve(target.configFile)] : []),
+    'worker',
+    ...(target.sshHost ? ['--ssh', target.sshHost] : []),
+  ];
   // Its own session: a Ctrl-C at the terminal reaches the command, not the worker.
   const child = spawn(process.execPath, args, { stdio: ['ignore', out, out], detached: true, env: process.env });
   fs.closeSync(out);
   child.unref();
   const started = recordProcess(child.pid!, [process.execPath, ...args]);
-  const next: WorkerMeta = { ...started, stamp, configFile: target.configFile && path.resolve(target.configFile), address: target.address, namespace: target.namespace, alias: target.alias, startedAt: new Date().toISOString() };
+  const next: WorkerMeta = {
+    ...started,
+    stamp,
+    configFile: target.configFile && path.resolve(target.configFile),
+    address: target.address,
+    namespace: target.namespace,
+    alias: target.alias,
+    startedAt: new Date().toISOString(),
+  };
   fs.writeFileSync(path.join(dir, 'worker.json.tmp'), JSON.stringify(next, null, 2));
   fs.renameSync(path.join(dir, 'worker.json.tmp'), path.join(dir, 'worker.json'));
   return { pid: child.pid!, log, started: true, replaced, startTime: started.startTime, argv: started.argv };
@@ -134,10 +157,20 @@ export function logTail(log: string, lines = 15): string {
  * Waits until some worker polls the build host's activity queue. Fails with the worker's log when
  * the background worker died first (a bad config, an unreachable build host).
  */
-export async function waitForPoller(client: Client, namespace: string, taskQueue: string, worker?: BackgroundWorker, timeoutMs = 90_000): Promise<boolean> {
+export async function waitForPoller(
+  client: Client,
+  namespace: string,
+  taskQueue: string,
+  worker?: BackgroundWorker,
+  timeoutMs = 90_000,
+): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
-    const res = await client.workflowService.describeTaskQueue({ namespace, taskQueue: { name: taskQueue }, taskQueueType: 2 /* ACTIVITY */ });
+    const res = await client.workflowService.describeTaskQueue({
+      namespace,
+      taskQueue: { name: taskQueue },
+      taskQueueType: 2 /* ACTIVITY */,
+    });
     if ((res.pollers ?? []).length > 0) return true;
     const rec = worker && recordedProcessOf(worker);
     // Ended, not merely inside exec (where /proc shows no command line for a moment).
@@ -170,7 +203,11 @@ export function listBackgroundWorkers(state = stateDir()): WorkerStatus[] {
  * each signal only while the pid is still that worker. A record whose pid is gone or is another
  * process now is removed (its log stays), and `note` says so.
  */
-export async function stopBackgroundWorkers(graceMs = 45_000, state = stateDir(), note: (line: string) => void = () => {}): Promise<WorkerStatus[]> {
+export async function stopBackgroundWorkers(
+  graceMs = 45_000,
+  state = stateDir(),
+  note: (line: string) => void = () => {},
+): Promise<WorkerStatus[]> {
   const workers = listBackgroundWorkers(state);
   for (const w of workers.filter((w) => !w.running)) {
     const file = path.join(w.dir, 'worker.json');

@@ -3,7 +3,13 @@ import { WorkflowNotFoundError, type Client, type WorkflowHandle } from '@tempor
 import { hostTaskQueue, ORCHESTRATOR_TASK_QUEUE, runWorkers } from '../../worker';
 import { createAllRootfs } from '../../workflows';
 import { abortUpdate, progressQuery, replaceSpecUpdate, retryStepUpdate, specQuery } from '../../workflows/messages';
-import { parentWorkflowId, STEP_TITLES, STEPS, type CreateAllSummary, type LanguageProgress } from '../../workflows/types';
+import {
+  parentWorkflowId,
+  STEP_TITLES,
+  STEPS,
+  type CreateAllSummary,
+  type LanguageProgress,
+} from '../../workflows/types';
 import { buildSpecOf, languageSpec, specChanges, specDigest, type BuildSpec } from '../pipeline/build-spec';
 import { Name } from '../config';
 import { humanSize } from '../store';
@@ -25,9 +31,16 @@ export function progressTable(all: LanguageProgress[], now = Date.now()): string
     const done = p.steps.filter(finishedStep).length;
     out.push(`${p.language}  ${p.state} (${done}/${p.steps.length} steps)  ${p.workflowId}`);
     for (const s of p.steps) {
-      const took = s.state === 'running' && s.startedAt ? `${clock(now - Date.parse(s.startedAt))} so far` : s.durationMs !== undefined ? seconds(s.durationMs) : '';
+      const took =
+        s.state === 'running' && s.startedAt
+          ? `${clock(now - Date.parse(s.startedAt))} so far`
+          : s.durationMs !== undefined
+            ? seconds(s.durationMs)
+            : '';
       const tries = s.attempts > 1 ? `  ${s.attempts} attempts` : '';
-      out.push(`  ${STEP_TITLES[s.name].padEnd(24)} ${s.state.padEnd(15)} ${took.padEnd(12)}${tries}${s.error ? `  error: ${firstLine(s.error)}` : ''}`.trimEnd());
+      out.push(
+        `  ${STEP_TITLES[s.name].padEnd(24)} ${s.state.padEnd(15)} ${took.padEnd(12)}${tries}${s.error ? `  error: ${firstLine(s.error)}` : ''}`.trimEnd(),
+      );
     }
   }
   return out.join('\n');
@@ -35,24 +48,37 @@ export function progressTable(all: LanguageProgress[], now = Date.now()): string
 
 /** A finished build: per language the image, its size and digest, versions, and each step ran or reused (and how long). */
 export function summaryTable(summary: CreateAllSummary): string {
-  const lines = ['language image                      size        sha256        steps', ...summary.images.map((i) => {
-    const ran = Object.values(i.steps).filter((s) => s === 'ran').length;
-    const reused = Object.values(i.steps).filter((s) => s === 'reused').length;
-    const steps = STEPS.filter((s) => i.steps[s]).map((s) => `${s} ${i.steps[s]}${i.durationsMs?.[s] !== undefined ? ` ${seconds(i.durationsMs[s])}` : ''}`);
-    return [
-      `${i.language.padEnd(8)} ${(i.path ?? '-').split('/').pop()!.padEnd(26)} ${(i.sizeBytes ? humanSize(i.sizeBytes) : '-').padStart(10)}  ${(i.sha256 ?? '-').slice(0, 12).padEnd(12)}  ${ran} ran, ${reused} reused`,
-      ...(i.versions.length ? [`${' '.repeat(9)}${i.versions.join('; ')}`] : []),
-      ...(steps.length ? [`${' '.repeat(9)}${steps.join(' · ')}`] : [`${' '.repeat(9)}${i.state}`]),
-    ].join('\n');
-  })];
-  if (summary.bucket) lines.push(`bucket ${summary.bucket.bucket}: ${summary.bucket.objects} objects, ${humanSize(summary.bucket.totalBytes)}`);
+  const lines = [
+    'language image                      size        sha256        steps',
+    ...summary.images.map((i) => {
+      const ran = Object.values(i.steps).filter((s) => s === 'ran').length;
+      const reused = Object.values(i.steps).filter((s) => s === 'reused').length;
+      const steps = STEPS.filter((s) => i.steps[s]).map(
+        (s) => `${s} ${i.steps[s]}${i.durationsMs?.[s] !== undefined ? ` ${seconds(i.durationsMs[s])}` : ''}`,
+      );
+      return [
+        `${i.language.padEnd(8)} ${(i.path ?? '-').split('/').pop()!.padEnd(26)} ${(i.sizeBytes ? humanSize(i.sizeBytes) : '-').padStart(10)}  ${(i.sha256 ?? '-').slice(0, 12).padEnd(12)}  ${ran} ran, ${reused} reused`,
+        ...(i.versions.length ? [`${' '.repeat(9)}${i.versions.join('; ')}`] : []),
+        ...(steps.length ? [`${' '.repeat(9)}${steps.join(' · ')}`] : [`${' '.repeat(9)}${i.state}`]),
+      ].join('\n');
+    }),
+  ];
+  if (summary.bucket)
+    lines.push(
+      `bucket ${summary.bucket.bucket}: ${summary.bucket.objects} objects, ${humanSize(summary.bucket.totalBytes)}`,
+    );
   return lines.join('\n');
 }
 
 /** Follows a build until it closes or `signal` aborts: a live block on a terminal, step lines otherwise. */
 export async function follow(handle: WorkflowHandle, stream: NodeJS.WriteStream, signal?: AbortSignal): Promise<void> {
   const hint = `fix the cause, then: rootfs resume ${handle.workflowId}   (or give up: rootfs abort ${handle.workflowId})`;
-  if (!stream.isTTY) return watch(handle, lineReporter((l) => stream.write(`${l}\n`), hint), signal);
+  if (!stream.isTTY)
+    return watch(
+      handle,
+      lineReporter((l) => stream.write(`${l}\n`), hint),
+      signal,
+    );
   const live = liveReporter(handle, stream, hint);
   try {
     await watch(handle, (all) => live.update(all), signal);
@@ -93,13 +119,25 @@ async function ensureWorker(rt: CliRuntime, client: Client, start: boolean): Pro
   const queue = hostTaskQueue(alias);
   if (!start) {
     if (!(await waitForPoller(client, rt.namespace, queue, undefined, 5000))) {
-      console.error(`no worker serves build host ${alias} yet (task queue ${queue}); the build waits until one runs: rootfs worker`);
+      console.error(
+        `no worker serves build host ${alias} yet (task queue ${queue}); the build waits until one runs: rootfs worker`,
+      );
     }
     return;
   }
-  const worker = ensureBackgroundWorker({ configFile: rt.configFile, sshHost: rt.sshHost, address: rt.address, namespace: rt.namespace, alias });
-  if (worker.replaced) console.error(`worker: the one from older code (pid ${worker.replaced}) finishes its running steps and stops`);
-  if (worker.started) console.error(`worker: started in the background for build host ${alias} (pid ${worker.pid}, log ${path.relative(process.cwd(), worker.log) || worker.log})`);
+  const worker = ensureBackgroundWorker({
+    configFile: rt.configFile,
+    sshHost: rt.sshHost,
+    address: rt.address,
+    namespace: rt.namespace,
+    alias,
+  });
+  if (worker.replaced)
+    console.error(`worker: the one from older code (pid ${worker.replaced}) finishes its running steps and stops`);
+  if (worker.started)
+    console.error(
+      `worker: started in the background for build host ${alias} (pid ${worker.pid}, log ${path.relative(process.cwd(), worker.log) || worker.log})`,
+    );
   if (!(await waitForPoller(client, rt.namespace, queue, worker))) {
     console.error(`worker: not polling yet after 90 s; see ${worker.log}`);
   }
@@ -131,27 +169,35 @@ export async function createCommand(rt: CliRuntime, opts: CreateOptions): Promis
       workflowIdConflictPolicy: 'USE_EXISTING',
       staticSummary: `rootfs build ${runTag}`,
       staticDetails: `config ${spec.source}, spec ${specDigest(spec)}: ${Object.keys(spec.languages).join(', ')} → s3://${spec.s3.bucket}`,
-      args: [{
-        runTag,
-        languages: Object.keys(spec.languages),
-        concurrency: opts.concurrency,
-        spec,
-        options: { hostTaskQueue: hostTaskQueue(spec.buildHost.alias), upload: opts.upload },
-      }],
+      args: [
+        {
+          runTag,
+          languages: Object.keys(spec.languages),
+          concurrency: opts.concurrency,
+          spec,
+          options: { hostTaskQueue: hostTaskQueue(spec.buildHost.alias), upload: opts.upload },
+        },
+      ],
     });
-    console.error(`workflow ${workflowId}${workflowUrl(rt, workflowId) ? `\nTemporal Web: ${workflowUrl(rt, workflowId)}` : ''}`);
+    console.error(
+      `workflow ${workflowId}${workflowUrl(rt, workflowId) ? `\nTemporal Web: ${workflowUrl(rt, workflowId)}` : ''}`,
+    );
     // The same run tag attaches to a running build: say so when that build builds something else.
     const running = await specOf(handle);
     const differs = running ? specChanges(running, spec) : [];
     if (differs.length) {
-      console.error(`note: ${workflowId} was already running with other settings; it keeps them (use another --run-tag for this config):\n${changeLines(differs)}`);
+      console.error(
+        `note: ${workflowId} was already running with other settings; it keeps them (use another --run-tag for this config):\n${changeLines(differs)}`,
+      );
     }
     if (opts.detach) {
       console.error(`detached; follow it with: rootfs status --follow ${workflowId}`);
       return 0;
     }
     if ((await followUntilCtrlC(handle)) === 'detached') {
-      console.error(`\ndetached: the build goes on${opts.worker ? ' in the background worker' : ''}; re-attach with: rootfs status --follow ${workflowId}`);
+      console.error(
+        `\ndetached: the build goes on${opts.worker ? ' in the background worker' : ''}; re-attach with: rootfs status --follow ${workflowId}`,
+      );
       return 130;
     }
     try {
@@ -160,7 +206,9 @@ export async function createCommand(rt: CliRuntime, opts: CreateOptions): Promis
       else console.log(summaryTable(summary));
       return 0;
     } catch (err) {
-      console.error(`build ${runTag} did not finish: ${(err as Error & { cause?: Error }).cause?.message ?? (err as Error).message}`);
+      console.error(
+        `build ${runTag} did not finish: ${(err as Error & { cause?: Error }).cause?.message ?? (err as Error).message}`,
+      );
       return 1;
     }
   } finally {
@@ -177,7 +225,11 @@ async function progressOf(client: Client, workflowId: string): Promise<LanguageP
   }
 }
 
-export async function statusCommand(rt: CliRuntime, workflowId: string | undefined, opts: { follow: boolean; json: boolean }): Promise<number> {
+export async function statusCommand(
+  rt: CliRuntime,
+  workflowId: string | undefined,
+  opts: { follow: boolean; json: boolean },
+): Promise<number> {
   const { client, close } = await temporalClient(rt);
   try {
     if (!workflowId) {
@@ -206,7 +258,9 @@ export async function statusCommand(rt: CliRuntime, workflowId: string | undefin
     if (described.status.name !== 'RUNNING') {
       // A closed build answers from its result: a query would need a worker to replay it.
       const summary = await handle.result().catch((err: Error & { cause?: { details?: unknown[] } }) => {
-        console.error(`build ${workflowId} ${described.status.name.toLowerCase()}: ${err.cause ? (err.cause as Error).message : err.message}`);
+        console.error(
+          `build ${workflowId} ${described.status.name.toLowerCase()}: ${err.cause ? (err.cause as Error).message : err.message}`,
+        );
         return err.cause?.details?.[0] as CreateAllSummary | undefined;
       });
       if (summary) console.log(opts.json ? JSON.stringify(summary, null, 2) : summaryTable(summary));
@@ -251,7 +305,9 @@ export async function resumeCommand(rt: CliRuntime, workflowId: string, opts: Re
       const changes = specChanges(pinned, now);
       if (opts.reloadConfig) {
         if (changes.length) {
-          console.error(`reloading the config (${now.source}); what changes for ${workflowId}:\n${changeLines(changes)}`);
+          console.error(
+            `reloading the config (${now.source}); what changes for ${workflowId}:\n${changeLines(changes)}`,
+          );
           next = now;
         } else {
           console.error(`the config is as ${workflowId} started with: nothing to reload`);
@@ -263,11 +319,14 @@ export async function resumeCommand(rt: CliRuntime, workflowId: string, opts: Re
         );
       }
     } else if (opts.reloadConfig) {
-      console.error(`${workflowId} holds no pinned configuration (started by an older version): start it again instead`);
+      console.error(
+        `${workflowId} holds no pinned configuration (started by an older version): start it again instead`,
+      );
       return 1;
     }
     // A parent starts its remaining children with the new spec, and lists the new bucket at the end.
-    if (next && (await target.describe()).type === 'createAllRootfs') await target.executeUpdate(replaceSpecUpdate, { args: [next] });
+    if (next && (await target.describe()).type === 'createAllRootfs')
+      await target.executeUpdate(replaceSpecUpdate, { args: [next] });
     for (const p of waiting) {
       const handle = client.workflow.getHandle(p.workflowId);
       if (opts.abort) {
@@ -275,8 +334,12 @@ export async function resumeCommand(rt: CliRuntime, workflowId: string, opts: Re
         console.log(`${p.language}: aborted`);
       } else {
         const spec = next ? languageSpec(next, p.language) : undefined;
-        const ack = await handle.executeUpdate(retryStepUpdate, { args: [{ step: opts.step, ...(spec ? { spec } : {}) }] });
-        console.log(`${p.language}: ${spec ? `starting over with the new config (finished steps whose inputs did not change are reused)` : `retrying ${ack.step}`}`);
+        const ack = await handle.executeUpdate(retryStepUpdate, {
+          args: [{ step: opts.step, ...(spec ? { spec } : {}) }],
+        });
+        console.log(
+          `${p.language}: ${spec ? `starting over with the new config (finished steps whose inputs did not change are reused)` : `retrying ${ack.step}`}`,
+        );
       }
     }
     return 0;
@@ -290,13 +353,25 @@ export async function workerCommand(rt: CliRuntime, graceMs: number): Promise<nu
   const controller = new AbortController();
   for (const sig of ['SIGTERM', 'SIGINT'] as const) {
     process.once(sig, () => {
-      console.error(`worker: ${sig}: running steps may finish for ${graceMs / 1000} s, then they are cancelled and resume on the next worker`);
+      console.error(
+        `worker: ${sig}: running steps may finish for ${graceMs / 1000} s, then they are cancelled and resume on the next worker`,
+      );
       controller.abort();
     });
   }
-  console.error(`worker: build host ${rt.loaded.config.buildHost.alias}, Temporal ${rt.address} (${rt.namespace}), pid ${process.pid}`);
+  console.error(
+    `worker: build host ${rt.loaded.config.buildHost.alias}, Temporal ${rt.address} (${rt.namespace}), pid ${process.pid}`,
+  );
   try {
-    await runWorkers({ connection, namespace: rt.namespace, configOptions: { file: rt.configFile, sshHost: rt.sshHost }, shutdownGraceMs: graceMs }, controller.signal);
+    await runWorkers(
+      {
+        connection,
+        namespace: rt.namespace,
+        configOptions: { file: rt.configFile, sshHost: rt.sshHost },
+        shutdownGraceMs: graceMs,
+      },
+      controller.signal,
+    );
   } finally {
     await connection.close();
   }

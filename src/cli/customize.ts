@@ -26,11 +26,15 @@ export async function customizeCommand(loaded: LoadedConfig, language: string, a
     const spec = buildSpecOf(loaded, [language]);
     const pipeline = new Pipeline(runner, { config: spec, ...localInputs(spec, loaded) });
     const changed = await pipeline.customize(language, argv, (chunk) => process.stderr.write(chunk));
-    console.error(`${language}: ${changed.reused ? 'the same change was made before, reused' : 'changed'}: artifact ${changed.key}`);
+    console.error(
+      `${language}: ${changed.reused ? 'the same change was made before, reused' : 'changed'}: artifact ${changed.key}`,
+    );
     const verified = await pipeline.verify(language, changed.key);
     const image = await pipeline.image(language, verified.key, changed.key, changed.customizations);
     const { sizeBytes, sha256, versions } = image.data;
-    console.log(`${path.basename(pipeline.imagePath(language))}  ${humanSize(sizeBytes)}  sha256 ${sha256.slice(0, 12)}  ${versions.join('; ')}`);
+    console.log(
+      `${path.basename(pipeline.imagePath(language))}  ${humanSize(sizeBytes)}  sha256 ${sha256.slice(0, 12)}  ${versions.join('; ')}`,
+    );
     console.log(`customizations: ${changed.customizations.map((c) => c.join(' ')).join(' | ')}`);
     console.error(`upload it with: rootfs s3 upload-single ${language}`);
     return 0;

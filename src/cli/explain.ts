@@ -45,7 +45,9 @@ export async function explainImage(host: Host, workspace: string, language: stri
   const image = path.posix.join(workspace, 'images', imageKey(language));
   const manifestFile = `${image}${MANIFEST_SUFFIX}`;
   if (!(await host.stat(manifestFile))) {
-    throw new Error(`${language} has no image in ${path.posix.dirname(image)}: build it first (rootfs create ${language})`);
+    throw new Error(
+      `${language} has no image in ${path.posix.dirname(image)}: build it first (rootfs create ${language})`,
+    );
   }
   let manifest: z.infer<typeof PublishedManifest>;
   try {
@@ -87,7 +89,14 @@ export async function explainImage(host: Host, workspace: string, language: stri
         steps.push({ step, key, builtAt: at, state: 'first', changes: [] });
       } else {
         const comparedWith = { key: earlier.key, builtAt: await builtAt(earlier.key) };
-        steps.push({ step, key, builtAt: at, state: 'changed', comparedWith, changes: keyInputChanges(earlier, record) });
+        steps.push({
+          step,
+          key,
+          builtAt: at,
+          state: 'changed',
+          comparedWith,
+          changes: keyInputChanges(earlier, record),
+        });
       }
     }
   }
@@ -115,12 +124,16 @@ async function closestEarlier(
 }
 
 export function formatExplanation(e: Explanation): string {
-  const lines = [`${e.language}: ${e.image} is ${e.artifactKey}${e.treeKey ? `, made from the tree ${e.treeKey}` : ''}`];
+  const lines = [
+    `${e.language}: ${e.image} is ${e.artifactKey}${e.treeKey ? `, made from the tree ${e.treeKey}` : ''}`,
+  ];
   for (const s of e.steps) {
     const head = `${s.step.padEnd(9)} ${s.key}`;
     if (s.state === 'gone') lines.push(`${head}  gone from the artifact store`);
-    else if (s.state === 'no-record') lines.push(`${head}  built ${s.builtAt}: no record (built before artifacts kept their key input)`);
-    else if (s.state === 'first') lines.push(`${head}  built ${s.builtAt}: no earlier ${s.step} artifact to compare with`);
+    else if (s.state === 'no-record')
+      lines.push(`${head}  built ${s.builtAt}: no record (built before artifacts kept their key input)`);
+    else if (s.state === 'first')
+      lines.push(`${head}  built ${s.builtAt}: no earlier ${s.step} artifact to compare with`);
     else {
       const other = s.comparedWith!;
       lines.push(`${head}  built ${s.builtAt}, since ${other.key}${other.builtAt ? ` (built ${other.builtAt})` : ''}:`);
@@ -130,7 +143,11 @@ export function formatExplanation(e: Explanation): string {
   return lines.join('\n') + '\n';
 }
 
-export async function explainCommand(loaded: LoadedConfig, language: string, opts: { json?: boolean } = {}): Promise<number> {
+export async function explainCommand(
+  loaded: LoadedConfig,
+  language: string,
+  opts: { json?: boolean } = {},
+): Promise<number> {
   const host = await connectBuildHost(loaded);
   try {
     const explanation = await explainImage(host, loaded.config.workspace, language);

@@ -62,7 +62,10 @@ export function helpExamples(): Array<{ command: string; examples: string[] }> {
     }
     for (const sub of c.commands) walk(sub, [...prefix, sub.name()]);
   };
-  walk(program(() => {}), []);
+  walk(
+    program(() => {}),
+    [],
+  );
   return found;
 }
 
@@ -79,7 +82,9 @@ export async function main(argv: string[]): Promise<number> {
       return EXIT.usage;
     }
     const debug = cli.opts().debug as boolean | undefined;
-    console.error(`rootfs: ${err instanceof StoreError || !debug ? (err as Error).message : ((err as Error).stack ?? err)}`);
+    console.error(
+      `rootfs: ${err instanceof StoreError || !debug ? (err as Error).message : ((err as Error).stack ?? err)}`,
+    );
     return EXIT.failed;
   }
 }
@@ -104,7 +109,12 @@ export function runCli(argv: string[]): void {
   // orchestrator worker has no activities and the build-host worker no workflows (by design).
   const byDesign = /^No (activities|workflows) registered, not polling/;
   const plain = new DefaultLogger('WARN');
-  Runtime.install({ logger: new DefaultLogger('WARN', (entry) => void (byDesign.test(entry.message) || plain.log(entry.level, entry.message, entry.meta))) });
+  Runtime.install({
+    logger: new DefaultLogger(
+      'WARN',
+      (entry) => void (byDesign.test(entry.message) || plain.log(entry.level, entry.message, entry.meta)),
+    ),
+  });
   void main(argv).then((code) => process.exit(code));
 }
 

@@ -29,8 +29,13 @@ export const devStack = () => new DevStack(stateDir());
 
 function hasAwsCredentials(): boolean {
   const env = process.env;
-  return !!(env.AWS_ACCESS_KEY_ID || env.AWS_PROFILE || env.AWS_WEB_IDENTITY_TOKEN_FILE || env.AWS_CONTAINER_CREDENTIALS_FULL_URI
-    || fs.existsSync(path.join(os.homedir(), '.aws', 'credentials')));
+  return !!(
+    env.AWS_ACCESS_KEY_ID ||
+    env.AWS_PROFILE ||
+    env.AWS_WEB_IDENTITY_TOKEN_FILE ||
+    env.AWS_CONTAINER_CREDENTIALS_FULL_URI ||
+    fs.existsSync(path.join(os.homedir(), '.aws', 'credentials'))
+  );
 }
 
 export async function resolveRuntime(
@@ -47,14 +52,24 @@ export async function resolveRuntime(
   // The default address is the embedded server's: only ours is used there (devStack refuses anyone else).
   if (temporal.address === defaultAddress) {
     const dev = await stack.temporal();
-    opts.log(dev.started ? `started the local Temporal dev server (state in .rootfs/temporal.db)` : 'using the local Temporal dev server');
+    opts.log(
+      dev.started
+        ? `started the local Temporal dev server (state in .rootfs/temporal.db)`
+        : 'using the local Temporal dev server',
+    );
     uiUrl = dev.uiUrl;
     embedded.temporal = true;
   }
   if (opts.needS3 && !s3.endpoint && !hasAwsCredentials()) {
     const dev = await stack.s3(s3.bucket);
-    opts.log(`${dev.started ? 'started' : 'using'} the local S3 server at ${dev.endpoint} (no AWS credentials configured; state in .rootfs/s3)`);
-    Object.assign(process.env, { S3_ENDPOINT: dev.endpoint, AWS_ACCESS_KEY_ID: dev.accessKeyId, AWS_SECRET_ACCESS_KEY: dev.secretAccessKey });
+    opts.log(
+      `${dev.started ? 'started' : 'using'} the local S3 server at ${dev.endpoint} (no AWS credentials configured; state in .rootfs/s3)`,
+    );
+    Object.assign(process.env, {
+      S3_ENDPOINT: dev.endpoint,
+      AWS_ACCESS_KEY_ID: dev.accessKeyId,
+      AWS_SECRET_ACCESS_KEY: dev.secretAccessKey,
+    });
     process.env.AWS_REGION ??= s3.region;
     loaded = loadConfig({ file: configFile, sshHost });
     embedded.s3 = true;
@@ -65,7 +80,12 @@ export async function resolveRuntime(
 export async function temporalClient(rt: CliRuntime): Promise<{ client: Client; close(): Promise<void> }> {
   const { temporal } = rt.loaded.config;
   const apiKey = temporal.apiKeyEnv ? process.env[temporal.apiKeyEnv] : undefined;
-  const connection = await Connection.connect({ address: rt.address, tls: temporal.tls || undefined, apiKey, connectTimeout: 5000 }).catch((err: Error) => {
+  const connection = await Connection.connect({
+    address: rt.address,
+    tls: temporal.tls || undefined,
+    apiKey,
+    connectTimeout: 5000,
+  }).catch((err: Error) => {
     throw new Error(`cannot reach Temporal at ${rt.address}: ${err.message.split('\n')[0]}`);
   });
   return { client: new Client({ connection, namespace: rt.namespace }), close: () => connection.close() };

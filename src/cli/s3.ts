@@ -22,7 +22,13 @@ import type { CliRuntime } from './runtime';
 function context(rt: CliRuntime): StoreContext & { close(): void } {
   const { config } = rt.loaded;
   const client = createClient({ config: config.s3 });
-  return { client, config: config.s3, workspace: config.workspace, progress: terminalProgress(), close: () => client.destroy() };
+  return {
+    client,
+    config: config.s3,
+    workspace: config.workspace,
+    progress: terminalProgress(),
+    close: () => client.destroy(),
+  };
 }
 
 async function withStore<T>(rt: CliRuntime, fn: (ctx: StoreContext) => Promise<T>): Promise<T> {
@@ -79,7 +85,8 @@ export const s3Commands = {
       const found = await withStore(rt, (ctx) => bucketPins(ctx));
       // A pinned script that silently left an image out would be worse than none.
       for (const problem of found.problems) console.error(`rootfs: cannot pin ${problem}`);
-      if (!Object.keys(found.pins).length) console.error(`rootfs: --pin: s3://${config.s3.bucket} has no kernel or image to pin`);
+      if (!Object.keys(found.pins).length)
+        console.error(`rootfs: --pin: s3://${config.s3.bucket} has no kernel or image to pin`);
       if (found.problems.length || !Object.keys(found.pins).length) return 1;
       pins = found.pins;
     }
@@ -96,7 +103,9 @@ export const s3Commands = {
   bucketSetup: (rt: CliRuntime, opts: { versioning: boolean; abortIncompleteDays?: number }) =>
     withStore(rt, async (ctx) => {
       const done = await bucketSetup(ctx, opts);
-      console.error(done.length ? done.join('\n') : 'nothing asked: pass --versioning and/or --abort-incomplete-days N');
+      console.error(
+        done.length ? done.join('\n') : 'nothing asked: pass --versioning and/or --abort-incomplete-days N',
+      );
       return 0;
     }),
 

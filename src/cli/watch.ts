@@ -9,7 +9,12 @@ import { STEP_TITLES, type LanguageProgress, type StepProgress } from '../../wor
  */
 
 /** Polls `progress` about once a second until the workflow closes (one last poll after) or `signal` aborts. */
-export async function watch(handle: WorkflowHandle, onProgress: (all: LanguageProgress[]) => Promise<void> | void, signal?: AbortSignal, intervalMs = 1000): Promise<void> {
+export async function watch(
+  handle: WorkflowHandle,
+  onProgress: (all: LanguageProgress[]) => Promise<void> | void,
+  signal?: AbortSignal,
+  intervalMs = 1000,
+): Promise<void> {
   let done = false;
   const result = handle.result().finally(() => (done = true));
   result.catch(() => undefined);
@@ -41,7 +46,10 @@ export function lineReporter(out: (line: string) => void, resumeHint?: string): 
         const text = `${s.state}${s.state === 'awaiting-retry' && s.error ? `: ${firstLine(s.error)}` : ''}`;
         if (s.state === 'pending' || seen.get(id) === text) continue;
         seen.set(id, text);
-        const took = s.durationMs !== undefined && (s.state === 'done' || s.state === 'reused') ? ` (${(s.durationMs / 1000).toFixed(1)} s)` : '';
+        const took =
+          s.durationMs !== undefined && (s.state === 'done' || s.state === 'reused')
+            ? ` (${(s.durationMs / 1000).toFixed(1)} s)`
+            : '';
         out(`${p.language.padEnd(8)} ${STEP_TITLES[s.name].padEnd(24)} ${text}${took}`);
         if (s.state === 'awaiting-retry' && resumeHint) out(`${' '.repeat(9)}${resumeHint}`);
       }
@@ -62,7 +70,9 @@ function elapsed(p: LanguageProgress, now: number): number | undefined {
   if (!started.length) return undefined;
   const first = Math.min(...started);
   if (p.state === 'running' || p.state === 'awaiting-retry') return now - first;
-  const ends = p.steps.filter((s) => s.startedAt && s.durationMs !== undefined).map((s) => Date.parse(s.startedAt!) + s.durationMs!);
+  const ends = p.steps
+    .filter((s) => s.startedAt && s.durationMs !== undefined)
+    .map((s) => Date.parse(s.startedAt!) + s.durationMs!);
   return (ends.length ? Math.max(...ends) : now) - first;
 }
 
@@ -70,7 +80,13 @@ function elapsed(p: LanguageProgress, now: number): number | undefined {
  * The live block: `python   [#########-----]  4/7  install runtime  0:42  Unpacking python3…`.
  * `details` holds the running step's heartbeat (phase, last output line) per language.
  */
-export function renderLive(all: LanguageProgress[], now: number, details: ReadonlyMap<string, string> = new Map(), width = 100, barWidth = 20): string[] {
+export function renderLive(
+  all: LanguageProgress[],
+  now: number,
+  details: ReadonlyMap<string, string> = new Map(),
+  width = 100,
+  barWidth = 20,
+): string[] {
   const lines: string[] = [];
   for (const p of all) {
     const done = p.steps.filter(finishedStep).length;
@@ -101,7 +117,11 @@ async function heartbeatOf(handle: WorkflowHandle, workflowId: string): Promise<
 }
 
 /** Redraws the live block in place on a terminal (ANSI cursor movement). */
-export function liveReporter(handle: WorkflowHandle, stream: NodeJS.WriteStream, resumeHint?: string): { update(all: LanguageProgress[]): Promise<void>; finish(): void } {
+export function liveReporter(
+  handle: WorkflowHandle,
+  stream: NodeJS.WriteStream,
+  resumeHint?: string,
+): { update(all: LanguageProgress[]): Promise<void>; finish(): void } {
   let drawn = 0;
   let last: string[] = [];
   const details = new Map<string, string>();

@@ -43,7 +43,8 @@ function applyEnv(raw: Raw, env: NodeJS.ProcessEnv): void {
   const s3: Raw = isPlainObject(raw.s3) ? { ...raw.s3 } : {};
   if (env.S3_BUCKET) s3.bucket = env.S3_BUCKET;
   if (env.S3_REGION) s3.region = env.S3_REGION;
-  else if (s3.region === undefined && (env.AWS_REGION || env.AWS_DEFAULT_REGION)) s3.region = env.AWS_REGION || env.AWS_DEFAULT_REGION;
+  else if (s3.region === undefined && (env.AWS_REGION || env.AWS_DEFAULT_REGION))
+    s3.region = env.AWS_REGION || env.AWS_DEFAULT_REGION;
   if (env.S3_ENDPOINT) s3.endpoint = env.S3_ENDPOINT;
   else if (s3.endpoint === undefined && (env.AWS_ENDPOINT_URL_S3 || env.AWS_ENDPOINT_URL)) {
     s3.endpoint = env.AWS_ENDPOINT_URL_S3 || env.AWS_ENDPOINT_URL;
@@ -92,7 +93,12 @@ function pathText(at: PropertyKey[]): string {
     .join('');
 }
 
-function formatIssues(issues: z.core.$ZodIssue[], file: string | undefined, doc: Document | undefined, lines: LineCounter): string[] {
+function formatIssues(
+  issues: z.core.$ZodIssue[],
+  file: string | undefined,
+  doc: Document | undefined,
+  lines: LineCounter,
+): string[] {
   return issues
     .map((issue) => {
       // A bad record key carries the key's own problem one level down.
@@ -120,7 +126,9 @@ export function loadConfig(opts: LoadOptions = {}): LoadedConfig {
     try {
       text = fs.readFileSync(file, 'utf8');
     } catch (err) {
-      throw new ConfigError([`${file}: cannot read the config file (${(err as NodeJS.ErrnoException).code ?? String(err)})`]);
+      throw new ConfigError([
+        `${file}: cannot read the config file (${(err as NodeJS.ErrnoException).code ?? String(err)})`,
+      ]);
     }
     doc = parseDocument(text, { lineCounter: lines, prettyErrors: true, uniqueKeys: true });
     if (doc.errors.length) {
@@ -128,7 +136,8 @@ export function loadConfig(opts: LoadOptions = {}): LoadedConfig {
         doc.errors.map((e) => `${path.basename(file!)}:${e.linePos?.[0]?.line ?? '?'}: ${e.message.split('\n')[0]}`),
       );
     }
-    if (doc.contents !== null && !isMap(doc.contents)) throw new ConfigError([`${path.basename(file)}: the top level must be a mapping`]);
+    if (doc.contents !== null && !isMap(doc.contents))
+      throw new ConfigError([`${path.basename(file)}: the top level must be a mapping`]);
     try {
       raw = (doc.toJS() as Raw | null) ?? {};
     } catch (err) {
@@ -145,7 +154,9 @@ export function loadConfig(opts: LoadOptions = {}): LoadedConfig {
     const target = config.sshHosts[opts.sshHost];
     if (!target) {
       const named = Object.keys(config.sshHosts);
-      throw new ConfigError([`--ssh ${JSON.stringify(opts.sshHost).slice(0, 40)}: no such SSH host in sshHosts (${named.length ? `configured: ${named.join(', ')}` : 'none configured'})`]);
+      throw new ConfigError([
+        `--ssh ${JSON.stringify(opts.sshHost).slice(0, 40)}: no such SSH host in sshHosts (${named.length ? `configured: ${named.join(', ')}` : 'none configured'})`,
+      ]);
     }
     config.buildHost = { kind: 'ssh', alias: opts.sshHost, ...target };
   }

@@ -9,7 +9,6 @@ import { SYSTEM_PATH, type LanguageInput } from './schema';
 /** Marks a checksum the operator must pin in config: it fails validation until replaced. */
 const UNPINNED = '';
 
-
 const bash: LanguageInput = {
   verify: [{ argv: ['bash', '--version'], expect: '^GNU bash, version 5\\.1\\.' }],
 };
@@ -95,7 +94,10 @@ export const PROFILES: Record<'default' | 'upstream', Record<string, LanguageInp
             { path: '/opt/rustup/toolchains/1.91-x86_64-unknown-linux-gnu', target: '/usr/lib/rust-1.91' },
             { path: '/opt/cargo/bin/rustc', target: '/opt/rustup/toolchains/1.91-x86_64-unknown-linux-gnu/bin/rustc' },
             { path: '/opt/cargo/bin/cargo', target: '/opt/rustup/toolchains/1.91-x86_64-unknown-linux-gnu/bin/cargo' },
-            { path: '/opt/cargo/bin/rustdoc', target: '/opt/rustup/toolchains/1.91-x86_64-unknown-linux-gnu/bin/rustdoc' },
+            {
+              path: '/opt/cargo/bin/rustdoc',
+              target: '/opt/rustup/toolchains/1.91-x86_64-unknown-linux-gnu/bin/rustdoc',
+            },
             { path: '/usr/bin/rustc', target: '/opt/cargo/bin/rustc' },
             { path: '/usr/bin/cargo', target: '/opt/cargo/bin/cargo' },
           ],

@@ -113,7 +113,13 @@ const GoModuleSource = z.strictObject({
   links: z.array(Link).default([]),
 });
 
-export const RuntimeSource = z.discriminatedUnion('kind', [AptSource, ArchiveSource, ScriptSource, NpmSource, GoModuleSource]);
+export const RuntimeSource = z.discriminatedUnion('kind', [
+  AptSource,
+  ArchiveSource,
+  ScriptSource,
+  NpmSource,
+  GoModuleSource,
+]);
 
 export const VersionCheck = z.strictObject({
   argv: z.array(z.string().regex(/^[^\0]*$/)).min(1),
@@ -187,7 +193,10 @@ export const S3 = z.strictObject({
     .string()
     .regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/, { error: 'expected an S3 bucket name' })
     .default('llm-infra-operator-rootfs'),
-  region: z.string().regex(/^[a-z0-9-]{2,32}$/, { error: 'expected a region like us-east-1' }).default('us-east-1'),
+  region: z
+    .string()
+    .regex(/^[a-z0-9-]{2,32}$/, { error: 'expected a region like us-east-1' })
+    .default('us-east-1'),
   /** For S3-compatible servers; absent means AWS. */
   endpoint: HttpUrl.optional(),
   forcePathStyle: z.boolean().default(false),
@@ -201,8 +210,14 @@ export const Image = z.strictObject({
 });
 
 export const Temporal = z.strictObject({
-  address: z.string().regex(/^[A-Za-z0-9.-]+:\d{1,5}$/, { error: 'expected host:port' }).default('127.0.0.1:7233'),
-  namespace: z.string().regex(/^[A-Za-z0-9._-]{1,255}$/, { error: 'expected a namespace name' }).default('default'),
+  address: z
+    .string()
+    .regex(/^[A-Za-z0-9.-]+:\d{1,5}$/, { error: 'expected host:port' })
+    .default('127.0.0.1:7233'),
+  namespace: z
+    .string()
+    .regex(/^[A-Za-z0-9._-]{1,255}$/, { error: 'expected a namespace name' })
+    .default('default'),
   /** Name of the environment variable that holds an API key; the key itself is never in config. */
   apiKeyEnv: EnvName.optional(),
   tls: z.boolean().default(false),
@@ -220,7 +235,9 @@ export const Config = z.strictObject({
   s3: S3.default(S3.parse({})),
   image: Image.default(Image.parse({})),
   /** The guest operator binary; the default falls back to the reference operator when absent. */
-  operator: z.strictObject({ path: z.string().min(1).default(DEFAULT_OPERATOR_PATH) }).default({ path: DEFAULT_OPERATOR_PATH }),
+  operator: z
+    .strictObject({ path: z.string().min(1).default(DEFAULT_OPERATOR_PATH) })
+    .default({ path: DEFAULT_OPERATOR_PATH }),
   temporal: Temporal.default(Temporal.parse({})),
 });
 

@@ -21,7 +21,11 @@ const Pid = z.int().min(1).max(4_194_304);
 
 /** A pid file: what `recordProcess` wrote, or a bare pid from older code (no start time, no command line). */
 const PidFile = z.union([
-  z.strictObject({ pid: Pid, startTime: z.string().regex(/^\d*$/).max(24), argv: z.array(z.string().max(4096)).min(1).max(256) }),
+  z.strictObject({
+    pid: Pid,
+    startTime: z.string().regex(/^\d*$/).max(24),
+    argv: z.array(z.string().max(4096)).min(1).max(256),
+  }),
   z.strictObject({ pid: Pid }),
 ]);
 
@@ -99,7 +103,9 @@ export function isRecordedProcess(rec: RecordedProcess, fits: (argv: string[]) =
   const argv = argvOf(rec.pid);
   if (!argv || !fits(argv)) return false;
   if (rec.startTime === undefined) return true;
-  return startTimeOf(rec.pid) === rec.startTime && argv.length === rec.argv.length && argv.every((a, i) => a === rec.argv[i]);
+  return (
+    startTimeOf(rec.pid) === rec.startTime && argv.length === rec.argv.length && argv.every((a, i) => a === rec.argv[i])
+  );
 }
 
 export interface Listener {
@@ -119,7 +125,10 @@ const V6_MAPPED_LOOPBACK = '0000000000000000FFFF00000100007F';
 export function loopbackListeners(port: number): Listener[] {
   const hexPort = port.toString(16).toUpperCase().padStart(4, '0');
   const found: Listener[] = [];
-  for (const [table, accepted] of [['/proc/net/tcp', [V4_LOOPBACK, V4_ANY]], ['/proc/net/tcp6', [V6_ANY, V6_MAPPED_LOOPBACK]]] as const) {
+  for (const [table, accepted] of [
+    ['/proc/net/tcp', [V4_LOOPBACK, V4_ANY]],
+    ['/proc/net/tcp6', [V6_ANY, V6_MAPPED_LOOPBACK]],
+  ] as const) {
     let text = '';
     try {
       text = fs.readFileSync(table, 'utf8');
@@ -131,7 +140,8 @@ export function loopbackListeners(port: number): Listener[] {
       const [addr, p] = (f[1] ?? '').split(':');
       // State 0A is LISTEN.
       if (f[3] !== '0A' || p !== hexPort || !addr || !(accepted as readonly string[]).includes(addr)) continue;
-      const shown = addr === V4_LOOPBACK || addr === V6_MAPPED_LOOPBACK ? '127.0.0.1' : addr === V4_ANY ? '0.0.0.0' : '[::]';
+      const shown =
+        addr === V4_LOOPBACK || addr === V6_MAPPED_LOOPBACK ? '127.0.0.1' : addr === V4_ANY ? '0.0.0.0' : '[::]';
       found.push({ inode: f[9] ?? '', uid: Number(f[7]), address: `${shown}:${port}` });
     }
   }
@@ -187,8 +197,12 @@ export function describeListeners(port: number): string {
   const listeners = loopbackListeners(port);
   if (!listeners.length) return 'nothing';
   const owners = new Map<string, number[]>();
-  for (const pid of fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p)).map(Number)) {
-    for (const inode of socketInodes(pid)) if (listeners.some((l) => l.inode === inode)) owners.set(inode, [...(owners.get(inode) ?? []), pid]);
+  for (const pid of fs
+    .readdirSync('/proc')
+    .filter((p) => /^\d+$/.test(p))
+    .map(Number)) {
+    for (const inode of socketInodes(pid))
+      if (listeners.some((l) => l.inode === inode)) owners.set(inode, [...(owners.get(inode) ?? []), pid]);
   }
   return listeners
     .map((l) => {
@@ -203,7 +217,11 @@ export function describeListeners(port: number): string {
  * SIGTERM, then SIGKILL when it is still there after `graceMs`: each signal only while the pid
  * is still the recorded process, so a pid recycled meanwhile is never signalled.
  */
-export async function stopRecordedProcess(rec: RecordedProcess, fits: (argv: string[]) => boolean, graceMs: number): Promise<void> {
+export async function stopRecordedProcess(
+  rec: RecordedProcess,
+  fits: (argv: string[]) => boolean,
+  graceMs: number,
+): Promise<void> {
   const ours = () => isRecordedProcess(rec, fits);
   const signal = (sig: NodeJS.Signals) => {
     try {
@@ -239,11 +257,15 @@ export async function withLockFile<T>(lockFile: string, fn: () => Promise<T>, ti
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
     }
     const holder = readPidFile(lockFile);
-    const stale = holder === 'invalid' ? Date.now() - (fs.statSync(lockFile, { throwIfNoEntry: false })?.mtimeMs ?? 0) > 5000
-      : holder !== undefined && !isRecordedProcess(holder, () => true);
+    const stale =
+      holder === 'invalid'
+        ? Date.now() - (fs.statSync(lockFile, { throwIfNoEntry: false })?.mtimeMs ?? 0) > 5000
+        : holder !== undefined && !isRecordedProcess(holder, () => true);
     if (stale) fs.rmSync(lockFile, { force: true });
     else if (Date.now() > deadline) {
-      throw new Error(`${lockFile} is still held${holder && holder !== 'invalid' ? ` by ${describeProcess(holder.pid)}` : ''} after ${timeoutMs / 1000} s`);
+      throw new Error(
+        `${lockFile} is still held${holder && holder !== 'invalid' ? ` by ${describeProcess(holder.pid)}` : ''} after ${timeoutMs / 1000} s`,
+      );
     } else await new Promise((r) => setTimeout(r, 200));
   }
   try {

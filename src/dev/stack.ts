@@ -6,8 +6,19 @@ import { CreateBucketCommand, HeadBucketCommand, S3Client } from '@aws-sdk/clien
 import { devServerSearchAttributeArgs } from '../temporal/search-attributes';
 import { requireTool, toolPaths } from '../setup/tools';
 import {
-  argvOf, describeListeners, hasEnded, isRecordedProcess, listensOn, loopbackListeners, readPidFile, recordProcess, stopRecordedProcess,
-  whatBecameOf, withLockFile, writePidFile, type RecordedProcess,
+  argvOf,
+  describeListeners,
+  hasEnded,
+  isRecordedProcess,
+  listensOn,
+  loopbackListeners,
+  readPidFile,
+  recordProcess,
+  stopRecordedProcess,
+  whatBecameOf,
+  withLockFile,
+  writePidFile,
+  type RecordedProcess,
 } from './process-identity';
 
 /**
@@ -36,7 +47,12 @@ export interface DevPorts {
   s3Console: number;
 }
 
-const DEFAULT_PORTS: DevPorts = { temporal: DEV_TEMPORAL.port, temporalUi: DEV_TEMPORAL.uiPort, s3: DEV_S3.port, s3Console: DEV_S3.consolePort };
+const DEFAULT_PORTS: DevPorts = {
+  temporal: DEV_TEMPORAL.port,
+  temporalUi: DEV_TEMPORAL.uiPort,
+  s3: DEV_S3.port,
+  s3Console: DEV_S3.consolePort,
+};
 
 /**
  * One of the two servers and how to know it for ours. Its pid file records the pid, start time
@@ -82,7 +98,10 @@ const optionValue = (argv: string[], name: string) => argv[argv.indexOf(name) + 
 export class DevStack {
   readonly ports: DevPorts;
 
-  constructor(readonly dir: string, opts: { ports?: Partial<DevPorts> } = {}) {
+  constructor(
+    readonly dir: string,
+    opts: { ports?: Partial<DevPorts> } = {},
+  ) {
     this.ports = { ...DEFAULT_PORTS, ...opts.ports };
   }
 
@@ -103,7 +122,11 @@ export class DevStack {
         log: this.file('temporal.log'),
         stakes: 'send it builds',
         instead: 'name the Temporal server to use in the config (temporal.address)',
-        fits: (argv) => argv[0] === tools.temporal && argv[1] === 'server' && argv[2] === 'start-dev' && optionValue(argv, '--db-filename') === db,
+        fits: (argv) =>
+          argv[0] === tools.temporal &&
+          argv[1] === 'server' &&
+          argv[2] === 'start-dev' &&
+          optionValue(argv, '--db-filename') === db,
       },
       {
         name: 's3',
@@ -163,7 +186,12 @@ export class DevStack {
     });
   }
 
-  private async waitUntilListening(srv: Server, rec: RecordedProcess, startedNow: boolean, timeoutMs = 60_000): Promise<void> {
+  private async waitUntilListening(
+    srv: Server,
+    rec: RecordedProcess,
+    startedNow: boolean,
+    timeoutMs = 60_000,
+  ): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const alive = isRecordedProcess(rec, srv.fits);
@@ -183,9 +211,14 @@ export class DevStack {
       }
       if (!alive) {
         fs.rmSync(srv.pidFile, { force: true });
-        throw new Error(`${srv.what} (pid ${rec.pid}) ${startedNow ? 'exited at start' : 'stopped'}; its log (${srv.log}) ends:\n${logTail(srv.log)}`);
+        throw new Error(
+          `${srv.what} (pid ${rec.pid}) ${startedNow ? 'exited at start' : 'stopped'}; its log (${srv.log}) ends:\n${logTail(srv.log)}`,
+        );
       }
-      if (Date.now() > deadline) throw new Error(`${srv.what} (pid ${rec.pid}) did not listen on 127.0.0.1:${srv.port} within ${timeoutMs / 1000} s; see ${srv.log}`);
+      if (Date.now() > deadline)
+        throw new Error(
+          `${srv.what} (pid ${rec.pid}) did not listen on 127.0.0.1:${srv.port} within ${timeoutMs / 1000} s; see ${srv.log}`,
+        );
       await new Promise((r) => setTimeout(r, 250));
     }
   }
@@ -195,8 +228,22 @@ export class DevStack {
     const address = `${host}:${this.ports.temporal}`;
     const uiUrl = `http://${host}:${this.ports.temporalUi}`;
     const started = await this.ensure(this.servers()[0], () => ({
-      argv: [requireTool('temporal'), 'server', 'start-dev', '--ip', host, '--port', String(this.ports.temporal), '--ui-port', String(this.ports.temporalUi),
-        '--db-filename', this.file('temporal.db'), '--log-level', 'warn', ...devServerSearchAttributeArgs()],
+      argv: [
+        requireTool('temporal'),
+        'server',
+        'start-dev',
+        '--ip',
+        host,
+        '--port',
+        String(this.ports.temporal),
+        '--ui-port',
+        String(this.ports.temporalUi),
+        '--db-filename',
+        this.file('temporal.db'),
+        '--log-level',
+        'warn',
+        ...devServerSearchAttributeArgs(),
+      ],
       env: process.env,
     }));
     return { address, uiUrl, started };
@@ -208,16 +255,32 @@ export class DevStack {
     fs.mkdirSync(path.join(dir, 'data'), { recursive: true });
     const credFile = path.join(dir, 'credentials.json');
     if (!fs.existsSync(credFile)) {
-      const creds = { accessKeyId: `rootfs${crypto.randomBytes(6).toString('hex')}`, secretAccessKey: crypto.randomBytes(20).toString('hex') };
+      const creds = {
+        accessKeyId: `rootfs${crypto.randomBytes(6).toString('hex')}`,
+        secretAccessKey: crypto.randomBytes(20).toString('hex'),
+      };
       fs.writeFileSync(credFile, JSON.stringify(creds), { mode: 0o600 });
     }
     const creds = JSON.parse(fs.readFileSync(credFile, 'utf8')) as { accessKeyId: string; secretAccessKey: string };
     const { host } = DEV_S3;
     const endpoint = `http://${host}:${this.ports.s3}`;
     const started = await this.ensure(this.servers()[1], () => ({
-      argv: [requireTool('minio'), 'server', path.join(dir, 'data'), '--address', `${host}:${this.ports.s3}`,
-        '--console-address', `${host}:${this.ports.s3Console}`, '--quiet'],
-      env: { ...process.env, MINIO_ROOT_USER: creds.accessKeyId, MINIO_ROOT_PASSWORD: creds.secretAccessKey, MINIO_BROWSER: 'off' },
+      argv: [
+        requireTool('minio'),
+        'server',
+        path.join(dir, 'data'),
+        '--address',
+        `${host}:${this.ports.s3}`,
+        '--console-address',
+        `${host}:${this.ports.s3Console}`,
+        '--quiet',
+      ],
+      env: {
+        ...process.env,
+        MINIO_ROOT_USER: creds.accessKeyId,
+        MINIO_ROOT_PASSWORD: creds.secretAccessKey,
+        MINIO_BROWSER: 'off',
+      },
     }));
     const client = new S3Client({ endpoint, region: 'us-east-1', forcePathStyle: true, credentials: creds });
     try {

@@ -21,7 +21,9 @@ const CHROOT_SCRIPT = [
 export const CHROOT_PATH = SYSTEM_PATH;
 
 export function chrootArgv(root: string, argv: string[]): string[] {
-  if (!root.startsWith('/') || root === '/') throw new Error(`chroot needs an absolute tree, not ${JSON.stringify(root)}`);
+  if (!root.startsWith('/') || root === '/')
+    throw new Error(`chroot needs an absolute tree, not ${JSON.stringify(root)}`);
+  // prettier-ignore
   return [
     'unshare', '--mount', '--propagation', 'private', '--pid', '--fork', '--kill-child',
     'sh', '-c', CHROOT_SCRIPT, 'rootfs-chroot', root, ...argv,
@@ -33,7 +35,14 @@ export function chrootArgv(root: string, argv: string[]): string[] {
  * worker's own environment, credentials included, reaches the image build.
  */
 export function runInChroot(host: Host, root: string, argv: string[], opts: RunOptions = {}): Promise<RunResult> {
-  const env = { PATH: CHROOT_PATH, DEBIAN_FRONTEND: 'noninteractive', LC_ALL: 'C', LANG: 'C', HOME: '/root', ...opts.env };
+  const env = {
+    PATH: CHROOT_PATH,
+    DEBIAN_FRONTEND: 'noninteractive',
+    LC_ALL: 'C',
+    LANG: 'C',
+    HOME: '/root',
+    ...opts.env,
+  };
   checkEnv(env);
   const inner = ['env', '-i', ...Object.entries(env).map(([k, v]) => `${k}=${v}`), ...argv];
   return host.run(chrootArgv(root, inner), { ...opts, env: undefined });

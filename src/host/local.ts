@@ -14,18 +14,43 @@ import { checkArgv, checkEnv, type FileStat, type Host, type RunOptions, type Ru
  * through `RunOptions.env`. (An SSH build host's commands see sshd's environment, never the worker's.)
  */
 const INHERITED = new Set([
-  'PATH', 'HOME', 'TMPDIR', 'TZ', 'LANG', 'LANGUAGE',
-  'http_proxy', 'https_proxy', 'ftp_proxy', 'all_proxy', 'no_proxy',
-  'HTTP_PROXY', 'HTTPS_PROXY', 'FTP_PROXY', 'ALL_PROXY', 'NO_PROXY',
-  'SSL_CERT_FILE', 'SSL_CERT_DIR', 'CURL_CA_BUNDLE', 'NODE_EXTRA_CA_CERTS', 'GIT_SSL_CAINFO',
-  'XDG_CACHE_HOME', 'XDG_CONFIG_HOME',
-  'GOPROXY', 'GOSUMDB', 'GOPRIVATE', 'GONOPROXY', 'GONOSUMDB', 'npm_config_registry', 'NPM_CONFIG_REGISTRY',
+  'PATH',
+  'HOME',
+  'TMPDIR',
+  'TZ',
+  'LANG',
+  'LANGUAGE',
+  'http_proxy',
+  'https_proxy',
+  'ftp_proxy',
+  'all_proxy',
+  'no_proxy',
+  'HTTP_PROXY',
+  'HTTPS_PROXY',
+  'FTP_PROXY',
+  'ALL_PROXY',
+  'NO_PROXY',
+  'SSL_CERT_FILE',
+  'SSL_CERT_DIR',
+  'CURL_CA_BUNDLE',
+  'NODE_EXTRA_CA_CERTS',
+  'GIT_SSL_CAINFO',
+  'XDG_CACHE_HOME',
+  'XDG_CONFIG_HOME',
+  'GOPROXY',
+  'GOSUMDB',
+  'GOPRIVATE',
+  'GONOPROXY',
+  'GONOSUMDB',
+  'npm_config_registry',
+  'NPM_CONFIG_REGISTRY',
 ]);
 
 /** The allow-listed part of `env` (see INHERITED). */
 export function inheritedEnv(env: NodeJS.ProcessEnv = process.env): Record<string, string> {
   const kept: Record<string, string> = {};
-  for (const [k, v] of Object.entries(env)) if (v !== undefined && (INHERITED.has(k) || /^LC_[A-Z]+$/.test(k))) kept[k] = v;
+  for (const [k, v] of Object.entries(env))
+    if (v !== undefined && (INHERITED.has(k) || /^LC_[A-Z]+$/.test(k))) kept[k] = v;
   return kept;
 }
 
@@ -93,9 +118,16 @@ export class LocalHost implements Host {
   async stat(p: string): Promise<FileStat | null> {
     try {
       const st = await fs.promises.lstat(p);
-      return { size: st.size, mode: st.mode, isFile: st.isFile(), isDirectory: st.isDirectory(), isSymbolicLink: st.isSymbolicLink() };
+      return {
+        size: st.size,
+        mode: st.mode,
+        isFile: st.isFile(),
+        isDirectory: st.isDirectory(),
+        isSymbolicLink: st.isSymbolicLink(),
+      };
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT' || (err as NodeJS.ErrnoException).code === 'ENOTDIR') return null;
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT' || (err as NodeJS.ErrnoException).code === 'ENOTDIR')
+        return null;
       throw err;
     }
   }

@@ -39,20 +39,63 @@ const STAGE = [
 ].join('\n');
 
 function staged(paths: { tree?: string; image?: string; out?: string }, bwrap: string[]): string[] {
-  for (const p of Object.values(paths)) if (!p.startsWith('/') || p === '/') throw new Error(`a sandbox needs an absolute path, not ${JSON.stringify(p)}`);
+  for (const p of Object.values(paths))
+    if (!p.startsWith('/') || p === '/') throw new Error(`a sandbox needs an absolute path, not ${JSON.stringify(p)}`);
   const { tree = '', image = '', out = '' } = paths;
-  return ['unshare', '--mount', '--propagation', 'private', '--', 'sh', '-c', STAGE, 'rootfs-sandbox', tree, image, out, 'bwrap', ...bwrap];
+  return [
+    'unshare',
+    '--mount',
+    '--propagation',
+    'private',
+    '--',
+    'sh',
+    '-c',
+    STAGE,
+    'rootfs-sandbox',
+    tree,
+    image,
+    out,
+    'bwrap',
+    ...bwrap,
+  ];
 }
 
 /** Namespaces and identity of the sandbox a command runs in. */
-const CONFINE = ['--unshare-all', '--unshare-user', '--disable-userns', '--die-with-parent', '--new-session', '--uid', '0', '--gid', '0', '--clearenv'];
+const CONFINE = [
+  '--unshare-all',
+  '--unshare-user',
+  '--disable-userns',
+  '--die-with-parent',
+  '--new-session',
+  '--uid',
+  '0',
+  '--gid',
+  '0',
+  '--clearenv',
+];
 
 /** bwrap arguments that run argv with the directory `root` as `/`, read-only, and a minimal /dev, /proc, /tmp. */
 function bwrapArgs(root: string, argv: string[], env: Record<string, string>): string[] {
   checkArgv(argv);
   checkEnv(env);
   const setenv = Object.entries(env).flatMap(([k, v]) => ['--setenv', k, v]);
-  return [...CONFINE, '--ro-bind', root, '/', '--dev', '/dev', '--proc', '/proc', '--tmpfs', '/tmp', '--chdir', '/', ...setenv, '--', ...argv];
+  return [
+    ...CONFINE,
+    '--ro-bind',
+    root,
+    '/',
+    '--dev',
+    '/dev',
+    '--proc',
+    '/proc',
+    '--tmpfs',
+    '/tmp',
+    '--chdir',
+    '/',
+    ...setenv,
+    '--',
+    ...argv,
+  ];
 }
 
 /** argv that runs `argv` inside the tree at `root` (a directory on the host), sandboxed; env is all it sees. */
@@ -116,7 +159,12 @@ export interface ImageRunOptions {
  * used) 1.4–2.2 s, was 1.2–1.7 s with the loop mount; rust (1.9 GiB, 1.2 GiB used) 2.5–4.8 s, was
  * 0.8–1.4 s.
  */
-export async function runInImage(host: Host, image: string, commands: ImageCommand[], opts: ImageRunOptions = {}): Promise<ImageRun> {
+export async function runInImage(
+  host: Host,
+  image: string,
+  commands: ImageCommand[],
+  opts: ImageRunOptions = {},
+): Promise<ImageRun> {
   if (!(await host.stat(image))) throw new Error(`${image} does not exist: build it first`);
   const size = Number((await output(host, ['stat', '-L', '--format=%s', '--', image])).stdout);
   const maxTreeBytes = opts.maxTreeBytes ?? Math.min(size, (await memAvailable(host)) / 2);
@@ -128,6 +176,7 @@ export async function runInImage(host: Host, image: string, commands: ImageComma
       const args = bwrapArgs('/tree', c.argv, c.env);
       return [String(args.length), ...args];
     });
+    // prettier-ignore
     const extraction = [
       '--unshare-all', '--unshare-user', '--die-with-parent', '--new-session', '--clearenv',
       '--ro-bind', '/usr', '/usr', ...(await systemDirs(host)), '--dev', '/dev', '--proc', '/proc', '--tmpfs', '/tmp',
@@ -144,15 +193,18 @@ export async function runInImage(host: Host, image: string, commands: ImageComma
     const read = async (name: string) => {
       const st = await host.stat(path.posix.join(work, name));
       if (!st) return '';
-      if (!st.isFile || st.size > 2 << 20) throw new Error(`the sandbox for ${image} left ${name} that is not a small file`);
+      if (!st.isFile || st.size > 2 << 20)
+        throw new Error(`the sandbox for ${image} left ${name} that is not a small file`);
       return (await host.readFile(path.posix.join(work, name))).toString('utf8');
     };
-    if (code !== 0) throw new Error(`the sandbox for ${image} failed (${code}): ${Buffer.concat(stderr).toString('utf8').trim() || 'no message'}`);
-    const problems = (await read('extract.err'))
-      .split('\n')
-      .filter((l) => l.trim() && !/^dumpe2fs \d/.test(l));
+    if (code !== 0)
+      throw new Error(
+        `the sandbox for ${image} failed (${code}): ${Buffer.concat(stderr).toString('utf8').trim() || 'no message'}`,
+      );
+    const problems = (await read('extract.err')).split('\n').filter((l) => l.trim() && !/^dumpe2fs \d/.test(l));
     if ((await read('extract.code')).trim() !== '0' || problems.length) {
-      const why = problems.slice(-5).join('\n') || `debugfs exited with ${(await read('extract.code')).trim() || 'nothing'}`;
+      const why =
+        problems.slice(-5).join('\n') || `debugfs exited with ${(await read('extract.code')).trim() || 'nothing'}`;
       const hint = /No space left/.test(why)
         ? ` (the tree is held in memory, at most ${Math.round(maxTreeBytes / 2 ** 20)} MiB)`
         : /Permission denied/.test(why)
@@ -162,7 +214,11 @@ export async function runInImage(host: Host, image: string, commands: ImageComma
     }
     const results: ImageCommandResult[] = [];
     for (let i = 0; i < commands.length; i++) {
-      results.push({ code: Number((await read(`${i}.code`)).trim() || -1), stdout: await read(`${i}.out`), stderr: await read(`${i}.err`) });
+      results.push({
+        code: Number((await read(`${i}.code`)).trim() || -1),
+        stdout: await read(`${i}.out`),
+        stderr: await read(`${i}.err`),
+      });
     }
     return { dumpe2fs: await read('dumpe2fs'), results };
   } finally {

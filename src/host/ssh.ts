@@ -39,7 +39,8 @@ export interface SshHostOptions {
  */
 const WRAPPER = 'echo $$ > "$1" || exit 126; cd -- "$2" || exit 126; shift 2; exec "$@"';
 // `kill -9 -PGID`: the one spelling of "kill the group" that dash, the usual /bin/sh, accepts.
-const KILLER = 'pid=$(cat -- "$1" 2>/dev/null) && { kill -9 "-$pid" 2>/dev/null || kill -9 "$pid" 2>/dev/null; }; rm -f -- "$1"';
+const KILLER =
+  'pid=$(cat -- "$1" 2>/dev/null) && { kill -9 "-$pid" 2>/dev/null || kill -9 "$pid" 2>/dev/null; }; rm -f -- "$1"';
 
 export class SshHost implements Host {
   readonly description: string;
@@ -69,9 +70,15 @@ export class SshHost implements Host {
       client.once('ready', () => resolve());
       client.once('error', (err: Error & { level?: string }) => {
         if (offered && offered !== opts.hostKeySha256) {
-          reject(new HostKeyMismatchError(`host key mismatch for ${where}: expected ${opts.hostKeySha256}, got ${offered} (refusing to connect)`));
+          reject(
+            new HostKeyMismatchError(
+              `host key mismatch for ${where}: expected ${opts.hostKeySha256}, got ${offered} (refusing to connect)`,
+            ),
+          );
         } else if (err.level === 'client-authentication') {
-          reject(new Error(`SSH authentication failed for ${where} with key ${opts.keyPath} (the server did not accept it)`));
+          reject(
+            new Error(`SSH authentication failed for ${where} with key ${opts.keyPath} (the server did not accept it)`),
+          );
         } else if (err.level === 'client-timeout') {
           reject(new Error(`SSH connection to ${where} timed out`));
         } else {
@@ -94,7 +101,8 @@ export class SshHost implements Host {
     });
     try {
       const dir = await execCapture(client, `mktemp -d ${shellQuote('/tmp/rootfs-ssh.XXXXXXXX')}`);
-      if (!/^\/tmp\/rootfs-ssh\.\w+$/.test(dir.trim())) throw new Error(`unexpected mktemp output ${JSON.stringify(dir)}`);
+      if (!/^\/tmp\/rootfs-ssh\.\w+$/.test(dir.trim()))
+        throw new Error(`unexpected mktemp output ${JSON.stringify(dir)}`);
       return new SshHost(client, dir.trim(), opts);
     } catch (err) {
       client.end();
@@ -106,8 +114,11 @@ export class SshHost implements Host {
     checkArgv(argv);
     checkEnv(opts.env);
     const pidFile = `${this.pidDir}/${++this.counter}.pid`;
-    const envArgs = opts.env && Object.keys(opts.env).length ? ['env', ...Object.entries(opts.env).map(([k, v]) => `${k}=${v}`)] : [];
-    const command = ['sh', '-c', WRAPPER, 'rootfs', pidFile, opts.cwd ?? '/', ...envArgs, ...argv].map(shellQuote).join(' ');
+    const envArgs =
+      opts.env && Object.keys(opts.env).length ? ['env', ...Object.entries(opts.env).map(([k, v]) => `${k}=${v}`)] : [];
+    const command = ['sh', '-c', WRAPPER, 'rootfs', pidFile, opts.cwd ?? '/', ...envArgs, ...argv]
+      .map(shellQuote)
+      .join(' ');
     return new Promise((resolve, reject) => {
       if (opts.signal?.aborted) return reject(opts.signal.reason ?? new Error('aborted'));
       this.client.exec(command, (err, stream: ClientChannel) => {
@@ -125,7 +136,11 @@ export class SshHost implements Host {
           this.exec(['rm', '-f', '--', pidFile]);
           if (opts.signal?.aborted) reject(opts.signal.reason ?? new Error('aborted'));
           // ssh reports signals without the SIG prefix; say them the way Node does.
-          else resolve({ code: signal ? null : (code ?? null), signal: signal ? (signal.startsWith('SIG') ? signal : `SIG${signal}`) : null });
+          else
+            resolve({
+              code: signal ? null : (code ?? null),
+              signal: signal ? (signal.startsWith('SIG') ? signal : `SIG${signal}`) : null,
+            });
         });
         stream.end(opts.stdin ?? undefined);
       });
@@ -147,30 +162,46 @@ export class SshHost implements Host {
   }
 
   private sftp(): Promise<SFTPWrapper> {
-    this.sftpChannel ??= new Promise((resolve, reject) => this.client.sftp((err, sftp) => (err ? reject(err) : resolve(sftp))));
+    this.sftpChannel ??= new Promise((resolve, reject) =>
+      this.client.sftp((err, sftp) => (err ? reject(err) : resolve(sftp))),
+    );
     return this.sftpChannel;
   }
 
   async putFile(localPath: string, remotePath: string, mode?: number): Promise<void> {
     const sftp = await this.sftp();
-    await new Promise<void>((resolve, reject) => sftp.fastPut(localPath, remotePath, (err) => (err ? reject(err) : resolve())));
-    if (mode !== undefined) await new Promise<void>((resolve, reject) => sftp.chmod(remotePath, mode, (err) => (err ? reject(err) : resolve())));
+    await new Promise<void>((resolve, reject) =>
+      sftp.fastPut(localPath, remotePath, (err) => (err ? reject(err) : resolve())),
+    );
+    if (mode !== undefined)
+      await new Promise<void>((resolve, reject) =>
+        sftp.chmod(remotePath, mode, (err) => (err ? reject(err) : resolve())),
+      );
   }
 
   async getFile(remotePath: string, localPath: string): Promise<void> {
     const sftp = await this.sftp();
-    await new Promise<void>((resolve, reject) => sftp.fastGet(remotePath, localPath, (err) => (err ? reject(err) : resolve())));
+    await new Promise<void>((resolve, reject) =>
+      sftp.fastGet(remotePath, localPath, (err) => (err ? reject(err) : resolve())),
+    );
   }
 
   async writeFile(remotePath: string, data: Buffer | string, mode?: number): Promise<void> {
     const sftp = await this.sftp();
-    await new Promise<void>((resolve, reject) => sftp.writeFile(remotePath, data, (err) => (err ? reject(err) : resolve())));
-    if (mode !== undefined) await new Promise<void>((resolve, reject) => sftp.chmod(remotePath, mode, (err) => (err ? reject(err) : resolve())));
+    await new Promise<void>((resolve, reject) =>
+      sftp.writeFile(remotePath, data, (err) => (err ? reject(err) : resolve())),
+    );
+    if (mode !== undefined)
+      await new Promise<void>((resolve, reject) =>
+        sftp.chmod(remotePath, mode, (err) => (err ? reject(err) : resolve())),
+      );
   }
 
   async readFile(remotePath: string): Promise<Buffer> {
     const sftp = await this.sftp();
-    return new Promise((resolve, reject) => sftp.readFile(remotePath, (err, data) => (err ? reject(err) : resolve(data))));
+    return new Promise((resolve, reject) =>
+      sftp.readFile(remotePath, (err, data) => (err ? reject(err) : resolve(data))),
+    );
   }
 
   async stat(p: string): Promise<FileStat | null> {
@@ -179,7 +210,13 @@ export class SshHost implements Host {
       sftp.lstat(p, (err, st) => {
         if (err) return (err as Error & { code?: number }).code === 2 ? resolve(null) : reject(err);
         const type = st.mode & 0o170000;
-        resolve({ size: st.size, mode: st.mode, isFile: type === 0o100000, isDirectory: type === 0o040000, isSymbolicLink: type === 0o120000 });
+        resolve({
+          size: st.size,
+          mode: st.mode,
+          isFile: type === 0o100000,
+          isDirectory: type === 0o040000,
+          isSymbolicLink: type === 0o120000,
+        });
       }),
     );
   }
@@ -209,7 +246,9 @@ function execCapture(client: Client, command: string): Promise<string> {
       let out = '';
       stream.on('data', (c: Buffer) => (out += c.toString('utf8')));
       stream.stderr.resume();
-      stream.once('close', (code: number) => (code === 0 ? resolve(out) : reject(new Error(`${command} exited with ${code}`))));
+      stream.once('close', (code: number) =>
+        code === 0 ? resolve(out) : reject(new Error(`${command} exited with ${code}`)),
+      );
     }),
   );
 }

@@ -59,5 +59,6 @@ export function checkEnv(env: Record<string, string> | undefined): void {
 
 export function checkArgv(argv: string[]): void {
   if (!argv.length || !argv[0]) throw new Error('empty command');
-  for (const a of argv) if (a.includes('\0')) throw new Error(`argument contains a NUL byte: ${JSON.stringify(a.slice(0, 40))}`);
+  for (const a of argv)
+    if (a.includes('\0')) throw new Error(`argument contains a NUL byte: ${JSON.stringify(a.slice(0, 40))}`);
 }

@@ -26,7 +26,9 @@ export class Archive {
     const { base } = this;
     // The build host's debootstrap, not this worker's: an SSH build host may have another one.
     this.mirrorOnce ??= (async () =>
-      (base.mirror ?? (await debootstrapDefaultMirror((argv, env) => this.runner.read(argv, { env }), base.suite))).replace(/\/+$/, ''))();
+      (
+        base.mirror ?? (await debootstrapDefaultMirror((argv, env) => this.runner.read(argv, { env }), base.suite))
+      ).replace(/\/+$/, ''))();
     return this.mirrorOnce;
   }
 
@@ -51,9 +53,12 @@ export class Archive {
     const state: Record<string, string> = {};
     for (const dist of this.dists()) {
       const url = `${mirror}/dists/${dist}/InRelease`;
-      const text = await this.runner.read(['curl', '--fail', '--silent', '--show-error', '--location', '--retry', '3', '--', url], {
-        env: this.clientEnv,
-      });
+      const text = await this.runner.read(
+        ['curl', '--fail', '--silent', '--show-error', '--location', '--retry', '3', '--', url],
+        {
+          env: this.clientEnv,
+        },
+      );
       state[dist] = crypto.createHash('sha256').update(text).digest('hex');
     }
     return state;

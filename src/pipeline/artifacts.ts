@@ -83,6 +83,7 @@ export class ArtifactStore {
    */
   async recorded(step: string): Promise<Array<{ key: string; time: number }>> {
     const prefix = `${step}-`;
+    // prettier-ignore
     const out = await this.runner
       .read([
         'find', this.root, '-mindepth', '2', '-maxdepth', '2',
@@ -112,7 +113,8 @@ export class ArtifactStore {
     build: (workDir: string) => Promise<Record<string, unknown>>,
   ): Promise<{ meta: ArtifactMeta; reused: boolean }> {
     const { key, step } = record;
-    if (stepKey(record.step, record.previous, record.input) !== key) throw new Error(`the key record of ${key} does not hash to it`);
+    if (stepKey(record.step, record.previous, record.input) !== key)
+      throw new Error(`the key record of ${key} does not hash to it`);
     const existing = await this.lookup(key);
     if (existing) return { meta: existing, reused: true };
     const release = await this.lock(key);
@@ -126,7 +128,10 @@ export class ArtifactStore {
         const data = await build(work);
         const meta: ArtifactMeta = { key, step, createdAt: new Date().toISOString(), data };
         await this.runner.host.writeFile(path.posix.join(work, 'meta.json'), JSON.stringify(meta, null, 2) + '\n');
-        await this.runner.host.writeFile(path.posix.join(work, 'key-input.json'), JSON.stringify(record, null, 2) + '\n');
+        await this.runner.host.writeFile(
+          path.posix.join(work, 'key-input.json'),
+          JSON.stringify(record, null, 2) + '\n',
+        );
         await this.runner.run(['sync', '-f', work]);
         await this.runner.run(['mv', '-T', work, this.dir(key)]);
         return { meta, reused: false };
@@ -150,7 +155,9 @@ export class ArtifactStore {
 
   private async removeLeftovers(key: string): Promise<void> {
     const tmp = path.posix.join(this.root, '.tmp');
-    const found = await this.runner.read(['find', tmp, '-mindepth', '1', '-maxdepth', '1', '-name', `${key}.*`]).catch(() => '');
+    const found = await this.runner
+      .read(['find', tmp, '-mindepth', '1', '-maxdepth', '1', '-name', `${key}.*`])
+      .catch(() => '');
     for (const dir of found.split('\n').filter(Boolean)) await this.removeTree(dir);
   }
 
@@ -163,7 +170,9 @@ export class ArtifactStore {
       const { code } = await this.runner.host.run(['mkdir', lock], { signal: this.runner.signal });
       if (code === 0) break;
       // Held: by a live build (it touches the lock) or a dead one (the lock goes stale).
-      const stale = await this.runner.read(['find', lock, '-maxdepth', '0', '-not', '-newermt', `-${STALE_LOCK_SECONDS} seconds`]).catch(() => '');
+      const stale = await this.runner
+        .read(['find', lock, '-maxdepth', '0', '-not', '-newermt', `-${STALE_LOCK_SECONDS} seconds`])
+        .catch(() => '');
       if (stale.trim()) {
         await this.runner.run(['rmdir', lock]).catch(() => {});
         continue;

@@ -58,7 +58,8 @@ export type BuildSpec = z.infer<typeof BuildSpec>;
 /** What the pipeline builds from: the spec's part that shapes the image. */
 export type BuildSettings = Pick<BuildSpec, 'base' | 'languages' | 'image' | 'workspace'>;
 
-export const fileSha256 = (file: string): string => crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
+export const fileSha256 = (file: string): string =>
+  crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
 
 /**
  * The operator binary to install: the configured one; when the config leaves the default
@@ -66,7 +67,8 @@ export const fileSha256 = (file: string): string => crypto.createHash('sha256').
  */
 export function operatorPath(loaded: LoadedConfig): string {
   const configured = resolveConfigPath(loaded, loaded.config.operator.path);
-  if (loaded.config.operator.path === DEFAULT_OPERATOR_PATH && !fs.existsSync(configured)) return toolPaths().referenceOperator;
+  if (loaded.config.operator.path === DEFAULT_OPERATOR_PATH && !fs.existsSync(configured))
+    return toolPaths().referenceOperator;
   return configured;
 }
 
@@ -94,7 +96,9 @@ function readableSha256(file: string, what: string): string {
   try {
     return fileSha256(file);
   } catch (err) {
-    throw new Error(`${what} ${file} cannot be read (${(err as NodeJS.ErrnoException).code ?? String(err)}): run \`npm run setup\`, or fix the config`);
+    throw new Error(
+      `${what} ${file} cannot be read (${(err as NodeJS.ErrnoException).code ?? String(err)}): run \`npm run setup\`, or fix the config`,
+    );
   }
 }
 
@@ -103,7 +107,8 @@ export function buildSpecOf(loaded: LoadedConfig, languages?: string[]): BuildSp
   const { config } = loaded;
   const names = languages?.length ? languages : Object.keys(config.languages);
   for (const name of names) {
-    if (!config.languages[name]) throw new Error(`${name} is not a configured language (${Object.keys(config.languages).join(', ')})`);
+    if (!config.languages[name])
+      throw new Error(`${name} is not a configured language (${Object.keys(config.languages).join(', ')})`);
   }
   const operator = operatorPath(loaded);
   const keyring = keyringPath(loaded);
@@ -133,7 +138,8 @@ export function languageSpec(spec: BuildSpec, language: string): BuildSpec {
 }
 
 /** A short digest of a spec, shown in Temporal Web and status. */
-export const specDigest = (spec: BuildSpec): string => crypto.createHash('sha256').update(canonicalJson(spec)).digest('hex').slice(0, 12);
+export const specDigest = (spec: BuildSpec): string =>
+  crypto.createHash('sha256').update(canonicalJson(spec)).digest('hex').slice(0, 12);
 
 /** Where one pinned file is on this machine, or why not. */
 function findPinned(sha256: string, candidates: string[], what: string): string {
@@ -161,8 +167,16 @@ export class WrongBuildHost extends Error {
 /** The local files a spec pins, found on this worker's machine. */
 export function localInputs(spec: BuildSpec, worker: LoadedConfig): { operatorPath: string; keyringPath: string } {
   return {
-    operatorPath: findPinned(spec.operatorSha256, [operatorPath(worker), toolPaths().referenceOperator], 'the operator binary'),
-    keyringPath: findPinned(spec.keyringSha256, [keyringPath(worker), toolPaths().ubuntuKeyring], 'the archive keyring'),
+    operatorPath: findPinned(
+      spec.operatorSha256,
+      [operatorPath(worker), toolPaths().referenceOperator],
+      'the operator binary',
+    ),
+    keyringPath: findPinned(
+      spec.keyringSha256,
+      [keyringPath(worker), toolPaths().ubuntuKeyring],
+      'the archive keyring',
+    ),
   };
 }
 
@@ -181,17 +195,26 @@ function hostIdentity(loaded: LoadedConfig): BuildHostIdentity {
   const host = loaded.config.buildHost;
   return host.kind === 'local'
     ? { kind: 'local', alias: host.alias }
-    : { kind: 'ssh', alias: host.alias, host: host.host, port: host.port, user: host.user, hostKeySha256: host.hostKeySha256 };
+    : {
+        kind: 'ssh',
+        alias: host.alias,
+        host: host.host,
+        port: host.port,
+        user: host.user,
+        hostKeySha256: host.hostKeySha256,
+      };
 }
 
-const describeHost = (h: BuildHostIdentity) => (h.kind === 'local' ? `${h.alias} (this machine)` : `${h.alias} (${h.user}@${h.host}:${h.port}, ${h.hostKeySha256})`);
+const describeHost = (h: BuildHostIdentity) =>
+  h.kind === 'local' ? `${h.alias} (this machine)` : `${h.alias} (${h.user}@${h.host}:${h.port}, ${h.hostKeySha256})`;
 
 /**
  * What changed between two specs, one line per changed leaf (`languages.python.packages: [] →
  * ["python3-venv"]`), for `resume --reload-config` to show before it applies a new config.
  */
 export function specChanges(before: unknown, after: unknown, at = ''): string[] {
-  const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+  const isObject = (v: unknown): v is Record<string, unknown> =>
+    typeof v === 'object' && v !== null && !Array.isArray(v);
   if (isObject(before) && isObject(after)) {
     const keys = [...new Set([...Object.keys(before), ...Object.keys(after)])].sort();
     return keys.flatMap((k) => specChanges(before[k], after[k], at ? `${at}.${k}` : k));

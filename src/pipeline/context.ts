@@ -65,14 +65,27 @@ export class StepRunner {
   }
 
   /** Runs argv inside the tree and returns what it printed (bounded), whatever its exit code. */
-  async chrootRead(root: string, argv: string[], extra?: RunOptions): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  async chrootRead(
+    root: string,
+    argv: string[],
+    extra?: RunOptions,
+  ): Promise<{ code: number | null; stdout: string; stderr: string }> {
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     const keep = (into: Buffer[]) => (chunk: Buffer) => {
       if (into.reduce((n, b) => n + b.length, 0) < 64 * 1024) into.push(chunk);
     };
-    const result = await runInChroot(this.host, root, argv, { signal: this.signal, ...extra, onStdout: keep(out), onStderr: keep(err) });
-    return { code: result.code, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') };
+    const result = await runInChroot(this.host, root, argv, {
+      signal: this.signal,
+      ...extra,
+      onStdout: keep(out),
+      onStderr: keep(err),
+    });
+    return {
+      code: result.code,
+      stdout: Buffer.concat(out).toString('utf8'),
+      stderr: Buffer.concat(err).toString('utf8'),
+    };
   }
 
   /**

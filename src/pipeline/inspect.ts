@@ -10,7 +10,9 @@ import { OPERATOR_PATH, renderUnit, UNIT_PATH, UNIT_WANTS_LINK } from './render'
 
 async function readlinkIn(runner: StepRunner, tree: string, p: string): Promise<string | null> {
   const chunks: Buffer[] = [];
-  const { code } = await runner.host.run(['readlink', '--', path.posix.join(tree, p)], { onStdout: (c) => chunks.push(c) });
+  const { code } = await runner.host.run(['readlink', '--', path.posix.join(tree, p)], {
+    onStdout: (c) => chunks.push(c),
+  });
   return code === 0 ? Buffer.concat(chunks).toString('utf8').trim() : null;
 }
 
@@ -25,27 +27,47 @@ export async function resolveInTree(runner: StepRunner, tree: string, p: string)
   return null;
 }
 
-export async function inspectTree(runner: StepRunner, tree: string, language: string, spec: LanguageSpec): Promise<string[]> {
+export async function inspectTree(
+  runner: StepRunner,
+  tree: string,
+  language: string,
+  spec: LanguageSpec,
+): Promise<string[]> {
   const problems: string[] = [];
   const at = (p: string) => path.posix.join(tree, p);
 
   const init = await resolveInTree(runner, tree, '/sbin/init');
-  if (!init || !/systemd$/.test(init)) problems.push(`/sbin/init does not resolve to systemd (got ${init ?? 'nothing'})`);
+  if (!init || !/systemd$/.test(init))
+    problems.push(`/sbin/init does not resolve to systemd (got ${init ?? 'nothing'})`);
 
   const operator = await runner.host.stat(at(OPERATOR_PATH));
   if (!operator?.isFile) problems.push(`${OPERATOR_PATH} is missing`);
-  else if ((operator.mode & 0o7777) !== 0o755) problems.push(`${OPERATOR_PATH} has mode ${(operator.mode & 0o7777).toString(8)}, not 755`);
+  else if ((operator.mode & 0o7777) !== 0o755)
+    problems.push(`${OPERATOR_PATH} has mode ${(operator.mode & 0o7777).toString(8)}, not 755`);
 
-  const unit = (await runner.host.stat(at(UNIT_PATH))) ? (await runner.host.readFile(at(UNIT_PATH))).toString('utf8') : null;
-  if (unit !== renderUnit(spec)) problems.push(`${UNIT_PATH} is ${unit === null ? 'missing' : 'not the expected unit'}`);
-  if ((await resolveInTree(runner, tree, UNIT_WANTS_LINK)) !== UNIT_PATH) problems.push(`${UNIT_WANTS_LINK} does not resolve to ${UNIT_PATH}`);
+  const unit = (await runner.host.stat(at(UNIT_PATH)))
+    ? (await runner.host.readFile(at(UNIT_PATH))).toString('utf8')
+    : null;
+  if (unit !== renderUnit(spec))
+    problems.push(`${UNIT_PATH} is ${unit === null ? 'missing' : 'not the expected unit'}`);
+  if ((await resolveInTree(runner, tree, UNIT_WANTS_LINK)) !== UNIT_PATH)
+    problems.push(`${UNIT_WANTS_LINK} does not resolve to ${UNIT_PATH}`);
 
-  if (!(await runner.host.stat(at(`/etc/profile.d/${language}.sh`)))) problems.push(`/etc/profile.d/${language}.sh is missing`);
+  if (!(await runner.host.stat(at(`/etc/profile.d/${language}.sh`))))
+    problems.push(`/etc/profile.d/${language}.sh is missing`);
   if (await runner.host.stat(at('/usr/sbin/policy-rc.d'))) problems.push('/usr/sbin/policy-rc.d was left in the image');
 
   const leftovers = await runner.read([
-    'find', at('/var/lib/apt/lists'), at('/var/cache/apt'), '-type', 'f', '-not', '-name', 'lock',
+    'find',
+    at('/var/lib/apt/lists'),
+    at('/var/cache/apt'),
+    '-type',
+    'f',
+    '-not',
+    '-name',
+    'lock',
   ]);
-  if (leftovers.trim()) problems.push(`apt lists or caches left in the image: ${leftovers.trim().split('\n').slice(0, 3).join(', ')}`);
+  if (leftovers.trim())
+    problems.push(`apt lists or caches left in the image: ${leftovers.trim().split('\n').slice(0, 3).join(', ')}`);
   return problems;
 }

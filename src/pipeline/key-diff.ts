@@ -25,7 +25,12 @@ function diff(at: string, before: unknown, after: unknown, out: string[]): void 
     return;
   }
   // Lists of records (runtime sources, version checks, files): the entry that changed, when none came or went.
-  if (Array.isArray(before) && Array.isArray(after) && before.length === after.length && [...before, ...after].some(isObject)) {
+  if (
+    Array.isArray(before) &&
+    Array.isArray(after) &&
+    before.length === after.length &&
+    [...before, ...after].some(isObject)
+  ) {
     before.forEach((b, i) => diff(`${name}.${i}`, b, after[i], out));
     return;
   }
@@ -50,7 +55,8 @@ function diff(at: string, before: unknown, after: unknown, out: string[]): void 
  */
 export function keyInputChanges(before: KeyRecord, after: KeyRecord): string[] {
   const out: string[] = [];
-  if (before.previous !== after.previous) out.push(`previous: ${before.previous ?? '(none)'} → ${after.previous ?? '(none)'}`);
+  if (before.previous !== after.previous)
+    out.push(`previous: ${before.previous ?? '(none)'} → ${after.previous ?? '(none)'}`);
   diff('', before.input, after.input, out);
   return out.map((line) => `${after.step}: ${line}`);
 }

@@ -9,7 +9,10 @@ import { STEPS, type Step } from '../../workflows/types';
 
 /** Steps that make an artifact: every step of a build but allocate, and `rootfs customize`. */
 export type StepName = Exclude<Step, 'allocate'> | 'customize';
-export const STEP_NAMES: readonly StepName[] = [...STEPS.filter((s): s is Exclude<Step, 'allocate'> => s !== 'allocate'), 'customize'];
+export const STEP_NAMES: readonly StepName[] = [
+  ...STEPS.filter((s): s is Exclude<Step, 'allocate'> => s !== 'allocate'),
+  'customize',
+];
 
 export const KEY_PATTERN = new RegExp(`^(${STEP_NAMES.join('|')})-[0-9a-f]{32}$`);
 
@@ -19,7 +22,9 @@ export function canonicalJson(value: unknown): string {
     if (v === undefined) return undefined;
     if (typeof v === 'number' && !Number.isFinite(v)) throw new Error('non-finite numbers have no canonical form');
     if (v && typeof v === 'object' && !Array.isArray(v)) {
-      return Object.fromEntries(Object.entries(v as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
+      return Object.fromEntries(
+        Object.entries(v as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)),
+      );
     }
     return v;
   });

@@ -16,9 +16,12 @@ export async function debootstrapDefaultMirror(read: ReadCommand, suite: string)
   try {
     stdout = await read(['sh', '-c', SCRIPT, 'sh', script], { ARCH: 'amd64', SUITE: suite });
   } catch (err) {
-    throw new Error(`cannot read debootstrap's default mirror for ${suite} from ${script} (is debootstrap installed?): ${(err as Error).message.split('\n')[0]}`);
+    throw new Error(
+      `cannot read debootstrap's default mirror for ${suite} from ${script} (is debootstrap installed?): ${(err as Error).message.split('\n')[0]}`,
+    );
   }
   const mirror = stdout.trim();
-  if (!/^https?:\/\/\S+$/.test(mirror)) throw new Error(`unexpected default mirror from ${script}: ${mirror.slice(0, 100)}`);
+  if (!/^https?:\/\/\S+$/.test(mirror))
+    throw new Error(`unexpected default mirror from ${script}: ${mirror.slice(0, 100)}`);
   return mirror;
 }

@@ -83,7 +83,10 @@ export class Pipeline {
       throw new BuildError((err as Error).message, 'InvalidOperatorBinary');
     }
     if (!fs.existsSync(this.input.keyringPath)) {
-      throw new BuildError(`archive keyring ${this.input.keyringPath} is missing: run \`npm run setup\``, 'InvalidInput');
+      throw new BuildError(
+        `archive keyring ${this.input.keyringPath} is missing: run \`npm run setup\``,
+        'InvalidInput',
+      );
     }
     await this.runner.run(['mkdir', '-p', this.store.root, this.imagesDir, this.cacheDir]);
     return { operatorSha256: fileSha256(this.input.operatorPath) };
@@ -97,12 +100,18 @@ export class Pipeline {
     const archive = await this.archive.stateFor(snapshot);
     const keyring = await this.archive.keyringOnHost();
     const packages = basePackages(base);
-    const record = keyRecord('base', null, baseKeyInput({ base, mirror, archive, keyringSha256: keyring.sha256 }), null);
+    const record = keyRecord(
+      'base',
+      null,
+      baseKeyInput({ base, mirror, archive, keyringSha256: keyring.sha256 }),
+      null,
+    );
     const { meta, reused } = await this.store.ensure(record, async (work) => {
       const tree = path.posix.join(work, 'tree');
       const sources = this.archive.dists().map((d) => `deb ${mirror} ${d} ${base.components.join(' ')}`);
       this.runner.phase('mmdebstrap');
       // A private mount namespace: the kernel drops mmdebstrap's mounts even if it is killed.
+      // prettier-ignore
       await this.runner.run([
         'unshare', '--mount', '--propagation', 'private', '--fork', '--kill-child',
         'mmdebstrap', `--variant=${base.variant}`, `--components=${base.components.join(',')}`,
@@ -126,7 +135,8 @@ export class Pipeline {
       await withChrootSetup(this.runner, tree, async () => {
         const ctx = { runner: this.runner, tree, cacheDir: this.cacheDir, clientEnv: this.input.clientEnv ?? {} };
         for (const source of spec.runtime) Object.assign(installed, await installSource(ctx, source));
-        if (spec.packages.length) Object.assign(installed, await installSource(ctx, { kind: 'apt', packages: spec.packages, links: [] }));
+        if (spec.packages.length)
+          Object.assign(installed, await installSource(ctx, { kind: 'apt', packages: spec.packages, links: [] }));
         for (const file of spec.files) await writeInTree(this.runner, tree, file.path, file.content, file.mode);
         await cleanApt(this.runner, tree);
       });
@@ -138,7 +148,10 @@ export class Pipeline {
   async operator(language: string, runtimeKey: string, operatorSha256: string): Promise<StepOutcome> {
     const spec = this.spec(language);
     if (fileSha256(this.input.operatorPath) !== operatorSha256) {
-      throw new BuildError(`operator binary ${this.input.operatorPath} changed during the build; start the build again`, 'InvalidInput');
+      throw new BuildError(
+        `operator binary ${this.input.operatorPath} changed during the build; start the build again`,
+        'InvalidInput',
+      );
     }
     const input = operatorKeyInput({ language, spec, operatorSha256 });
     const { unit, profile } = input;
@@ -165,7 +178,8 @@ export class Pipeline {
       const tree = this.store.tree(operatorKey);
       this.runner.phase('inspecting the tree');
       const problems = await inspectTree(this.runner, tree, language, spec);
-      if (problems.length) throw new BuildError(`${language} image is not bootable: ${problems.join('; ')}`, 'VerificationFailed');
+      if (problems.length)
+        throw new BuildError(`${language} image is not bootable: ${problems.join('; ')}`, 'VerificationFailed');
       const env = verifyEnvironment(spec);
       const versions: string[] = [];
       for (const check of spec.verify) {
@@ -204,9 +218,19 @@ export class Pipeline {
    * the content plus headroom unless a fixed size is configured, and checks it with `e2fsck -fn`.
    * UUID, hash seed and timestamps derive from the key, so equal trees give equal images.
    */
-  async image(language: string, verifyKey: string, operatorKey: string, customizations: string[][] = []): Promise<StepOutcome<ImageData>> {
+  async image(
+    language: string,
+    verifyKey: string,
+    operatorKey: string,
+    customizations: string[][] = [],
+  ): Promise<StepOutcome<ImageData>> {
     const { sizeMiB, headroomMiB } = this.input.config.image;
-    const record = keyRecord('image', verifyKey, imageKeyInput({ language, image: this.input.config.image, operatorKey }), language);
+    const record = keyRecord(
+      'image',
+      verifyKey,
+      imageKeyInput({ language, image: this.input.config.image, operatorKey }),
+      language,
+    );
     const { key } = record;
     const file = imageKey(language);
     const { meta, reused } = await this.store.ensure(record, async (work) => {
@@ -216,7 +240,10 @@ export class Pipeline {
       const neededMiB = Math.ceil(usedMiB * 1.1) + 128;
       const size = sizeMiB ?? neededMiB + headroomMiB;
       if (size < neededMiB) {
-        throw new BuildError(`${language}: image.sizeMiB ${size} is too small for ${usedMiB} MiB of files (needs ${neededMiB})`, 'InvalidInput');
+        throw new BuildError(
+          `${language}: image.sizeMiB ${size} is too small for ${usedMiB} MiB of files (needs ${neededMiB})`,
+          'InvalidInput',
+        );
       }
       const digest = key.slice(-32);
       const uuid = `${digest.slice(0, 8)}-${digest.slice(8, 12)}-4${digest.slice(13, 16)}-8${digest.slice(17, 20)}-${digest.slice(20, 32)}`;
@@ -225,7 +252,23 @@ export class Pipeline {
       const out = path.posix.join(work, file);
       this.runner.phase(`mkfs.ext4 ${size} MiB from ${usedMiB} MiB of files`);
       await this.runner.run(
-        ['mkfs.ext4', '-q', '-F', '-t', 'ext4', '-L', 'rootfs', '-U', uuid, '-E', `hash_seed=${uuid},root_owner=0:0`, '-d', tree, out, `${size}M`],
+        [
+          'mkfs.ext4',
+          '-q',
+          '-F',
+          '-t',
+          'ext4',
+          '-L',
+          'rootfs',
+          '-U',
+          uuid,
+          '-E',
+          `hash_seed=${uuid},root_owner=0:0`,
+          '-d',
+          tree,
+          out,
+          `${size}M`,
+        ],
         { env: { E2FSPROGS_FAKE_TIME: epoch, SOURCE_DATE_EPOCH: epoch } },
       );
       this.runner.phase('e2fsck -fn');
@@ -257,27 +300,44 @@ export class Pipeline {
    * (as in the runtime step: no services start, DNS works, apt caches are cleaned after) and keeps
    * the result as a new artifact. Verify and image steps then run on it as on any tree.
    */
-  async customize(language: string, argv: string[], output?: (chunk: Buffer) => void): Promise<StepOutcome & { fromKey: string; customizations: string[][] }> {
+  async customize(
+    language: string,
+    argv: string[],
+    output?: (chunk: Buffer) => void,
+  ): Promise<StepOutcome & { fromKey: string; customizations: string[][] }> {
     this.spec(language);
     const manifest = await this.publishedManifest(language);
-    if (!manifest) throw new BuildError(`${language} has no image yet: build it first (rootfs create ${language})`, 'InvalidInput');
+    if (!manifest)
+      throw new BuildError(`${language} has no image yet: build it first (rootfs create ${language})`, 'InvalidInput');
     const fromKey = manifest.treeKey;
     if (!fromKey || !(await this.store.lookup(fromKey))) {
-      throw new BuildError(`the tree behind ${this.imagePath(language)} is not in the artifact store: rebuild it (rootfs create ${language})`, 'InvalidInput');
+      throw new BuildError(
+        `the tree behind ${this.imagePath(language)} is not in the artifact store: rebuild it (rootfs create ${language})`,
+        'InvalidInput',
+      );
     }
     const record = keyRecord('customize', fromKey, customizeKeyInput({ argv }), language);
     const { meta, reused } = await this.store.ensure(record, async (work) => {
       const tree = await copyTree(this.runner, this.store, fromKey, work);
       await withChrootSetup(this.runner, tree, async () => {
         this.runner.phase(`running ${argv.join(' ')}`);
-        await this.runner.chroot(tree, ['env', '-i', ...verifyEnvironment(this.spec(language)), ...argv], output ? { onStdout: output, onStderr: output } : {});
+        await this.runner.chroot(
+          tree,
+          ['env', '-i', ...verifyEnvironment(this.spec(language)), ...argv],
+          output ? { onStdout: output, onStderr: output } : {},
+        );
         await cleanApt(this.runner, tree);
       });
       return { argv, fromKey };
     });
-    return { key: record.key, reused, data: meta.data, fromKey, customizations: [...(manifest.customizations ?? []), argv] };
+    return {
+      key: record.key,
+      reused,
+      data: meta.data,
+      fromKey,
+      customizations: [...(manifest.customizations ?? []), argv],
+    };
   }
-
 }
 
 /** `env -i` arguments for version checks: the unit's environment with a PATH that finds the runtime. */

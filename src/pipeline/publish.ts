@@ -28,12 +28,19 @@ export async function publishedManifest(runner: StepRunner, dest: string): Promi
  * artifact. A marker file remembers which artifact the copy is of, so an unchanged image is not
  * copied again.
  */
-export async function publishImage(runner: StepRunner, source: string, dest: string, key: string, manifest: Record<string, unknown>): Promise<void> {
+export async function publishImage(
+  runner: StepRunner,
+  source: string,
+  dest: string,
+  key: string,
+  manifest: Record<string, unknown>,
+): Promise<void> {
   // What the build knows about the image, beside it: the S3 upload publishes it as the manifest.
   await runner.host.writeFile(`${dest}.manifest.json`, JSON.stringify(manifest, null, 2) + '\n');
   const marker = path.posix.join(path.posix.dirname(dest), `.${path.posix.basename(dest)}.source`);
   const current = async () => `${key} ${(await runner.read(['stat', '-c', '%s %Y %i', dest]).catch(() => '')).trim()}`;
-  if ((await runner.host.stat(marker)) && (await runner.host.readFile(marker)).toString('utf8') === (await current())) return;
+  if ((await runner.host.stat(marker)) && (await runner.host.readFile(marker)).toString('utf8') === (await current()))
+    return;
   runner.phase(`publishing ${dest}`);
   const tmp = `${dest}.${crypto.randomBytes(4).toString('hex')}.tmp`;
   try {

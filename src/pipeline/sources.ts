@@ -46,12 +46,32 @@ export async function fetchVerified(ctx: SourceContext, url: string, sha256: str
   const tmp = `${cached}.${crypto.randomBytes(4).toString('hex')}.part`;
   runner.phase(`downloading ${url}`);
   try {
-    await runner.run(['curl', '--fail', '--silent', '--show-error', '--location', '--retry', '3', '--connect-timeout', '20', '--output', tmp, '--', url], {
-      env: ctx.clientEnv,
-    });
+    await runner.run(
+      [
+        'curl',
+        '--fail',
+        '--silent',
+        '--show-error',
+        '--location',
+        '--retry',
+        '3',
+        '--connect-timeout',
+        '20',
+        '--output',
+        tmp,
+        '--',
+        url,
+      ],
+      {
+        env: ctx.clientEnv,
+      },
+    );
     const actual = await sha256OnHost(runner, tmp);
     if (actual !== sha256) {
-      throw new BuildError(`checksum mismatch for ${url}: expected sha256 ${sha256}, got ${actual}`, 'ChecksumMismatch');
+      throw new BuildError(
+        `checksum mismatch for ${url}: expected sha256 ${sha256}, got ${actual}`,
+        'ChecksumMismatch',
+      );
     }
     await runner.run(['mv', '-f', tmp, cached]);
     return cached;
@@ -91,21 +111,43 @@ async function installApt(ctx: SourceContext, source: Extract<RuntimeSource, { k
     if (added.length) await runner.run(['rm', '-f', '--', ...added]);
   }
   await makeLinks(ctx, source.links);
-  const versions = await runner.read(['chroot', tree, 'dpkg-query', '-W', '-f', '${Package}=${Version}\\n', ...source.packages.map((p) => p.split('=')[0]!)]);
+  const versions = await runner.read([
+    'chroot',
+    tree,
+    'dpkg-query',
+    '-W',
+    '-f',
+    '${Package}=${Version}\\n',
+    ...source.packages.map((p) => p.split('=')[0]!),
+  ]);
   return { apt: versions.trim().split('\n').join(' ') };
 }
 
-async function installArchive(ctx: SourceContext, source: Extract<RuntimeSource, { kind: 'archive' }>): Promise<SourceRecord> {
+async function installArchive(
+  ctx: SourceContext,
+  source: Extract<RuntimeSource, { kind: 'archive' }>,
+): Promise<SourceRecord> {
   const file = await fetchVerified(ctx, source.url, source.sha256);
   ctx.runner.phase(`unpacking into ${source.dest}`);
   await fillDirInTree(ctx.runner, ctx.tree, source.dest, (staging) =>
-    ctx.runner.run(['tar', '-xf', file, '-C', staging, `--strip-components=${source.stripComponents}`, '--no-same-owner']),
+    ctx.runner.run([
+      'tar',
+      '-xf',
+      file,
+      '-C',
+      staging,
+      `--strip-components=${source.stripComponents}`,
+      '--no-same-owner',
+    ]),
   );
   await makeLinks(ctx, source.links);
   return { archive: `${source.url} sha256:${source.sha256}` };
 }
 
-async function installScript(ctx: SourceContext, source: Extract<RuntimeSource, { kind: 'script' }>): Promise<SourceRecord> {
+async function installScript(
+  ctx: SourceContext,
+  source: Extract<RuntimeSource, { kind: 'script' }>,
+): Promise<SourceRecord> {
   const file = await fetchVerified(ctx, source.url, source.sha256);
   const inside = `/tmp/rootfs-install-${source.sha256.slice(0, 16)}.sh`;
   const at = await installInTree(ctx.runner, ctx.tree, inside, file, 0o755);
@@ -127,11 +169,19 @@ async function installNpm(ctx: SourceContext, source: Extract<RuntimeSource, { k
   try {
     runner.phase(`npm pack ${source.package}@${source.version}`);
     // npm checks the tarball against the registry's integrity field before writing it.
-    const out = await runner.read(['npm', 'pack', '--json', '--pack-destination', dir, `${source.package}@${source.version}`], {
-      env: { ...ctx.clientEnv, npm_config_cache: path.posix.join(ctx.cacheDir, 'npm-cache'), npm_config_update_notifier: 'false' },
-    });
+    const out = await runner.read(
+      ['npm', 'pack', '--json', '--pack-destination', dir, `${source.package}@${source.version}`],
+      {
+        env: {
+          ...ctx.clientEnv,
+          npm_config_cache: path.posix.join(ctx.cacheDir, 'npm-cache'),
+          npm_config_update_notifier: 'false',
+        },
+      },
+    );
     const packed = (JSON.parse(out) as Array<{ filename: string; integrity: string; version: string }>)[0];
-    if (!packed || packed.version !== source.version) throw new Error(`npm pack ${source.package}@${source.version} returned ${out.slice(0, 200)}`);
+    if (!packed || packed.version !== source.version)
+      throw new Error(`npm pack ${source.package}@${source.version} returned ${out.slice(0, 200)}`);
     const tarball = path.posix.join(dir, path.posix.basename(packed.filename));
     await fillDirInTree(runner, ctx.tree, source.dest, (staging) =>
       runner.run(['tar', '-xzf', tarball, '-C', staging, '--strip-components=1', '--no-same-owner']),
@@ -143,21 +193,42 @@ async function installNpm(ctx: SourceContext, source: Extract<RuntimeSource, { k
   }
 }
 
-async function installGoModule(ctx: SourceContext, source: Extract<RuntimeSource, { kind: 'gomodule' }>): Promise<SourceRecord> {
+async function installGoModule(
+  ctx: SourceContext,
+  source: Extract<RuntimeSource, { kind: 'gomodule' }>,
+): Promise<SourceRecord> {
   const { runner } = ctx;
   runner.phase(`go mod download ${source.module}@${source.version}`);
   // The go command verifies the module against the checksum database before extracting it.
   const out = await runner.read(['go', 'mod', 'download', '-json', `${source.module}@${source.version}`], {
-    env: { ...ctx.clientEnv, GOMODCACHE: path.posix.join(ctx.cacheDir, 'gomod'), GOFLAGS: '-modcacherw', GO111MODULE: 'on' },
+    env: {
+      ...ctx.clientEnv,
+      GOMODCACHE: path.posix.join(ctx.cacheDir, 'gomod'),
+      GOFLAGS: '-modcacherw',
+      GO111MODULE: 'on',
+    },
   });
   const info = JSON.parse(out) as { Dir?: string; Sum?: string; Error?: string };
-  if (info.Error || !info.Dir || !info.Sum) throw new Error(`go mod download ${source.module}@${source.version}: ${info.Error ?? 'no Dir in output'}`);
+  if (info.Error || !info.Dir || !info.Sum)
+    throw new Error(`go mod download ${source.module}@${source.version}: ${info.Error ?? 'no Dir in output'}`);
   runner.phase(`copying ${source.module} into ${source.dest}`);
   await fillDirInTree(runner, ctx.tree, source.dest, async (staging) => {
     await runner.run(['cp', '-R', '--no-preserve=mode,ownership', `${info.Dir}/.`, staging]);
     await runner.run(['chmod', '-R', 'u=rwX,go=rX', staging]);
     for (const rel of source.executable) {
-      await runner.run(['find', path.posix.join(staging, rel), '-maxdepth', '1', '-type', 'f', '-exec', 'chmod', '0755', '{}', '+']);
+      await runner.run([
+        'find',
+        path.posix.join(staging, rel),
+        '-maxdepth',
+        '1',
+        '-type',
+        'f',
+        '-exec',
+        'chmod',
+        '0755',
+        '{}',
+        '+',
+      ]);
     }
   });
   await makeLinks(ctx, source.links);

@@ -32,7 +32,12 @@ export function basePackages(base: Pick<BaseSpec, 'packages'>): string[] {
 }
 
 /** The base tree, shared by every language. `mirror` is without trailing slashes. */
-export function baseKeyInput(f: { base: BaseSettings; mirror: string; archive: ArchiveSnapshot; keyringSha256: string }) {
+export function baseKeyInput(f: {
+  base: BaseSettings;
+  mirror: string;
+  archive: ArchiveSnapshot;
+  keyringSha256: string;
+}) {
   return {
     recipe: RECIPE.base,
     suite: f.base.suite,
@@ -52,15 +57,23 @@ export function runtimeUsesArchive(spec: Pick<LanguageSpec, 'packages' | 'runtim
 }
 
 /** The language's runtime on the base. `archive` is needed (and used) only when the step uses apt. */
-export function runtimeKeyInput(f: { spec: Pick<LanguageSpec, 'runtime' | 'packages' | 'files'>; archive: ArchiveSnapshot | null }) {
+export function runtimeKeyInput(f: {
+  spec: Pick<LanguageSpec, 'runtime' | 'packages' | 'files'>;
+  archive: ArchiveSnapshot | null;
+}) {
   const usesArchive = runtimeUsesArchive(f.spec);
-  if (usesArchive && !f.archive) throw new Error('the runtime installs from the archive: its key needs the archive state');
+  if (usesArchive && !f.archive)
+    throw new Error('the runtime installs from the archive: its key needs the archive state');
   const { runtime, packages, files } = f.spec;
   return { recipe: RECIPE.runtime, runtime, packages, files, archive: usesArchive ? f.archive : null };
 }
 
 /** The operator binary, its unit and the language's profile: `unit` and `profile` are the files the step writes. */
-export function operatorKeyInput(f: { language: string; spec: Pick<LanguageSpec, 'environment' | 'path'>; operatorSha256: string }) {
+export function operatorKeyInput(f: {
+  language: string;
+  spec: Pick<LanguageSpec, 'environment' | 'path'>;
+  operatorSha256: string;
+}) {
   return {
     recipe: RECIPE.operator,
     operatorSha256: f.operatorSha256,
@@ -76,9 +89,19 @@ export function verifyKeyInput(f: { spec: Pick<LanguageSpec, 'verify' | 'environ
 }
 
 /** The image of the tree `operatorKey` names (the verified one): its size settings and its name. */
-export function imageKeyInput(f: { language: string; image: { sizeMiB?: number; headroomMiB: number }; operatorKey: string }) {
+export function imageKeyInput(f: {
+  language: string;
+  image: { sizeMiB?: number; headroomMiB: number };
+  operatorKey: string;
+}) {
   const { sizeMiB, headroomMiB } = f.image;
-  return { recipe: RECIPE.image, sizeMiB: sizeMiB ?? null, headroomMiB, operatorKey: f.operatorKey, language: f.language };
+  return {
+    recipe: RECIPE.image,
+    sizeMiB: sizeMiB ?? null,
+    headroomMiB,
+    operatorKey: f.operatorKey,
+    language: f.language,
+  };
 }
 
 /** A one-off command run in a tree (`rootfs customize`). */
@@ -108,6 +131,11 @@ export const KeyRecord = z.object({
 });
 export type KeyRecord = z.infer<typeof KeyRecord>;
 
-export function keyRecord(step: StepName, previous: string | null, input: Record<string, unknown>, language: string | null): KeyRecord {
+export function keyRecord(
+  step: StepName,
+  previous: string | null,
+  input: Record<string, unknown>,
+  language: string | null,
+): KeyRecord {
   return { key: stepKey(step, previous, input), step, previous, language, input };
 }

@@ -19,16 +19,23 @@ const MAX_LINKS = 40;
 
 type TreeRunner = Pick<StepRunner, 'host' | 'run'>;
 
-const refuse = (inside: string, why: string) => new BuildError(`cannot write ${inside} into the image tree: ${why}`, 'InvalidInput');
+const refuse = (inside: string, why: string) =>
+  new BuildError(`cannot write ${inside} into the image tree: ${why}`, 'InvalidInput');
 
 /**
  * The host path of `inside` (an absolute path as the image sees it) in the tree at `tree`. Every
  * existing component but (unless `followLast`) the last is a real directory of the tree after
  * resolution; the part that does not exist yet is returned as is (it contains no links).
  */
-export async function resolveInTree(host: Host, tree: string, inside: string, opts: { followLast: boolean }): Promise<string> {
+export async function resolveInTree(
+  host: Host,
+  tree: string,
+  inside: string,
+  opts: { followLast: boolean },
+): Promise<string> {
   if (!inside.startsWith('/')) throw refuse(inside, 'not an absolute path');
-  if (!tree.startsWith('/') || tree === '/') throw new Error(`an image tree must be an absolute path other than /, not ${JSON.stringify(tree)}`);
+  if (!tree.startsWith('/') || tree === '/')
+    throw new Error(`an image tree must be an absolute path other than /, not ${JSON.stringify(tree)}`);
   const done: string[] = [];
   let todo = inside.split('/');
   let links = 0;
@@ -52,7 +59,8 @@ export async function resolveInTree(host: Host, tree: string, inside: string, op
       missing = true;
       done.push(name);
     } else if (st.isSymbolicLink && (!last || opts.followLast)) {
-      if (++links > MAX_LINKS) throw refuse(inside, `too many levels of symbolic links (at /${[...done, name].join('/')})`);
+      if (++links > MAX_LINKS)
+        throw refuse(inside, `too many levels of symbolic links (at /${[...done, name].join('/')})`);
       const target = await host.readlink(at);
       if (target.startsWith('/')) done.length = 0;
       todo = [...target.split('/'), ...todo];
@@ -74,7 +82,8 @@ async function entry(runner: TreeRunner, tree: string, inside: string): Promise<
   if (!name || name === '.' || name === '..') throw refuse(inside, 'not a path to a file');
   const dir = await resolveInTree(runner.host, tree, path.posix.dirname(inside), { followLast: true });
   const dirStat = await runner.host.stat(dir);
-  if (dirStat && !dirStat.isDirectory) throw refuse(inside, `${path.posix.dirname(inside)} is not a directory in the image`);
+  if (dirStat && !dirStat.isDirectory)
+    throw refuse(inside, `${path.posix.dirname(inside)} is not a directory in the image`);
   if (!dirStat) await runner.run(['mkdir', '-p', '--', dir]);
   const at = path.posix.join(dir, name);
   const st = await runner.host.stat(at);
@@ -84,21 +93,39 @@ async function entry(runner: TreeRunner, tree: string, inside: string): Promise<
 }
 
 /** Writes a file at `inside` (replacing a link there); returns its host path. */
-export async function writeInTree(runner: TreeRunner, tree: string, inside: string, data: Buffer | string, mode?: number): Promise<string> {
+export async function writeInTree(
+  runner: TreeRunner,
+  tree: string,
+  inside: string,
+  data: Buffer | string,
+  mode?: number,
+): Promise<string> {
   const at = await entry(runner, tree, inside);
   await runner.host.writeFile(at, data, mode);
   return at;
 }
 
 /** Copies a local file (on the worker) to `inside`; returns its host path. */
-export async function putInTree(runner: TreeRunner, tree: string, inside: string, localPath: string, mode?: number): Promise<string> {
+export async function putInTree(
+  runner: TreeRunner,
+  tree: string,
+  inside: string,
+  localPath: string,
+  mode?: number,
+): Promise<string> {
   const at = await entry(runner, tree, inside);
   await runner.host.putFile(localPath, at, mode);
   return at;
 }
 
 /** Copies a file already on the build host to `inside` with `mode`; returns its host path. */
-export async function installInTree(runner: TreeRunner, tree: string, inside: string, hostFile: string, mode: number): Promise<string> {
+export async function installInTree(
+  runner: TreeRunner,
+  tree: string,
+  inside: string,
+  hostFile: string,
+  mode: number,
+): Promise<string> {
   const at = await entry(runner, tree, inside);
   await runner.run(['install', '-m', mode.toString(8).padStart(4, '0'), '-T', '--', hostFile, at]);
   return at;

@@ -6,7 +6,12 @@ import { linkInTree, resolveInTree, writeInTree } from './tree-path';
 /** What the steps that change a tree do around their work: copy it, prepare it for installs, clean up. */
 
 /** Copies the tree of `fromKey` into `work/tree` (a reflink where the filesystem can) and returns it. */
-export async function copyTree(runner: StepRunner, store: ArtifactStore, fromKey: string, work: string): Promise<string> {
+export async function copyTree(
+  runner: StepRunner,
+  store: ArtifactStore,
+  fromKey: string,
+  work: string,
+): Promise<string> {
   const tree = path.posix.join(work, 'tree');
   runner.phase(`copying ${fromKey}`);
   await runner.run(['cp', '-a', '--reflink=auto', store.tree(fromKey), tree]);
@@ -39,6 +44,7 @@ export async function withChrootSetup<T>(runner: StepRunner, tree: string, fn: (
 export async function cleanApt(runner: StepRunner, tree: string): Promise<void> {
   // Resolved in the tree: with a link on the way, `find -delete` would empty the build host's own.
   const at = (p: string) => resolveInTree(runner.host, tree, p, { followLast: true });
+  // prettier-ignore
   await runner.run([
     'find', await at('/var/lib/apt/lists'), await at('/var/cache/apt'),
     '-mindepth', '1', '-not', '-name', 'lock', '-not', '-name', 'partial', '-not', '-name', 'archives', '-delete',

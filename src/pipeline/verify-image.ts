@@ -53,8 +53,14 @@ export function filesystemUsage(dumpe2fs: string, image: string): FilesystemUsag
 }
 
 export async function verifyImage(host: Host, image: string, spec: LanguageSpec): Promise<ImageReport> {
-  const env = Object.fromEntries(verifyEnvironment(spec).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
-  const run = await runInImage(host, image, spec.verify.map((check) => ({ argv: check.argv, env })));
+  const env = Object.fromEntries(
+    verifyEnvironment(spec).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]),
+  );
+  const run = await runInImage(
+    host,
+    image,
+    spec.verify.map((check) => ({ argv: check.argv, env })),
+  );
   const versions = spec.verify.map((check, i): VersionLine => {
     const { code, stdout, stderr } = run.results[i]!;
     const line = (stdout.trim() || stderr.trim()).split('\n')[0] ?? '';

@@ -5,7 +5,15 @@
  * exits 1 when any part failed, after trying the others.
  */
 import { ConfigError, loadConfig } from '../config';
-import { aptPackages, minio, referenceOperator, temporalCli, ubuntuKeyring, type Outcome, type SetupContext } from './parts';
+import {
+  aptPackages,
+  minio,
+  referenceOperator,
+  temporalCli,
+  ubuntuKeyring,
+  type Outcome,
+  type SetupContext,
+} from './parts';
 
 async function main(): Promise<number> {
   let ctx: SetupContext;

@@ -51,7 +51,8 @@ export async function aptPackages(ctx: SetupContext): Promise<Outcome> {
   const missing: string[] = [];
   for (const pkg of APT_PACKAGES) if (!(await dpkgInstalled(pkg))) missing.push(pkg);
   if (!missing.length) return { done: `all ${APT_PACKAGES.length} present` };
-  if (process.getuid?.() !== 0) throw new Error(`missing packages ${missing.join(' ')}: run setup as root, or install them with apt-get`);
+  if (process.getuid?.() !== 0)
+    throw new Error(`missing packages ${missing.join(' ')}: run setup as root, or install them with apt-get`);
   ctx.log(`installing ${missing.join(' ')}`);
   const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
   await passthrough('apt-get', ['update', '-qq'], { env });
@@ -74,7 +75,9 @@ async function goInstall(module: string, version: string, bin: string, ctx: Setu
   const gobin = path.dirname(bin);
   fs.mkdirSync(gobin, { recursive: true });
   try {
-    await capture('go', ['install', `${module}@${version}`], { env: { ...process.env, GOBIN: gobin, CGO_ENABLED: '0' } });
+    await capture('go', ['install', `${module}@${version}`], {
+      env: { ...process.env, GOBIN: gobin, CGO_ENABLED: '0' },
+    });
   } catch (err) {
     throw new Error(`cannot build ${module}@${version}: ${(err as Error).message}`);
   }
@@ -101,7 +104,8 @@ async function temporalVersionMatches(binary: string): Promise<boolean> {
 
 export async function temporalCli(ctx: SetupContext): Promise<Outcome> {
   const target = toolPaths().temporal;
-  if (fs.existsSync(target) && (await temporalVersionMatches(target))) return { done: `${PINNED.temporalCli.version} present` };
+  if (fs.existsSync(target) && (await temporalVersionMatches(target)))
+    return { done: `${PINNED.temporalCli.version} present` };
   const onPath = await whichOnPath('temporal');
   if (onPath && (await temporalVersionMatches(onPath))) {
     fs.mkdirSync(path.dirname(target), { recursive: true });
@@ -110,7 +114,8 @@ export async function temporalCli(ctx: SetupContext): Promise<Outcome> {
     return { done: `reusing ${onPath}` };
   }
   await goInstall(PINNED.temporalCli.module, PINNED.temporalCli.version, target, ctx);
-  if (!(await temporalVersionMatches(target))) throw new Error(`${target} does not report ${PINNED.temporalCli.version}`);
+  if (!(await temporalVersionMatches(target)))
+    throw new Error(`${target} does not report ${PINNED.temporalCli.version}`);
   return { done: `built ${PINNED.temporalCli.version}` };
 }
 
@@ -128,7 +133,11 @@ export function sha256File(file: string): string {
 
 /** Downloads `url` into the per-user cache as `name`, unless a copy with the expected sha256 is there. */
 async function cachedDownload(url: string, name: string, sha256: string): Promise<string> {
-  const dir = path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), '.cache'), 'rootfs-pipeline', 'downloads');
+  const dir = path.join(
+    process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), '.cache'),
+    'rootfs-pipeline',
+    'downloads',
+  );
   fs.mkdirSync(dir, { recursive: true });
   const file = path.join(dir, name);
   if (fs.existsSync(file) && sha256File(file) === sha256) return file;
@@ -166,12 +175,18 @@ export async function ubuntuKeyring(ctx: SetupContext): Promise<Outcome> {
 export async function referenceOperator(): Promise<Outcome> {
   const target = toolPaths().referenceOperator;
   const guest = path.join(projectRoot(), 'guest');
-  const { version } = JSON.parse(fs.readFileSync(path.join(projectRoot(), 'package.json'), 'utf8')) as { version: string };
+  const { version } = JSON.parse(fs.readFileSync(path.join(projectRoot(), 'package.json'), 'utf8')) as {
+    version: string;
+  };
   fs.mkdirSync(path.dirname(target), { recursive: true });
-  await capture('go', ['build', '-trimpath', '-ldflags', `-s -w -X main.version=${version}`, '-o', `${target}.tmp`, '.'], {
-    cwd: guest,
-    env: { ...process.env, CGO_ENABLED: '0', GOOS: 'linux', GOARCH: 'amd64', GOFLAGS: '-buildvcs=false' },
-  });
+  await capture(
+    'go',
+    ['build', '-trimpath', '-ldflags', `-s -w -X main.version=${version}`, '-o', `${target}.tmp`, '.'],
+    {
+      cwd: guest,
+      env: { ...process.env, CGO_ENABLED: '0', GOOS: 'linux', GOARCH: 'amd64', GOFLAGS: '-buildvcs=false' },
+    },
+  );
   fs.renameSync(`${target}.tmp`, target);
   return { done: `built ${path.relative(projectRoot(), target)} (${version})` };
 }

@@ -29,8 +29,16 @@ export function stagingDir(alias: string): string {
   return path.join(userCacheDir(), 'staging', alias);
 }
 
-async function pullImage(host: Host, remote: string, local: string, sha256: string, signal?: AbortSignal): Promise<void> {
-  const cached = fs.existsSync(local) ? await fileDigest(local, { crc32: false, signal }).catch(() => undefined) : undefined;
+async function pullImage(
+  host: Host,
+  remote: string,
+  local: string,
+  sha256: string,
+  signal?: AbortSignal,
+): Promise<void> {
+  const cached = fs.existsSync(local)
+    ? await fileDigest(local, { crc32: false, signal }).catch(() => undefined)
+    : undefined;
   if (cached?.sha256 === sha256) return;
   fs.mkdirSync(path.dirname(local), { recursive: true });
   const tmp = `${local}.${crypto.randomBytes(4).toString('hex')}.tmp`;
@@ -44,7 +52,9 @@ async function pullImage(host: Host, remote: string, local: string, sha256: stri
     if (got.sha256 !== sha256) {
       fs.rmSync(local, { force: true });
       // A damaged transfer, not a damaged image: an ordinary error, so the step is retried.
-      throw new Error(`the copy of ${remote} from the build host has sha256 ${got.sha256}, the build recorded ${sha256}`);
+      throw new Error(
+        `the copy of ${remote} from the build host has sha256 ${got.sha256}, the build recorded ${sha256}`,
+      );
     }
   } finally {
     fs.rmSync(tmp, { force: true });
@@ -67,7 +77,11 @@ export function s3StoreDeps(): Pick<ActivityDeps, 'upload' | 'listBucket'> {
           if (remote?.sha256 === sha256 && remote.sizeBytes === image.sizeBytes) {
             const current = (await readManifest(ctx, key)).manifest;
             if (current?.sha256 === sha256 && current.artifactKey === facts.artifactKey) {
-              return { key: facts.artifactKey, reused: true, data: { s3Key: key, bucket: spec.s3.bucket, bytesSent: 0, sha256 } };
+              return {
+                key: facts.artifactKey,
+                reused: true,
+                data: { s3Key: key, bucket: spec.s3.bucket, bytesSent: 0, sha256 },
+              };
             }
           }
           file = path.join(stagingDir(buildHost.alias), imageKey(language));

@@ -77,7 +77,11 @@ const sleep = (ms: number, signal?: AbortSignal) =>
   });
 
 /** Runs `fn` again after a transient StoreError, with exponential backoff and full jitter. */
-export async function withRetry<T>(fn: () => Promise<T>, policy: RetryPolicy = DEFAULT_RETRY, signal?: AbortSignal): Promise<T> {
+export async function withRetry<T>(
+  fn: () => Promise<T>,
+  policy: RetryPolicy = DEFAULT_RETRY,
+  signal?: AbortSignal,
+): Promise<T> {
   for (let attempt = 1; ; attempt++) {
     try {
       return await fn();
@@ -89,7 +93,11 @@ export async function withRetry<T>(fn: () => Promise<T>, policy: RetryPolicy = D
 }
 
 /** Sends one request, turning any failure into a StoreError that names the bucket and key. */
-export async function send<T>(target: S3Access, op: Omit<S3Operation, 'config'>, fn: (client: S3Client) => Promise<T>): Promise<T> {
+export async function send<T>(
+  target: S3Access,
+  op: Omit<S3Operation, 'config'>,
+  fn: (client: S3Client) => Promise<T>,
+): Promise<T> {
   try {
     return await fn(target.client);
   } catch (err) {
@@ -114,7 +122,10 @@ export interface ObjectStat {
 export async function statObject(target: S3Access, key: string): Promise<ObjectStat | null> {
   const { config, client, signal } = target;
   try {
-    const head = await client.send(new HeadObjectCommand({ Bucket: config.bucket, Key: key, ChecksumMode: 'ENABLED' }), { abortSignal: signal });
+    const head = await client.send(
+      new HeadObjectCommand({ Bucket: config.bucket, Key: key, ChecksumMode: 'ENABLED' }),
+      { abortSignal: signal },
+    );
     const crc = head.ChecksumCRC32;
     return {
       sizeBytes: head.ContentLength ?? 0,
@@ -128,7 +139,9 @@ export async function statObject(target: S3Access, key: string): Promise<ObjectS
     const op = { config, key, verb: 'check', action: 's3:GetObject' };
     if (status === undefined) throw describeS3Error(err, op);
     try {
-      await client.send(new ListObjectsV2Command({ Bucket: config.bucket, Prefix: key, MaxKeys: 1 }), { abortSignal: signal });
+      await client.send(new ListObjectsV2Command({ Bucket: config.bucket, Prefix: key, MaxKeys: 1 }), {
+        abortSignal: signal,
+      });
     } catch (listErr) {
       throw describeS3Error(listErr, { ...op, action: 's3:ListBucket' });
     }

@@ -29,7 +29,10 @@ export interface FileDigest {
 const READ_CHUNK = 4 << 20;
 
 /** Reads the file once for both sums. */
-export async function digestFile(file: string, opts: { crc32?: boolean; onBytes?: (n: number) => void; signal?: AbortSignal } = {}): Promise<FileDigest> {
+export async function digestFile(
+  file: string,
+  opts: { crc32?: boolean; onBytes?: (n: number) => void; signal?: AbortSignal } = {},
+): Promise<FileDigest> {
   const sha = crypto.createHash('sha256');
   let crc = 0;
   let size = 0;
@@ -58,7 +61,8 @@ export function cachedDigest(file: string, needCrc32: boolean): FileDigest | und
   try {
     const st = fs.statSync(file);
     const c = JSON.parse(fs.readFileSync(cacheFile(file), 'utf8')) as CachedDigest;
-    if (c.sizeBytes !== st.size || c.mtimeMs !== st.mtimeMs || c.ino !== st.ino || (needCrc32 && !c.crc32)) return undefined;
+    if (c.sizeBytes !== st.size || c.mtimeMs !== st.mtimeMs || c.ino !== st.ino || (needCrc32 && !c.crc32))
+      return undefined;
     return { sizeBytes: c.sizeBytes, sha256: c.sha256, ...(c.crc32 ? { crc32: c.crc32 } : {}) };
   } catch {
     return undefined;
@@ -78,7 +82,10 @@ export function rememberDigest(file: string, digest: FileDigest): void {
 }
 
 /** The file's digest from the cache, or read (and remembered). */
-export async function fileDigest(file: string, opts: { crc32: boolean; onBytes?: (n: number) => void; signal?: AbortSignal }): Promise<FileDigest> {
+export async function fileDigest(
+  file: string,
+  opts: { crc32: boolean; onBytes?: (n: number) => void; signal?: AbortSignal },
+): Promise<FileDigest> {
   const hit = cachedDigest(file, opts.crc32);
   if (hit) return hit;
   const digest = await digestFile(file, opts);

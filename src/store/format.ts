@@ -36,7 +36,10 @@ export function printable(text: string): string {
  * raw; these become `\uXXXX` too, which any JSON reader turns back into the same string.
  */
 export function terminalJson(value: unknown): string {
-  return JSON.stringify(value, null, 2).replace(UNSAFE_IN_JSON, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+  return JSON.stringify(value, null, 2).replace(
+    UNSAFE_IN_JSON,
+    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`,
+  );
 }
 
 const UNITS = ['KiB', 'MiB', 'GiB', 'TiB', 'PiB', 'EiB'];
@@ -78,10 +81,14 @@ export function formatSeconds(seconds: number): string {
 export function formatListing(listing: Listing, opts: { utc?: boolean } = {}): string {
   const lines: string[] = [];
   for (const o of listing.objects) {
-    lines.push(`${formatTimestamp(new Date(o.lastModified), opts.utc)} ${humanSize(o.sizeBytes).padStart(10)} ${printable(o.key)}`);
+    lines.push(
+      `${formatTimestamp(new Date(o.lastModified), opts.utc)} ${humanSize(o.sizeBytes).padStart(10)} ${printable(o.key)}`,
+    );
     const m = o.manifest;
     if (m?.language) {
-      lines.push(`${' '.repeat(31)}${m.language}: ${m.versions.length ? printable(m.versions.join('; ')) : 'no versions recorded'}`);
+      lines.push(
+        `${' '.repeat(31)}${m.language}: ${m.versions.length ? printable(m.versions.join('; ')) : 'no versions recorded'}`,
+      );
     }
   }
   lines.push('', `Total Objects: ${listing.totalObjects}`, `   Total Size: ${humanSize(listing.totalBytes)}`);
@@ -110,7 +117,9 @@ export function formatSync(report: SyncReport): string {
       : `${f.status.padEnd(9)} ${f.key.padEnd(width)} ${humanSize(f.sizeBytes).padStart(10)}${f.status === 'downloaded' ? `  ${formatSeconds(f.seconds)}` : ''}`,
   );
   const count = (s: string) => report.files.filter((f) => f.status === s).length;
-  lines.push(`${count('downloaded')} downloaded (${humanSize(report.bytesTransferred)}), ${count('unchanged')} unchanged, ${count('failed')} failed`);
+  lines.push(
+    `${count('downloaded')} downloaded (${humanSize(report.bytesTransferred)}), ${count('unchanged')} unchanged, ${count('failed')} failed`,
+  );
   if (report.link) lines.push(`${report.link} -> ${report.linkTarget}`);
   if (report.linkProblem) lines.push(report.linkProblem);
   if (report.oldLinkRemoved) lines.push(`removed ${report.oldLinkRemoved}, the default link of earlier versions`);

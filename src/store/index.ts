@@ -4,13 +4,41 @@
  * config, workspace, and transfer settings); results are plain data, and format.ts turns them
  * into text.
  */
-export { createClient, DEFAULT_RETRY, statObject, type CreateClientOptions, type Credentials, type ObjectStat, type RetryPolicy, type S3Access, type StoreContext } from './client';
+export {
+  createClient,
+  DEFAULT_RETRY,
+  statObject,
+  type CreateClientOptions,
+  type Credentials,
+  type ObjectStat,
+  type RetryPolicy,
+  type S3Access,
+  type StoreContext,
+} from './client';
 export { StoreError, type StoreErrorKind } from './errors';
-export { DEFAULT_LANGUAGE, DEFAULT_LINK, IMAGE_KEY_PATTERN, imageKey, KERNEL_KEY, Manifest, manifestKey, uploadStateDir, type ImageFacts } from './layout';
+export {
+  DEFAULT_LANGUAGE,
+  DEFAULT_LINK,
+  IMAGE_KEY_PATTERN,
+  imageKey,
+  KERNEL_KEY,
+  Manifest,
+  manifestKey,
+  uploadStateDir,
+  type ImageFacts,
+} from './layout';
 export { digestFile, fileDigest, type FileDigest } from './digest';
 export { listBucket, readManifest, summarize, type ListedObject, type Listing } from './list';
 export { abortIncompleteUploads, choosePartSize, DEFAULT_PART_SIZE, MIN_PART_SIZE } from './multipart';
-export { checkLanguage, uploadAll, uploadImage, uploadKernel, uploadSingle, type UploadOptions, type UploadResult } from './upload';
+export {
+  checkLanguage,
+  uploadAll,
+  uploadImage,
+  uploadKernel,
+  uploadSingle,
+  type UploadOptions,
+  type UploadResult,
+} from './upload';
 export { syncDown, type SyncedFile, type SyncOptions, type SyncReport } from './download';
 export { SparseWriter } from './sparse';
 export {
@@ -23,6 +51,29 @@ export {
   type BootstrapOptions,
   type BucketPins,
 } from './bootstrap';
-export { abortIncompleteRule, bucketSetup, iamPolicy, type BucketSetupOptions, type IamPolicy, type PolicyOptions } from './policy';
-export { formatListing, formatSeconds, formatSync, formatTimestamp, formatUploads, humanSize, printable, terminalJson } from './format';
-export { formatTransfer, terminalProgress, track, type ProgressSink, type TransferAction, type TransferStatus } from './progress';
+export {
+  abortIncompleteRule,
+  bucketSetup,
+  iamPolicy,
+  type BucketSetupOptions,
+  type IamPolicy,
+  type PolicyOptions,
+} from './policy';
+export {
+  formatListing,
+  formatSeconds,
+  formatSync,
+  formatTimestamp,
+  formatUploads,
+  humanSize,
+  printable,
+  terminalJson,
+} from './format';
+export {
+  formatTransfer,
+  terminalProgress,
+  track,
+  type ProgressSink,
+  type TransferAction,
+  type TransferStatus,
+} from './progress';

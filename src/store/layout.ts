@@ -50,15 +50,19 @@ export const languageOfKey = (key: string): string | undefined => IMAGE_KEY_PATT
 export const manifestKey = (key: string): string => `${key}${MANIFEST_SUFFIX}`;
 /** Keys this tool writes (and may abort uploads of): the kernel, images and their manifests. */
 export const isStoreKey = (key: string): boolean =>
-  key === KERNEL_KEY || IMAGE_KEY_PATTERN.test(key) || (key.endsWith(MANIFEST_SUFFIX) && isStoreKey(key.slice(0, -MANIFEST_SUFFIX.length)));
+  key === KERNEL_KEY ||
+  IMAGE_KEY_PATTERN.test(key) ||
+  (key.endsWith(MANIFEST_SUFFIX) && isStoreKey(key.slice(0, -MANIFEST_SUFFIX.length)));
 
 export const imagesDir = (workspace: string) => path.join(workspace, 'images');
 export const kernelPath = (workspace: string) => path.join(workspace, KERNEL_KEY);
 /** Where an object of the bucket lives in the workspace. */
-export const localPathOf = (workspace: string, key: string) => (key === KERNEL_KEY ? kernelPath(workspace) : path.join(imagesDir(workspace), key));
+export const localPathOf = (workspace: string, key: string) =>
+  key === KERNEL_KEY ? kernelPath(workspace) : path.join(imagesDir(workspace), key);
 export const uploadStateDir = (workspace: string) => path.join(workspace, '.uploads');
 /** A dotfile beside `file`: `.<name><suffix>`. */
-export const besideFile = (file: string, suffix: string) => path.join(path.dirname(file), `.${path.basename(file)}${suffix}`);
+export const besideFile = (file: string, suffix: string) =>
+  path.join(path.dirname(file), `.${path.basename(file)}${suffix}`);
 
 /** Facts the build knows about an image, recorded in its manifest. */
 export interface ImageFacts {

@@ -2,7 +2,15 @@ import { GetObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { z } from 'zod';
 import { send, type S3Access } from './client';
 import { StoreError } from './errors';
-import { IMAGE_KEY_PATTERN, KERNEL_KEY, languageOfKey, Manifest, MANIFEST_SUFFIX, manifestKey, MAX_MANIFEST_BYTES } from './layout';
+import {
+  IMAGE_KEY_PATTERN,
+  KERNEL_KEY,
+  languageOfKey,
+  Manifest,
+  MANIFEST_SUFFIX,
+  manifestKey,
+  MAX_MANIFEST_BYTES,
+} from './layout';
 
 export interface ListedObject {
   key: string;
@@ -26,7 +34,13 @@ export interface Listing {
 }
 
 const kindOf = (key: string): ListedObject['kind'] =>
-  key === KERNEL_KEY ? 'kernel' : IMAGE_KEY_PATTERN.test(key) ? 'image' : key.endsWith(MANIFEST_SUFFIX) ? 'manifest' : 'other';
+  key === KERNEL_KEY
+    ? 'kernel'
+    : IMAGE_KEY_PATTERN.test(key)
+      ? 'image'
+      : key.endsWith(MANIFEST_SUFFIX)
+        ? 'manifest'
+        : 'other';
 
 /**
  * A key as listed with `EncodingType: url`, which S3 servers use to send keys that XML cannot
@@ -50,7 +64,9 @@ export async function readManifest(target: S3Access, key: string): Promise<{ man
   const mkey = manifestKey(key);
   try {
     const read = await send(target, { key: mkey, verb: 'read', action: 's3:GetObject' }, async (c) => {
-      const res = await c.send(new GetObjectCommand({ Bucket: target.config.bucket, Key: mkey }), { abortSignal: target.signal });
+      const res = await c.send(new GetObjectCommand({ Bucket: target.config.bucket, Key: mkey }), {
+        abortSignal: target.signal,
+      });
       const body = res.Body as AsyncIterable<Buffer> & { destroy?: () => void };
       if ((res.ContentLength ?? 0) > MAX_MANIFEST_BYTES) {
         body.destroy?.();
@@ -67,7 +83,9 @@ export async function readManifest(target: S3Access, key: string): Promise<{ man
       return { text: Buffer.concat(chunks).toString('utf8') };
     });
     if (read.text === undefined) {
-      return { problem: `${mkey} is not a valid manifest: it has ${read.tooLarge}, over the ${MAX_MANIFEST_BYTES / 1024} KiB a manifest may have` };
+      return {
+        problem: `${mkey} is not a valid manifest: it has ${read.tooLarge}, over the ${MAX_MANIFEST_BYTES / 1024} KiB a manifest may have`,
+      };
     }
     const text = read.text;
     const manifest = Manifest.parse(JSON.parse(text));
@@ -122,7 +140,12 @@ export async function listBucket(target: S3Access): Promise<Listing> {
       }),
     );
   }
-  return { bucket: config.bucket, objects, totalObjects: objects.length, totalBytes: objects.reduce((n, o) => n + o.sizeBytes, 0) };
+  return {
+    bucket: config.bucket,
+    objects,
+    totalObjects: objects.length,
+    totalBytes: objects.reduce((n, o) => n + o.sizeBytes, 0),
+  };
 }
 
 /** The listing's totals, as the workflows report them. */

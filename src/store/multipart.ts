@@ -33,7 +33,8 @@ export const MIN_PART_SIZE = 5 << 20;
 const MAX_PARTS = 10_000;
 
 /** What a transfer takes from the StoreContext. */
-export type TransferContext = S3Access & Partial<Pick<StoreContext, 'progress' | 'partSizeBytes' | 'concurrency' | 'retry' | 'onPartSent'>>;
+export type TransferContext = S3Access &
+  Partial<Pick<StoreContext, 'progress' | 'partSizeBytes' | 'concurrency' | 'retry' | 'onPartSent'>>;
 
 export interface PutFileOptions {
   key: string;
@@ -84,10 +85,14 @@ export async function putFile(target: TransferContext, opts: PutFileOptions): Pr
 async function putSmall(target: TransferContext, opts: PutFileOptions): Promise<PutFileResult> {
   const body = await fs.promises.readFile(opts.file);
   if (body.length !== opts.digest.sizeBytes || crc32Of(body) !== opts.digest.crc32) {
-    throw new StoreError('checksum', `Cannot upload ${where(target.config, opts.key)}: ${opts.file} changed while it was being uploaded.`, {
-      bucket: target.config.bucket,
-      key: opts.key,
-    });
+    throw new StoreError(
+      'checksum',
+      `Cannot upload ${where(target.config, opts.key)}: ${opts.file} changed while it was being uploaded.`,
+      {
+        bucket: target.config.bucket,
+        key: opts.key,
+      },
+    );
   }
   const progress = track(target.progress, opts.key, 'upload', body.length);
   await withRetry(
@@ -126,9 +131,13 @@ async function storedParts(target: S3Access, key: string, uploadId: string): Pro
   let marker: string | undefined;
   do {
     const page = await send(target, { key, verb: 'resume the upload of', action: 's3:ListMultipartUploadParts' }, (c) =>
-      c.send(new ListPartsCommand({ Bucket: target.config.bucket, Key: key, UploadId: uploadId, PartNumberMarker: marker }), { abortSignal: target.signal }),
+      c.send(
+        new ListPartsCommand({ Bucket: target.config.bucket, Key: key, UploadId: uploadId, PartNumberMarker: marker }),
+        { abortSignal: target.signal },
+      ),
     );
-    for (const p of page.Parts ?? []) parts.set(p.PartNumber!, { size: p.Size ?? -1, etag: p.ETag!, crc32: p.ChecksumCRC32 });
+    for (const p of page.Parts ?? [])
+      parts.set(p.PartNumber!, { size: p.Size ?? -1, etag: p.ETag!, crc32: p.ChecksumCRC32 });
     marker = page.IsTruncated ? page.NextPartNumberMarker : undefined;
   } while (marker);
   return parts;
@@ -142,7 +151,12 @@ async function abortUpload(target: S3Access, key: string, uploadId: string): Pro
 
 /** The error, its sentence extended by what became of the upload. */
 function withOutcome(err: StoreError, outcome: string): StoreError {
-  return new StoreError(err.kind, `${err.userMessage.replace(/\.$/, '')}; ${outcome}.`, { bucket: err.bucket, key: err.key, transient: err.transient, cause: err });
+  return new StoreError(err.kind, `${err.userMessage.replace(/\.$/, '')}; ${outcome}.`, {
+    bucket: err.bucket,
+    key: err.key,
+    transient: err.transient,
+    cause: err,
+  });
 }
 
 async function putMultipart(
@@ -213,7 +227,12 @@ async function putMultipart(
       buffer ??= Buffer.allocUnsafe(Math.min(partSizeBytes, digest.sizeBytes));
       const body = buffer.subarray(0, length);
       const { bytesRead } = await fd.read(body, 0, length, offset);
-      if (bytesRead !== length) throw new StoreError('checksum', `Cannot upload ${where(config, key)}: ${file} changed while it was being uploaded.`, { bucket: Bucket, key });
+      if (bytesRead !== length)
+        throw new StoreError(
+          'checksum',
+          `Cannot upload ${where(config, key)}: ${file} changed while it was being uploaded.`,
+          { bucket: Bucket, key },
+        );
       const crc = crc32Of(body);
       const have = stored.get(n);
       if (have && have.size === length && have.crc32 === crc) {
@@ -226,7 +245,15 @@ async function putMultipart(
         () =>
           send(target, { key, verb: 'upload', action: 's3:PutObject' }, (c) =>
             c.send(
-              new UploadPartCommand({ Bucket, Key: key, UploadId: uploadId, PartNumber: n, Body: body, ContentLength: length, ChecksumCRC32: crc }),
+              new UploadPartCommand({
+                Bucket,
+                Key: key,
+                UploadId: uploadId,
+                PartNumber: n,
+                Body: body,
+                ContentLength: length,
+                ChecksumCRC32: crc,
+              }),
               { abortSignal: signal },
             ),
           ),
@@ -253,7 +280,11 @@ async function putMultipart(
     if (failure !== undefined) throw failure;
     const after = fs.statSync(file);
     if (after.size !== before.size || after.mtimeMs !== before.mtimeMs) {
-      throw new StoreError('checksum', `Cannot upload ${where(config, key)}: ${file} changed while it was being uploaded.`, { bucket: Bucket, key });
+      throw new StoreError(
+        'checksum',
+        `Cannot upload ${where(config, key)}: ${file} changed while it was being uploaded.`,
+        { bucket: Bucket, key },
+      );
     }
     done.sort((a, b) => a.PartNumber - b.PartNumber);
     await withRetry(
@@ -285,10 +316,17 @@ async function putMultipart(
     const e =
       err instanceof StoreError
         ? err
-        : new StoreError('other', `Cannot upload ${where(config, key)}: ${(err as Error).message}.`, { bucket: Bucket, key, cause: err });
+        : new StoreError('other', `Cannot upload ${where(config, key)}: ${(err as Error).message}.`, {
+            bucket: Bucket,
+            key,
+            cause: err,
+          });
     if (e.kind === 'unreachable' || e.kind === 'interrupted') {
       // The process may live on (a server restart, a cancelled activity): keep the state to resume.
-      throw withOutcome(e, `the ${result.partsSent + result.partsReused} part(s) stored so far are kept and the next upload resumes from them`);
+      throw withOutcome(
+        e,
+        `the ${result.partsSent + result.partsReused} part(s) stored so far are kept and the next upload resumes from them`,
+      );
     }
     try {
       await abortUpload(target, key, uploadId);
@@ -315,18 +353,34 @@ async function putMultipart(
  * tool may have been uploading is asked for: the kernel, the images in the bucket, those with
  * resume state, and `keys` (e.g. the images of every configured language).
  */
-export async function abortIncompleteUploads(client: S3Client, config: S3Config, stateDir?: string, opts: { keys?: readonly string[] } = {}): Promise<number> {
+export async function abortIncompleteUploads(
+  client: S3Client,
+  config: S3Config,
+  stateDir?: string,
+  opts: { keys?: readonly string[] } = {},
+): Promise<number> {
   const target: S3Access = { client, config };
   const uploads = new Map<string, string>(); // upload ID -> key
   const collect = async (prefix?: string) => {
     let keyMarker: string | undefined;
     let uploadIdMarker: string | undefined;
     for (;;) {
-      const page = await send(target, { key: prefix, verb: 'list the incomplete uploads of', action: 's3:ListBucketMultipartUploads' }, (c) =>
-        c.send(new ListMultipartUploadsCommand({ Bucket: config.bucket, Prefix: prefix, KeyMarker: keyMarker, UploadIdMarker: uploadIdMarker })),
+      const page = await send(
+        target,
+        { key: prefix, verb: 'list the incomplete uploads of', action: 's3:ListBucketMultipartUploads' },
+        (c) =>
+          c.send(
+            new ListMultipartUploadsCommand({
+              Bucket: config.bucket,
+              Prefix: prefix,
+              KeyMarker: keyMarker,
+              UploadIdMarker: uploadIdMarker,
+            }),
+          ),
       );
       for (const u of page.Uploads ?? []) {
-        if (u.Key && u.UploadId && isStoreKey(u.Key) && (prefix === undefined || u.Key === prefix)) uploads.set(u.UploadId, u.Key);
+        if (u.Key && u.UploadId && isStoreKey(u.Key) && (prefix === undefined || u.Key === prefix))
+          uploads.set(u.UploadId, u.Key);
       }
       if (!page.IsTruncated) return;
       keyMarker = page.NextKeyMarker;
@@ -346,7 +400,8 @@ export async function abortIncompleteUploads(client: S3Client, config: S3Config,
   const prefix = `${config.bucket}__`;
   if (stateDir && fs.existsSync(stateDir)) {
     for (const name of fs.readdirSync(stateDir)) {
-      if (name.startsWith(prefix) && name.endsWith(STATE_SUFFIX)) keys.add(name.slice(prefix.length, -STATE_SUFFIX.length));
+      if (name.startsWith(prefix) && name.endsWith(STATE_SUFFIX))
+        keys.add(name.slice(prefix.length, -STATE_SUFFIX.length));
     }
   }
   for (const key of keys) if (isStoreKey(key)) await collect(key);

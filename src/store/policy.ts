@@ -46,7 +46,12 @@ export interface PolicyOptions {
 export function iamPolicy(config: Pick<S3Config, 'bucket'> | string, opts: PolicyOptions = {}): IamPolicy {
   const bucket = typeof config === 'string' ? config : config.bucket;
   const bucketArn = `arn:${opts.partition ?? 'aws'}:s3:::${bucket}`;
-  const objectArns = [KERNEL_KEY, `${KERNEL_KEY}${MANIFEST_SUFFIX}`, 'rootfs-*.ext4', `rootfs-*.ext4${MANIFEST_SUFFIX}`].map((k) => `${bucketArn}/${k}`);
+  const objectArns = [
+    KERNEL_KEY,
+    `${KERNEL_KEY}${MANIFEST_SUFFIX}`,
+    'rootfs-*.ext4',
+    `rootfs-*.ext4${MANIFEST_SUFFIX}`,
+  ].map((k) => `${bucketArn}/${k}`);
   const write = (opts.access ?? 'read-write') === 'read-write';
   const statements: IamStatement[] = [
     {
@@ -58,7 +63,10 @@ export function iamPolicy(config: Pick<S3Config, 'bucket'> | string, opts: Polic
     {
       Sid: write ? 'ReadWriteImages' : 'ReadImages',
       Effect: 'Allow',
-      Action: ['s3:GetObject', ...(write ? ['s3:PutObject', 's3:ListMultipartUploadParts', 's3:AbortMultipartUpload'] : [])],
+      Action: [
+        's3:GetObject',
+        ...(write ? ['s3:PutObject', 's3:ListMultipartUploadParts', 's3:AbortMultipartUpload'] : []),
+      ],
       Resource: objectArns,
     },
   ];
@@ -77,8 +85,17 @@ export const ABORT_RULE_ID = 'rootfs-abort-incomplete-uploads';
 
 /** The lifecycle rule that has S3 abort multipart uploads left incomplete for `days`. */
 export function abortIncompleteRule(days: number): LifecycleRule {
-  if (!Number.isInteger(days) || days < 1) throw new StoreError('invalid-input', `abortIncompleteDays must be a whole number of days, at least 1 (got ${days}).`);
-  return { ID: ABORT_RULE_ID, Status: 'Enabled', Filter: { Prefix: '' }, AbortIncompleteMultipartUpload: { DaysAfterInitiation: days } };
+  if (!Number.isInteger(days) || days < 1)
+    throw new StoreError(
+      'invalid-input',
+      `abortIncompleteDays must be a whole number of days, at least 1 (got ${days}).`,
+    );
+  return {
+    ID: ABORT_RULE_ID,
+    Status: 'Enabled',
+    Filter: { Prefix: '' },
+    AbortIncompleteMultipartUpload: { DaysAfterInitiation: days },
+  };
 }
 
 export interface BucketSetupOptions {
@@ -112,17 +129,25 @@ export async function bucketSetup(target: S3Access, opts: BucketSetupOptions): P
       rules = current.Rules ?? [];
     } catch (err) {
       if ((err as { name?: string }).name !== 'NoSuchLifecycleConfiguration') {
-        await send(target, { verb: 'read the lifecycle rules of', action: 's3:GetLifecycleConfiguration' }, () => Promise.reject(err));
+        await send(target, { verb: 'read the lifecycle rules of', action: 's3:GetLifecycleConfiguration' }, () =>
+          Promise.reject(err),
+        );
       }
     }
     rules = [...rules.filter((r) => r.ID !== ABORT_RULE_ID), rule];
     try {
-      await target.client.send(new PutBucketLifecycleConfigurationCommand({ Bucket, LifecycleConfiguration: { Rules: rules } }));
-      done.push(`Bucket ${Bucket} aborts multipart uploads left incomplete for ${days} day(s) (lifecycle rule ${ABORT_RULE_ID}).`);
+      await target.client.send(
+        new PutBucketLifecycleConfigurationCommand({ Bucket, LifecycleConfiguration: { Rules: rules } }),
+      );
+      done.push(
+        `Bucket ${Bucket} aborts multipart uploads left incomplete for ${days} day(s) (lifecycle rule ${ABORT_RULE_ID}).`,
+      );
     } catch (err) {
       const name = (err as { name?: string }).name ?? '';
       if (!['InvalidArgument', 'NotImplemented', 'MalformedXML', 'InvalidRequest'].includes(name)) {
-        await send(target, { verb: 'set the lifecycle rules of', action: 's3:PutLifecycleConfiguration' }, () => Promise.reject(err));
+        await send(target, { verb: 'set the lifecycle rules of', action: 's3:PutLifecycleConfiguration' }, () =>
+          Promise.reject(err),
+        );
       }
       done.push(
         `The server of bucket ${Bucket} does not support a lifecycle rule that aborts incomplete uploads (${name}); it may expire them by its own setting, and abortIncompleteUploads removes them now.`,

@@ -31,7 +31,13 @@ export interface Transfer {
 }
 
 /** Starts tracking one transfer; `now` is injectable for tests. */
-export function track(sink: ProgressSink | undefined, key: string, action: TransferAction, totalBytes: number, now: () => number = Date.now): Transfer {
+export function track(
+  sink: ProgressSink | undefined,
+  key: string,
+  action: TransferAction,
+  totalBytes: number,
+  now: () => number = Date.now,
+): Transfer {
   if (!sink) return { add() {}, end() {} };
   const started = now();
   let done = 0;
@@ -60,13 +66,19 @@ export function track(sink: ProgressSink | undefined, key: string, action: Trans
 
 function clock(seconds: number): string {
   const s = Math.round(seconds);
-  return s < 60 ? `${s}s` : s < 3600 ? `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s` : `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
+  return s < 60
+    ? `${s}s`
+    : s < 3600
+      ? `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s`
+      : `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
 }
 
 /** `upload rootfs-python.ext4  512.0 MiB / 2.0 GiB  25%  310.4 MiB/s  ETA 5s` */
 export function formatTransfer(s: TransferStatus): string {
   const pct = s.totalBytes > 0 ? Math.floor((s.doneBytes / s.totalBytes) * 100) : 100;
-  const tail = s.finished ? `in ${clock(s.elapsedMs / 1000)}` : `ETA ${s.etaSeconds === undefined ? '?' : clock(s.etaSeconds)}`;
+  const tail = s.finished
+    ? `in ${clock(s.elapsedMs / 1000)}`
+    : `ETA ${s.etaSeconds === undefined ? '?' : clock(s.etaSeconds)}`;
   return `${s.action} ${s.key}  ${humanSize(s.doneBytes)} / ${humanSize(s.totalBytes)}  ${pct}%  ${humanSize(s.bytesPerSecond)}/s  ${tail}`;
 }
 

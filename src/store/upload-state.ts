@@ -23,7 +23,8 @@ export type UploadState = z.infer<typeof UploadStateSchema>;
 
 export const STATE_SUFFIX = '.upload.json';
 
-export const statePath = (stateDir: string, bucket: string, key: string): string => path.join(stateDir, `${bucket}__${key}${STATE_SUFFIX}`);
+export const statePath = (stateDir: string, bucket: string, key: string): string =>
+  path.join(stateDir, `${bucket}__${key}${STATE_SUFFIX}`);
 
 /** The state in `file`; undefined when there is none or it is unreadable (the upload starts over). */
 export function readState(file: string): UploadState | undefined {

@@ -70,16 +70,27 @@ async function publish(ctx: StoreContext, input: PublishInput): Promise<UploadRe
   const crc32 = digest.crc32!;
 
   const remote = await statObject(ctx, key);
-  const unchanged = !!remote && remote.sizeBytes === digest.sizeBytes && remote.crc32 === crc32 && remote.sha256 === digest.sha256;
+  const unchanged =
+    !!remote && remote.sizeBytes === digest.sizeBytes && remote.crc32 === crc32 && remote.sha256 === digest.sha256;
   let sent = { bytesSent: 0, partsSent: 0, partsReused: 0 };
   if (!unchanged) {
-    sent = await putFile(ctx, { key, file, digest: { ...digest, crc32 }, metadata: { sha256: digest.sha256 }, stateDir: uploadStateDir(ctx.workspace) });
+    sent = await putFile(ctx, {
+      key,
+      file,
+      digest: { ...digest, crc32 },
+      metadata: { sha256: digest.sha256 },
+      stateDir: uploadStateDir(ctx.workspace),
+    });
     const stored = await statObject(ctx, key);
     if (!stored || stored.sizeBytes !== digest.sizeBytes || stored.crc32 !== crc32) {
-      throw new StoreError('checksum', `Cannot upload ${where(ctx.config, key)}: after the upload the object's CRC32 is ${stored?.crc32 ?? 'missing'}, not ${crc32}.`, {
-        bucket: ctx.config.bucket,
-        key,
-      });
+      throw new StoreError(
+        'checksum',
+        `Cannot upload ${where(ctx.config, key)}: after the upload the object's CRC32 is ${stored?.crc32 ?? 'missing'}, not ${crc32}.`,
+        {
+          bucket: ctx.config.bucket,
+          key,
+        },
+      );
     }
   }
 
@@ -111,11 +122,20 @@ async function publish(ctx: StoreContext, input: PublishInput): Promise<UploadRe
     if (body.length > MAX_MANIFEST_BYTES) {
       // Readers would refuse it; the facts (versions) are what grew.
       const why = `the manifest would have ${body.length} bytes, over the ${MAX_MANIFEST_BYTES / 1024} KiB readers accept`;
-      throw new StoreError('invalid-input', `Cannot upload ${where(ctx.config, mkey)}: ${why}.`, { bucket: ctx.config.bucket, key: mkey });
+      throw new StoreError('invalid-input', `Cannot upload ${where(ctx.config, mkey)}: ${why}.`, {
+        bucket: ctx.config.bucket,
+        key: mkey,
+      });
     }
     await send(ctx, { key: mkey, verb: 'upload', action: 's3:PutObject' }, (c) =>
       c.send(
-        new PutObjectCommand({ Bucket: ctx.config.bucket, Key: mkey, Body: body, ContentType: 'application/json', ChecksumCRC32: crc32Of(body) }),
+        new PutObjectCommand({
+          Bucket: ctx.config.bucket,
+          Key: mkey,
+          Body: body,
+          ContentType: 'application/json',
+          ChecksumCRC32: crc32Of(body),
+        }),
         { abortSignal: signal },
       ),
     );
@@ -135,7 +155,12 @@ async function publish(ctx: StoreContext, input: PublishInput): Promise<UploadRe
 }
 
 /** Uploads one image file as `rootfs-<language>.ext4`, then its manifest with `facts`. */
-export async function uploadImage(ctx: StoreContext, language: string, file: string, facts?: ImageFacts): Promise<UploadResult> {
+export async function uploadImage(
+  ctx: StoreContext,
+  language: string,
+  file: string,
+  facts?: ImageFacts,
+): Promise<UploadResult> {
   return publish(ctx, { file, key: imageKey(language), kind: 'image', language, facts });
 }
 
@@ -154,7 +179,12 @@ export async function uploadAll(ctx: StoreContext, opts: UploadOptions = {}): Pr
   const kernel = kernelPath(ctx.workspace);
   if (fs.existsSync(kernel)) results.push(await uploadKernel(ctx, kernel));
   const dir = imagesDir(ctx.workspace);
-  const names = fs.existsSync(dir) ? fs.readdirSync(dir).filter((n) => IMAGE_KEY_PATTERN.test(n)).sort() : [];
+  const names = fs.existsSync(dir)
+    ? fs
+        .readdirSync(dir)
+        .filter((n) => IMAGE_KEY_PATTERN.test(n))
+        .sort()
+    : [];
   for (const name of names) {
     const file = path.join(dir, name);
     if (!fs.lstatSync(file).isFile()) continue;
@@ -171,17 +201,33 @@ export async function uploadAll(ctx: StoreContext, opts: UploadOptions = {}): Pr
 export function checkLanguage(input: unknown, configured: readonly string[]): string {
   const shown = JSON.stringify(input)?.slice(0, 60) ?? String(input);
   const parsed = Name.safeParse(input);
-  if (!parsed.success) throw new StoreError('invalid-input', `${shown} is not a language name (expected lower-case letters, digits and dashes).`);
+  if (!parsed.success)
+    throw new StoreError(
+      'invalid-input',
+      `${shown} is not a language name (expected lower-case letters, digits and dashes).`,
+    );
   if (!configured.length || !z.enum(configured as [string, ...string[]]).safeParse(parsed.data).success) {
-    throw new StoreError('invalid-input', `${shown} is not a configured language (configured: ${configured.join(', ') || 'none'}).`);
+    throw new StoreError(
+      'invalid-input',
+      `${shown} is not a configured language (configured: ${configured.join(', ') || 'none'}).`,
+    );
   }
   return parsed.data;
 }
 
 /** `upload-single <lang>`: the image of one configured language from `<workspace>/images`. */
-export async function uploadSingle(ctx: StoreContext, language: string, configured: readonly string[], opts: UploadOptions = {}): Promise<UploadResult> {
+export async function uploadSingle(
+  ctx: StoreContext,
+  language: string,
+  configured: readonly string[],
+  opts: UploadOptions = {},
+): Promise<UploadResult> {
   const lang = checkLanguage(language, configured);
   const file = path.join(imagesDir(ctx.workspace), imageKey(lang));
-  if (!fs.existsSync(file)) throw new StoreError('invalid-input', `Cannot upload ${where(ctx.config, imageKey(lang))}: ${file} does not exist.`);
+  if (!fs.existsSync(file))
+    throw new StoreError(
+      'invalid-input',
+      `Cannot upload ${where(ctx.config, imageKey(lang))}: ${file} does not exist.`,
+    );
   return uploadImage(ctx, lang, file, await opts.facts?.(lang));
 }

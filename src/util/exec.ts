@@ -13,12 +13,21 @@ export function capture(
   opts: { env?: NodeJS.ProcessEnv; cwd?: string; maxBuffer?: number } = {},
 ): Promise<Captured> {
   return new Promise((resolve, reject) => {
-    execFile(cmd, args, { env: opts.env, cwd: opts.cwd, maxBuffer: opts.maxBuffer ?? 16 << 20 }, (err, stdout, stderr) => {
-      if (err) {
-        const tail = String(stderr).trim().split('\n').slice(-15).join('\n');
-        reject(new Error(`${[cmd, ...args].join(' ')} failed (${err.code ?? err.signal ?? err.message})${tail ? `:\n${tail}` : ''}`));
-      } else resolve({ stdout: String(stdout), stderr: String(stderr) });
-    });
+    execFile(
+      cmd,
+      args,
+      { env: opts.env, cwd: opts.cwd, maxBuffer: opts.maxBuffer ?? 16 << 20 },
+      (err, stdout, stderr) => {
+        if (err) {
+          const tail = String(stderr).trim().split('\n').slice(-15).join('\n');
+          reject(
+            new Error(
+              `${[cmd, ...args].join(' ')} failed (${err.code ?? err.signal ?? err.message})${tail ? `:\n${tail}` : ''}`,
+            ),
+          );
+        } else resolve({ stdout: String(stdout), stderr: String(stderr) });
+      },
+    );
   });
 }
 

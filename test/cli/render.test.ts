@@ -7,7 +7,11 @@ import { STEPS } from '../../workflows/types';
 const T0 = Date.parse('2026-11-23T10:00:00Z');
 const at = (s: number) => new Date(T0 + s * 1000).toISOString();
 
-function progress(language: string, states: Partial<Record<(typeof STEPS)[number], Partial<StepProgress>>>, state: LanguageProgress['state'] = 'running'): LanguageProgress {
+function progress(
+  language: string,
+  states: Partial<Record<(typeof STEPS)[number], Partial<StepProgress>>>,
+  state: LanguageProgress['state'] = 'running',
+): LanguageProgress {
   return {
     language,
     workflowId: `run/${language}`,
@@ -26,20 +30,47 @@ const rust = progress(
   {
     allocate: { state: 'done', attempts: 1, startedAt: at(0), durationMs: 100 },
     base: { state: 'done', attempts: 1, startedAt: at(1), durationMs: 20_000 },
-    runtime: { state: 'awaiting-retry', attempts: 3, startedAt: at(22), durationMs: 1500, error: 'download failed: 503\nmore detail' },
+    runtime: {
+      state: 'awaiting-retry',
+      attempts: 3,
+      startedAt: at(22),
+      durationMs: 1500,
+      error: 'download failed: 503\nmore detail',
+    },
   },
   'awaiting-retry',
 );
 
 describe('CLI rendering', () => {
   it('the live block: a bar per language, the step, elapsed time, heartbeat or the waiting error', () => {
-    const lines = renderLive([python, rust, progress('go', {}, 'pending')], T0 + 47_000, new Map([['python', 'apt-get: Unpacking python3.10']]), 120);
-    assert.equal(lines[0], 'python   [######--------------] 2/7  install runtime           0:47  apt-get: Unpacking python3.10');
-    assert.equal(lines[1], 'rust     [######--------------] 2/7  install runtime           0:47  waiting for retry: download failed: 503');
+    const lines = renderLive(
+      [python, rust, progress('go', {}, 'pending')],
+      T0 + 47_000,
+      new Map([['python', 'apt-get: Unpacking python3.10']]),
+      120,
+    );
+    assert.equal(
+      lines[0],
+      'python   [######--------------] 2/7  install runtime           0:47  apt-get: Unpacking python3.10',
+    );
+    assert.equal(
+      lines[1],
+      'rust     [######--------------] 2/7  install runtime           0:47  waiting for retry: download failed: 503',
+    );
     assert.equal(lines[2], 'go       [--------------------] 0/7  pending');
     for (const l of renderLive([python], T0, new Map([['python', 'x'.repeat(500)]]), 80)) assert.equal(l.length, 80);
-    const finished = progress('bash', Object.fromEntries(STEPS.map((s, i) => [s, { state: 'done', attempts: 1, startedAt: at(i * 10), durationMs: 5000 }])), 'done');
-    assert.match(renderLive([finished], T0 + 3_600_000)[0]!, /\[#{20}\] 7\/7 {2}done +1:05$/, 'a finished build keeps its own duration');
+    const finished = progress(
+      'bash',
+      Object.fromEntries(
+        STEPS.map((s, i) => [s, { state: 'done', attempts: 1, startedAt: at(i * 10), durationMs: 5000 }]),
+      ),
+      'done',
+    );
+    assert.match(
+      renderLive([finished], T0 + 3_600_000)[0]!,
+      /\[#{20}\] 7\/7 {2}done +1:05$/,
+      'a finished build keeps its own duration',
+    );
     assert.equal(clock(61_999), '1:01');
   });
 
@@ -63,7 +94,10 @@ describe('CLI rendering', () => {
     const table = progressTable([rust], T0 + 30_000).split('\n');
     assert.equal(table[0], 'rust  awaiting-retry (2/7 steps)  run/rust');
     assert.equal(table[2], '  debootstrap base         done            20.0 s');
-    assert.equal(table[3], '  install runtime          awaiting-retry  1.5 s         3 attempts  error: download failed: 503');
+    assert.equal(
+      table[3],
+      '  install runtime          awaiting-retry  1.5 s         3 attempts  error: download failed: 503',
+    );
     assert.match(progressTable([python], T0 + 30_000), /install runtime +running +0:25 so far +2 attempts$/m);
   });
 
@@ -72,21 +106,31 @@ describe('CLI rendering', () => {
       runTag: 'run',
       images: [
         {
-          language: 'go', workflowId: 'run/go', state: 'done', path: '/srv/firecracker/images/rootfs-go.ext4', sizeBytes: 1.5 * 1024 ** 3, sha256: 'ab'.repeat(32),
-          versions: ['go version go1.22.3 linux/amd64'], steps: { base: 'reused', runtime: 'ran', upload: 'skipped' }, durationsMs: { base: 40, runtime: 61_000 },
+          language: 'go',
+          workflowId: 'run/go',
+          state: 'done',
+          path: '/srv/firecracker/images/rootfs-go.ext4',
+          sizeBytes: 1.5 * 1024 ** 3,
+          sha256: 'ab'.repeat(32),
+          versions: ['go version go1.22.3 linux/amd64'],
+          steps: { base: 'reused', runtime: 'ran', upload: 'skipped' },
+          durationsMs: { base: 40, runtime: 61_000 },
         },
         { language: 'rust', workflowId: 'run/rust', state: 'aborted', versions: [], steps: {} },
       ],
       bucket: { bucket: 'b', objects: 3, totalBytes: 2048 },
     });
-    assert.equal(text, [
-      'language image                      size        sha256        steps',
-      'go       rootfs-go.ext4                1.5 GiB  abababababab  1 ran, 1 reused',
-      '         go version go1.22.3 linux/amd64',
-      '         base reused 0.0 s · runtime ran 61.0 s · upload skipped',
-      'rust     -                                   -  -             0 ran, 0 reused',
-      '         aborted',
-      'bucket b: 3 objects, 2.0 KiB',
-    ].join('\n'));
+    assert.equal(
+      text,
+      [
+        'language image                      size        sha256        steps',
+        'go       rootfs-go.ext4                1.5 GiB  abababababab  1 ran, 1 reused',
+        '         go version go1.22.3 linux/amd64',
+        '         base reused 0.0 s · runtime ran 61.0 s · upload skipped',
+        'rust     -                                   -  -             0 ran, 0 reused',
+        '         aborted',
+        'bucket b: 3 objects, 2.0 KiB',
+      ].join('\n'),
+    );
   });
 });

@@ -44,7 +44,10 @@ describe('config', () => {
     const a = loadConfig({ file, env: { S3_BUCKET: 'from-env', AWS_REGION: 'ap-south-1' } }).config;
     assert.equal(a.s3.bucket, 'from-env');
     assert.equal(a.s3.region, 'eu-west-1');
-    const b = loadConfig({ env: { AWS_REGION: 'ap-south-1', S3_ENDPOINT: 'http://127.0.0.1:9000' }, cwd: os.tmpdir() }).config;
+    const b = loadConfig({
+      env: { AWS_REGION: 'ap-south-1', S3_ENDPOINT: 'http://127.0.0.1:9000' },
+      cwd: os.tmpdir(),
+    }).config;
     assert.equal(b.s3.region, 'ap-south-1');
     assert.equal(b.s3.endpoint, 'http://127.0.0.1:9000');
   });
@@ -52,19 +55,38 @@ describe('config', () => {
   it('lets TEMPORAL_ADDRESS and TEMPORAL_NAMESPACE override the file', () => {
     const file = withFile('temporal:\n  address: temporal.example.internal:7233\n  namespace: builds\n');
     assert.deepEqual(loadConfig({ file, env: emptyEnv }).config.temporal.address, 'temporal.example.internal:7233');
-    const { temporal } = loadConfig({ file, env: { TEMPORAL_ADDRESS: '127.0.0.1:7300', TEMPORAL_NAMESPACE: 'dev' } }).config;
+    const { temporal } = loadConfig({
+      file,
+      env: { TEMPORAL_ADDRESS: '127.0.0.1:7300', TEMPORAL_NAMESPACE: 'dev' },
+    }).config;
     assert.equal(temporal.address, '127.0.0.1:7300');
     assert.equal(temporal.namespace, 'dev');
   });
 
   it('--ssh NAME builds on a named SSH host of sshHosts; an unknown name is refused', () => {
     const pin = `SHA256:${'A'.repeat(43)}`;
-    const file = withFile(`sshHosts:\n  builder-2:\n    host: 10.0.0.6\n    user: root\n    keyPath: keys/builder\n    hostKeySha256: "${pin}"\n`);
+    const file = withFile(
+      `sshHosts:\n  builder-2:\n    host: 10.0.0.6\n    user: root\n    keyPath: keys/builder\n    hostKeySha256: "${pin}"\n`,
+    );
     assert.deepEqual(loadConfig({ file, env: emptyEnv }).config.buildHost, { kind: 'local', alias: 'local' });
     const { buildHost } = loadConfig({ file, env: emptyEnv, sshHost: 'builder-2' }).config;
-    assert.deepEqual(buildHost, { kind: 'ssh', alias: 'builder-2', host: '10.0.0.6', port: 22, user: 'root', keyPath: 'keys/builder', hostKeySha256: pin });
-    assert.deepEqual(problemsOf(() => loadConfig({ file, env: emptyEnv, sshHost: 'builder-3' })), ['--ssh "builder-3": no such SSH host in sshHosts (configured: builder-2)']);
-    assert.match(problemsOf(() => loadConfig({ file: withFile('sshHosts:\n  Bad_Name: {}\n'), env: emptyEnv })).join('\n'), /sshHosts/);
+    assert.deepEqual(buildHost, {
+      kind: 'ssh',
+      alias: 'builder-2',
+      host: '10.0.0.6',
+      port: 22,
+      user: 'root',
+      keyPath: 'keys/builder',
+      hostKeySha256: pin,
+    });
+    assert.deepEqual(
+      problemsOf(() => loadConfig({ file, env: emptyEnv, sshHost: 'builder-3' })),
+      ['--ssh "builder-3": no such SSH host in sshHosts (configured: builder-2)'],
+    );
+    assert.match(
+      problemsOf(() => loadConfig({ file: withFile('sshHosts:\n  Bad_Name: {}\n'), env: emptyEnv })).join('\n'),
+      /sshHosts/,
+    );
   });
 
   it('lays language entries over the profile and drops a language set to null', () => {
@@ -134,7 +156,12 @@ describe('config', () => {
 
   it('refuses a YAML alias bomb as a config error that names the file', () => {
     const levels = ['a: &a ["x","x","x","x","x","x","x","x","x"]'];
-    for (let i = 1; i < 9; i++) levels.push(`${'abcdefghi'[i]}: &${'abcdefghi'[i]} [${Array(9).fill(`*${'abcdefghi'[i - 1]}`).join(',')}]`);
+    for (let i = 1; i < 9; i++)
+      levels.push(
+        `${'abcdefghi'[i]}: &${'abcdefghi'[i]} [${Array(9)
+          .fill(`*${'abcdefghi'[i - 1]}`)
+          .join(',')}]`,
+      );
     const file = withFile(`${levels.join('\n')}\n`);
     const problems = problemsOf(() => loadConfig({ file, env: emptyEnv }));
     assert.match(problems[0]!, /^rootfs\.yaml: .*alias/i);

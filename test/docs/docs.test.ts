@@ -13,7 +13,9 @@ import { tempDir } from '../support/process';
  * examples run.
  */
 
-const DOCS = ['README.md', ...fs.readdirSync(path.join(projectRoot(), 'docs')).map((f) => path.join('docs', f))].filter((f) => f.endsWith('.md'));
+const DOCS = ['README.md', ...fs.readdirSync(path.join(projectRoot(), 'docs')).map((f) => path.join('docs', f))].filter(
+  (f) => f.endsWith('.md'),
+);
 
 interface Block {
   file: string;
@@ -51,7 +53,8 @@ export function shellWords(line: string): string[] {
     } else if (c === '"') {
       let j = i + 1;
       let text = '';
-      for (; j < line.length && line[j] !== '"'; j++) text += line[j] === '\\' && /["\\$`]/.test(line[j + 1] ?? '') ? line[++j] : line[j];
+      for (; j < line.length && line[j] !== '"'; j++)
+        text += line[j] === '\\' && /["\\$`]/.test(line[j + 1] ?? '') ? line[++j] : line[j];
       assert.ok(j < line.length, `unclosed " in ${line}`);
       word = (word ?? '') + text;
       i = j;
@@ -83,16 +86,41 @@ function documentedCommands(): Array<{ where: string; args: string[] }> {
 
 describe('docs', () => {
   it('the shell-word splitter reads quotes, comments and redirections as sh does', () => {
-    assert.deepEqual(shellWords(`npx rootfs customize python -- sh -c 'echo "a b" > /x'  # note`), ['npx', 'rootfs', 'customize', 'python', '--', 'sh', '-c', 'echo "a b" > /x']);
-    assert.deepEqual(shellWords('rootfs s3 bootstrap-script --fallback-url https://x/y > user-data.sh'), ['rootfs', 's3', 'bootstrap-script', '--fallback-url', 'https://x/y']);
+    assert.deepEqual(shellWords(`npx rootfs customize python -- sh -c 'echo "a b" > /x'  # note`), [
+      'npx',
+      'rootfs',
+      'customize',
+      'python',
+      '--',
+      'sh',
+      '-c',
+      'echo "a b" > /x',
+    ]);
+    assert.deepEqual(shellWords('rootfs s3 bootstrap-script --fallback-url https://x/y > user-data.sh'), [
+      'rootfs',
+      's3',
+      'bootstrap-script',
+      '--fallback-url',
+      'https://x/y',
+    ]);
     assert.deepEqual(shellWords('a "b \\"c\\"" d#e'), ['a', 'b "c"', 'd#e']);
   });
 
   it('every rootfs command line in README.md and docs/ parses with the real CLI', async () => {
     const commands = documentedCommands();
     // The README documents these: the test must find them, or it checks nothing.
-    for (const expected of [['create-all'], ['status', '--follow'], ['resume'], ['customize'], ['worker'], ['s3', 'download']]) {
-      assert.ok(commands.some((c) => expected.every((w) => c.args.includes(w))), `README shows rootfs ${expected.join(' ')}`);
+    for (const expected of [
+      ['create-all'],
+      ['status', '--follow'],
+      ['resume'],
+      ['customize'],
+      ['worker'],
+      ['s3', 'download'],
+    ]) {
+      assert.ok(
+        commands.some((c) => expected.every((w) => c.args.includes(w))),
+        `README shows rootfs ${expected.join(' ')}`,
+      );
     }
     for (const { where, args } of commands) {
       await parseOnly(args).catch((err: Error) => assert.fail(`${where}: rootfs ${args.join(' ')}: ${err.message}`));
@@ -102,9 +130,15 @@ describe('docs', () => {
   it('every command’s help has an Example: that parses, and a wrong one would not', async () => {
     const commands = helpExamples();
     assert.ok(commands.length >= 18, `found ${commands.length} commands`);
-    assert.deepEqual(commands.filter((c) => !c.examples.length).map((c) => c.command), [], 'commands without an example');
+    assert.deepEqual(
+      commands.filter((c) => !c.examples.length).map((c) => c.command),
+      [],
+      'commands without an example',
+    );
     for (const example of commands.flatMap((c) => c.examples)) {
-      await parseOnly(shellWords(example).slice(1)).catch((err: Error) => assert.fail(`help example "${example}": ${err.message}`));
+      await parseOnly(shellWords(example).slice(1)).catch((err: Error) =>
+        assert.fail(`help example "${example}": ${err.message}`),
+      );
     }
     await assert.rejects(parseOnly(['create-all', '--concurrency', 'zero']), /positive whole number/);
     await assert.rejects(parseOnly(['s3', 'upload-single']), /missing required argument/);
@@ -127,7 +161,8 @@ describe('docs', () => {
 
   it('the read-only examples run: config, iam-policy, bootstrap-script', () => {
     const cli = path.join(projectRoot(), 'dist', 'src', 'cli', 'main.js');
-    const run = (args: string[]) => spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', env: { ...process.env, ROOTFS_CONFIG: '' } });
+    const run = (args: string[]) =>
+      spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', env: { ...process.env, ROOTFS_CONFIG: '' } });
     const config = run(['config']);
     assert.equal(config.status, 0, config.stderr);
     assert.equal((JSON.parse(config.stdout) as { workspace: string }).workspace, '/srv/firecracker');

@@ -18,11 +18,12 @@ import { testS3 } from '../support/s3';
 import { testTemporal } from '../support/temporal';
 import { rootfs } from '../support/cli';
 
-
-
 /** Whether dpkg in the image built under `imageKey` lists `pkg` as installed. */
 function installedIn(env: BuildEnv, imageKey: string, pkg: string): boolean {
-  const status = catInImage(path.join(env.workspace, 'artifacts', imageKey, 'rootfs-python.ext4'), '/var/lib/dpkg/status');
+  const status = catInImage(
+    path.join(env.workspace, 'artifacts', imageKey, 'rootfs-python.ext4'),
+    '/var/lib/dpkg/status',
+  );
   return new RegExp(`^Package: ${pkg}\\nStatus: install ok installed$`, 'm').test(status);
 }
 
@@ -56,7 +57,10 @@ describe('a build keeps the configuration it was started with @real @builds', fu
   /** A copy of the test config with other python packages (and, optionally, another bucket). */
   const writeVariant = (file: string, packages: string[], s3?: S3Config) => {
     const doc = parse(fs.readFileSync(env.configFile, 'utf8')) as Record<string, Record<string, unknown>>;
-    fs.writeFileSync(file, stringify({ ...doc, ...(s3 ? { s3 } : {}), languages: { ...doc.languages, python: { packages } } }));
+    fs.writeFileSync(
+      file,
+      stringify({ ...doc, ...(s3 ? { s3 } : {}), languages: { ...doc.languages, python: { packages } } }),
+    );
   };
 
   before(async () => {
@@ -77,8 +81,16 @@ describe('a build keeps the configuration it was started with @real @builds', fu
       assert.equal(python?.state, 'done');
       venvImageKey = python!.imageKey!;
       assert.ok(installedIn(env, venvImageKey, 'python3-venv'), 'python3-venv is in the image');
-      assert.equal(await objectSha256(venvBucket, 'rootfs-python.ext4'), python!.sha256, "the image went to venv.yaml's bucket");
-      assert.equal(await objectSha256(env.s3, 'rootfs-python.ext4'), undefined, "nothing went to the worker's own bucket");
+      assert.equal(
+        await objectSha256(venvBucket, 'rootfs-python.ext4'),
+        python!.sha256,
+        "the image went to venv.yaml's bucket",
+      );
+      assert.equal(
+        await objectSha256(env.s3, 'rootfs-python.ext4'),
+        undefined,
+        "nothing went to the worker's own bucket",
+      );
       assert.equal(summary.bucket?.bucket, venvBucket.bucket, "the closing listing is of the build's bucket");
       // The spec is in the build's history (its input) and answers queries.
       assert.deepEqual(await handle.query(specQuery), venvSpec);
@@ -133,11 +145,21 @@ describe('a build keeps the configuration it was started with @real @builds', fu
       writeVariant(fixable, ['python3-venv']);
       const plain = await rootfs(['--config', fixable, 'resume', parentWorkflowId(runTag), '--no-worker']);
       assert.equal(plain.code, 0, plain.stderr);
-      assert.match(plain.stderr, /note: the config differs from the settings .* started with \(1 change\); this retry uses the build's own/);
+      assert.match(
+        plain.stderr,
+        /note: the config differs from the settings .* started with \(1 change\); this retry uses the build's own/,
+      );
       assert.match(plain.stderr, /languages\.python\.packages: \["rootfs-no-such-package"\] → \["python3-venv"\]/);
       assert.match((await awaiting(2)).error ?? '', /rootfs-no-such-package/, 'the retry used the pinned package list');
 
-      const reload = await rootfs(['--config', fixable, 'resume', parentWorkflowId(runTag), '--reload-config', '--no-worker']);
+      const reload = await rootfs([
+        '--config',
+        fixable,
+        'resume',
+        parentWorkflowId(runTag),
+        '--reload-config',
+        '--no-worker',
+      ]);
       assert.equal(reload.code, 0, reload.stderr);
       assert.match(reload.stderr, /reloading the config .*fixable\.yaml/);
       assert.match(reload.stderr, /languages\.python\.packages: \["rootfs-no-such-package"\] → \["python3-venv"\]/);
@@ -151,7 +173,10 @@ describe('a build keeps the configuration it was started with @real @builds', fu
       // Histories for the replay test: a reload through the parent and its child.
       await recordHistory(handle, 'createAllRootfs-reload-config');
       const { client } = (await testTemporal()).env;
-      await recordHistory(client.workflow.getHandle(childWorkflowId(runTag, 'python')), 'createRootfs-python-reload-config');
+      await recordHistory(
+        client.workflow.getHandle(childWorkflowId(runTag, 'python')),
+        'createRootfs-python-reload-config',
+      );
     } finally {
       await worker.stop();
     }

@@ -7,7 +7,13 @@ import { PROFILES } from '../../src/config';
 import { ORCHESTRATOR_TASK_QUEUE } from '../../worker';
 import { createAllRootfs } from '../../workflows';
 import { progressQuery, retryStepUpdate } from '../../workflows/messages';
-import { childWorkflowId, parentWorkflowId, type CreateAllSummary, type ImageSummary, type LanguageProgress } from '../../workflows/types';
+import {
+  childWorkflowId,
+  parentWorkflowId,
+  type CreateAllSummary,
+  type ImageSummary,
+  type LanguageProgress,
+} from '../../workflows/types';
 import { createBuildEnv, type BuildEnv } from '../support/build-env';
 import { startFixtureServer, type FixtureServer } from '../support/fixture-server';
 import { catInImage, e2fsckStatus, lsInImage, statInImage } from '../support/image';
@@ -33,7 +39,10 @@ function assertBootable(image: ImageSummary, language: string): void {
   assert.equal(statInImage(file, '/sbin/init')?.linkTarget, '/lib/systemd/systemd');
   assert.equal(statInImage(file, '/lib/systemd/systemd')?.type, 'regular');
   assert.match(catInImage(file, `/etc/profile.d/${language}.sh`), new RegExp(`^# ${language} runtime`));
-  assert.deepEqual(lsInImage(file, '/var/lib/apt/lists').filter((n) => n !== 'lock' && n !== 'partial'), []);
+  assert.deepEqual(
+    lsInImage(file, '/var/lib/apt/lists').filter((n) => n !== 'lock' && n !== 'partial'),
+    [],
+  );
   assert.equal(statInImage(file, '/usr/sbin/policy-rc.d'), null);
 }
 
@@ -52,7 +61,11 @@ describe('pipeline @real @builds', function () {
     const tarball = execFileSync('tar', ['-cz', '-C', src, 'cargo']);
     fs.rmSync(src, { recursive: true });
     fixture.serve('/rust-extra.tgz', tarball);
-    rustExtra = { url: `${fixture.url}/rust-extra.tgz`, sha256: crypto.createHash('sha256').update(tarball).digest('hex'), tarball };
+    rustExtra = {
+      url: `${fixture.url}/rust-extra.tgz`,
+      sha256: crypto.createHash('sha256').update(tarball).digest('hex'),
+      tarball,
+    };
     env = await createBuildEnv('e2e', {
       languages: {
         rust: {
@@ -111,9 +124,15 @@ describe('pipeline @real @builds', function () {
     await recordHistory(handle, 'createAllRootfs-five-languages');
     await recordHistory(rustHandle, 'createRootfs-rust-resumed');
 
-    assert.deepEqual(first.images.map((i) => i.language), ['bash', 'python', 'nodejs', 'go', 'rust']);
+    assert.deepEqual(
+      first.images.map((i) => i.language),
+      ['bash', 'python', 'nodejs', 'go', 'rust'],
+    );
     // Uploaded, each with its manifest, and the bucket listed at the end.
-    assert.deepEqual(first.images.map((i) => i.s3Key), first.images.map((i) => `rootfs-${i.language}.ext4`));
+    assert.deepEqual(
+      first.images.map((i) => i.s3Key),
+      first.images.map((i) => `rootfs-${i.language}.ext4`),
+    );
     assert.equal(first.bucket?.bucket, env.s3.bucket);
     assert.equal(first.bucket?.objects, 10);
     for (const image of first.images) {
@@ -127,8 +146,14 @@ describe('pipeline @real @builds', function () {
     assert.match(versions.go!, /^go version go1\.22\.3 linux\/amd64$/);
     assert.match(versions.rust!, /^rustc 1\.\d+\.\d+.* \| cargo 1\.\d+\.\d+/);
     const goImage = first.images.find((i) => i.language === 'go')!.path!;
-    assert.match(catInImage(goImage, '/etc/systemd/system/infra.operator.service'), /^Environment=GOROOT=\/usr\/local\/go$/m);
-    assert.equal(catInImage(first.images.find((i) => i.language === 'rust')!.path!, '/opt/cargo/config.toml'), '[net]\nretry = 5\n');
+    assert.match(
+      catInImage(goImage, '/etc/systemd/system/infra.operator.service'),
+      /^Environment=GOROOT=\/usr\/local\/go$/m,
+    );
+    assert.equal(
+      catInImage(first.images.find((i) => i.language === 'rust')!.path!, '/opt/cargo/config.toml'),
+      '[net]\nretry = 5\n',
+    );
 
     // The base is one artifact for all five: built by exactly one child, reused by the others.
     assert.equal(first.images.filter((i) => i.steps.base === 'ran').length, 1);
@@ -146,7 +171,10 @@ describe('pipeline @real @builds', function () {
     const runTag = `e2e-again-${crypto.randomBytes(3).toString('hex')}`;
     // "Nothing changed" includes the Ubuntu archive, which publishes several times a day: pin the
     // state the first build saw, or a publish between the two builds would rightly rebuild.
-    const archive = await activityResult<Record<string, string>>(client.workflow.getHandle(parentWorkflowId(first.runTag)), 'archiveSnapshot');
+    const archive = await activityResult<Record<string, string>>(
+      client.workflow.getHandle(parentWorkflowId(first.runTag)),
+      'archiveSnapshot',
+    );
     assert.ok(archive && Object.keys(archive).length === 2, 'the first build pinned jammy and jammy-updates');
     const started = Date.now();
     const again = await client.workflow.execute(createAllRootfs, {

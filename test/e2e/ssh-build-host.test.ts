@@ -28,12 +28,20 @@ const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
 function sshdConnections(sshd: TestSshd, from: number): Array<{ port: number; commands: number; sftp: number }> {
   const log = fs.readFileSync(path.join(sshd.dir, 'sshd.log')).subarray(from).toString('utf8');
   const clientKey = fingerprintOfPublicKeyFile(`${sshd.clientKeyPath}.pub`);
-  const accepted = new RegExp(`Accepted publickey for ${escape(sshd.user)} from 127\\.0\\.0\\.1 port (\\d+) ssh2: ED25519 ${escape(clientKey)}\\r?$`, 'gm');
+  const accepted = new RegExp(
+    `Accepted publickey for ${escape(sshd.user)} from 127\\.0\\.0\\.1 port (\\d+) ssh2: ED25519 ${escape(clientKey)}\\r?$`,
+    'gm',
+  );
   return [...log.matchAll(accepted)].map((m) => {
     const port = Number(m[1]);
     const session = (kind: string) =>
-      log.match(new RegExp(`Starting session: ${kind} for ${escape(sshd.user)} from 127\\.0\\.0\\.1 port ${port} id \\d+\\r?$`, 'gm'))?.length ?? 0;
-    return { port, commands: session('command'), sftp: session('subsystem \'sftp\'') };
+      log.match(
+        new RegExp(
+          `Starting session: ${kind} for ${escape(sshd.user)} from 127\\.0\\.0\\.1 port ${port} id \\d+\\r?$`,
+          'gm',
+        ),
+      )?.length ?? 0;
+    return { port, commands: session('command'), sftp: session("subsystem 'sftp'") };
   });
 }
 
@@ -87,7 +95,14 @@ describe('build host over SSH @real @builds', function () {
     const seconds = ((Date.now() - started) / 1000).toFixed(0);
 
     assert.equal(result.state, 'done');
-    assert.deepEqual(result.steps, { base: 'ran', runtime: 'ran', operator: 'ran', verify: 'ran', image: 'ran', upload: 'ran' });
+    assert.deepEqual(result.steps, {
+      base: 'ran',
+      runtime: 'ran',
+      operator: 'ran',
+      verify: 'ran',
+      image: 'ran',
+      upload: 'ran',
+    });
     assert.equal(result.s3Key, 'rootfs-bash.ext4');
     assert.match(result.versions.join(' | '), /^GNU bash, version 5\.1\./);
 
@@ -101,20 +116,28 @@ describe('build host over SSH @real @builds', function () {
     const operator = statInImage(file, '/usr/local/bin/infra.operator');
     assert.equal(operator?.type, 'regular');
     assert.equal(operator!.mode & 0o7777, 0o755);
-    assert.match(catInImage(file, '/etc/systemd/system/infra.operator.service'), /^ExecStart=\/usr\/local\/bin\/infra.operator guest --port 5000$/m);
+    assert.match(
+      catInImage(file, '/etc/systemd/system/infra.operator.service'),
+      /^ExecStart=\/usr\/local\/bin\/infra.operator guest --port 5000$/m,
+    );
     const wants = statInImage(file, '/etc/systemd/system/multi-user.target.wants/infra.operator.service');
     assert.equal(wants?.type, 'symlink');
     assert.equal(wants?.linkTarget, '/etc/systemd/system/infra.operator.service');
     assert.equal(statInImage(file, '/sbin/init')?.linkTarget, '/lib/systemd/systemd');
     // The keyring went over SFTP into the workspace's cache.
-    assert.equal(fs.readdirSync(path.join(env.workspace, 'cache', 'keyrings')).filter((f) => f.endsWith('.gpg')).length, 1);
+    assert.equal(
+      fs.readdirSync(path.join(env.workspace, 'cache', 'keyrings')).filter((f) => f.endsWith('.gpg')).length,
+      1,
+    );
 
     // It all went through sshd: the worker authenticated with the test's client key (one
     // connection it keeps) and ran every command as a session on it, files through SFTP.
     const connections = sshdConnections(sshd, logFrom);
     const commands = connections.reduce((n, c) => n + c.commands, 0);
     const sftp = connections.reduce((n, c) => n + c.sftp, 0);
-    console.log(`      bash over SSH: ${seconds} s (ms per step ${JSON.stringify(result.durationsMs)}), ${commands} commands and ${sftp} SFTP channels on ${connections.length} connection(s)`);
+    console.log(
+      `      bash over SSH: ${seconds} s (ms per step ${JSON.stringify(result.durationsMs)}), ${commands} commands and ${sftp} SFTP channels on ${connections.length} connection(s)`,
+    );
     assert.ok(connections.length >= 1, 'the worker connected to the test sshd');
     assert.ok(commands >= 50, `${commands} commands ran through sshd (${JSON.stringify(connections)})`);
     assert.ok(sftp >= 1, `SFTP was used (${JSON.stringify(connections)})`);
@@ -145,7 +168,14 @@ describe('build host over SSH @real @builds', function () {
       workflowId: childWorkflowId(runTag, 'bash'),
       args: [{ language: 'bash', runTag, options, spec: env.spec(['bash'], alias) }],
     });
-    assert.deepEqual(again.steps, { base: 'reused', runtime: 'reused', operator: 'reused', verify: 'reused', image: 'reused', upload: 'reused' });
+    assert.deepEqual(again.steps, {
+      base: 'reused',
+      runtime: 'reused',
+      operator: 'reused',
+      verify: 'reused',
+      image: 'reused',
+      upload: 'reused',
+    });
     const after = fs.statSync(staged);
     assert.deepEqual([after.ino, after.mtimeMs], [st.ino, st.mtimeMs], 'the unchanged image was not copied again');
   });
@@ -165,7 +195,14 @@ describe('build host over SSH @real @builds', function () {
     const handle = await client.workflow.start(createRootfs, {
       taskQueue: ORCHESTRATOR_TASK_QUEUE,
       workflowId: childWorkflowId(runTag, 'bash'),
-      args: [{ language: 'bash', runTag, options: { ...options, hostTaskQueue: hostTaskQueue(wrongAlias) }, spec: env.spec(['bash'], wrongAlias) }],
+      args: [
+        {
+          language: 'bash',
+          runTag,
+          options: { ...options, hostTaskQueue: hostTaskQueue(wrongAlias) },
+          spec: env.spec(['bash'], wrongAlias),
+        },
+      ],
     });
     const waiting = await waitFor(
       'the build to await a retry',
@@ -190,7 +227,10 @@ describe('build host over SSH @real @builds', function () {
     assert.deepEqual(await handle.executeUpdate(abortUpdate), { language: 'bash', aborted: true });
     await assert.rejects(handle.result(), (err: unknown) => {
       assert.ok(err instanceof WorkflowFailedError);
-      assert.match(String(err.cause?.message), /^bash: aborted by the operator at step allocate: host key mismatch for /);
+      assert.match(
+        String(err.cause?.message),
+        /^bash: aborted by the operator at step allocate: host key mismatch for /,
+      );
       return true;
     });
     const [after]: LanguageProgress[] = await handle.query(progressQuery);

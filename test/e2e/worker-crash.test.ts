@@ -47,12 +47,30 @@ describe('worker crash @real @builds', function () {
   it('cancelling a build stops the running step at once: its processes are killed and nothing half-built is kept', async () => {
     const { client } = (await testTemporal()).env;
     // A language whose runtime step has not been built yet (the base is reused from the test above).
-    env.writeConfig({ languages: { bash: null, nodejs: null, go: null, rust: null, tools: { runtime: [{ kind: 'apt', packages: ['python3-pip', 'git'] }], verify: [{ argv: ['git', '--version'], expect: '^git version' }] } } });
+    env.writeConfig({
+      languages: {
+        bash: null,
+        nodejs: null,
+        go: null,
+        rust: null,
+        tools: {
+          runtime: [{ kind: 'apt', packages: ['python3-pip', 'git'] }],
+          verify: [{ argv: ['git', '--version'], expect: '^git version' }],
+        },
+      },
+    });
     const runTag = `cancel-${crypto.randomBytes(3).toString('hex')}`;
     const handle = await client.workflow.start(createRootfs, {
       taskQueue: ORCHESTRATOR_TASK_QUEUE,
       workflowId: childWorkflowId(runTag, 'tools'),
-      args: [{ language: 'tools', runTag, options: { ...env.options, heartbeatTimeoutMs: 10_000 }, spec: env.spec(['tools']) }],
+      args: [
+        {
+          language: 'tools',
+          runTag,
+          options: { ...env.options, heartbeatTimeoutMs: 10_000 },
+          spec: env.spec(['tools']),
+        },
+      ],
     });
     await waitForRunningStep(handle, 'runtime');
     await new Promise((r) => setTimeout(r, 3000));
@@ -64,6 +82,10 @@ describe('worker crash @real @builds', function () {
     const tmp = path.join(env.workspace, 'artifacts', '.tmp');
     for (let i = 0; i < 50 && fs.readdirSync(tmp).length; i++) await new Promise((r) => setTimeout(r, 100));
     assert.deepEqual(fs.readdirSync(tmp), [], 'no half-built artifact is left');
-    assert.deepEqual(fs.readdirSync(path.join(env.workspace, 'artifacts')).filter((n) => n.startsWith('runtime-')).length, 1, 'only the python runtime was published');
+    assert.deepEqual(
+      fs.readdirSync(path.join(env.workspace, 'artifacts')).filter((n) => n.startsWith('runtime-')).length,
+      1,
+      'only the python runtime was published',
+    );
   });
 });

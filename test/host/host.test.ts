@@ -10,7 +10,6 @@ import { TEST_HOSTS } from '../support/hosts';
 
 const sha256 = (file: string) => crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
 
-
 async function gone(host: Host, pattern: string): Promise<boolean> {
   // pgrep exits 1 when nothing matches; it never matches itself.
   return (await host.run(['pgrep', '-f', pattern])).code === 1;
@@ -39,7 +38,10 @@ for (const [name, connect] of TEST_HOSTS) {
       assert.deepEqual(await host.run(['sh', '-c', 'kill -TERM $$']), { code: null, signal: 'SIGTERM' });
       await assert.rejects(check(host, ['sh', '-c', 'echo why >&2; exit 4']), (err: unknown) => {
         assert.ok(err instanceof CommandError);
-        assert.equal(err.message, `sh exited with 4: why\nwhy\ncommand: sh -c ${JSON.stringify('echo why >&2; exit 4')}`);
+        assert.equal(
+          err.message,
+          `sh exited with 4: why\nwhy\ncommand: sh -c ${JSON.stringify('echo why >&2; exit 4')}`,
+        );
         return true;
       });
     });
@@ -65,7 +67,21 @@ for (const [name, connect] of TEST_HOSTS) {
     });
 
     it('passes arguments and environment values through literally', async () => {
-      const args = ['two words', "it's", '"dq"', '$(id)', '`id`', 'a;b', 'line\nbreak', '*', '', 'héllo ✓', '\\', '--', '-n'];
+      const args = [
+        'two words',
+        "it's",
+        '"dq"',
+        '$(id)',
+        '`id`',
+        'a;b',
+        'line\nbreak',
+        '*',
+        '',
+        'héllo ✓',
+        '\\',
+        '--',
+        '-n',
+      ];
       const { stdout } = await output(host, ['printf', '%s\\0', ...args]);
       assert.deepEqual(stdout.split('\0').slice(0, -1), args);
       const env = await output(host, ['sh', '-c', 'printf %s "$ODD"'], { env: { ODD: "$(id) 'q' `x` ;" } });
@@ -148,14 +164,17 @@ for (const [name, connect] of TEST_HOSTS) {
       controller.abort();
       await assert.rejects(running);
       assert.ok(Date.now() - t0 < 5000, 'abort is prompt');
-      for (let i = 0; i < 20 && !(await gone(host, `sleep ${marker}`)); i++) await new Promise((r) => setTimeout(r, 100));
+      for (let i = 0; i < 20 && !(await gone(host, `sleep ${marker}`)); i++)
+        await new Promise((r) => setTimeout(r, 100));
       assert.ok(await gone(host, `sleep ${marker}`), 'no process is left');
     });
 
     it('runs commands in a chroot with /proc mounted, and leaves no mount behind, also when aborted', async () => {
       const tree = busyboxTree();
       const lines: string[] = [];
-      const result = await runInChroot(host, tree, ['cat', '/proc/self/status'], { onStdout: (c) => lines.push(c.toString()) });
+      const result = await runInChroot(host, tree, ['cat', '/proc/self/status'], {
+        onStdout: (c) => lines.push(c.toString()),
+      });
       assert.equal(result.code, 0);
       assert.match(lines.join(''), /^Name:\s+cat$/m);
       const env = await output(host, ['true']).then(async () => {
@@ -173,7 +192,8 @@ for (const [name, connect] of TEST_HOSTS) {
       await new Promise((r) => setTimeout(r, 700));
       controller.abort();
       await assert.rejects(running);
-      for (let i = 0; i < 20 && !(await gone(host, `sleep ${marker}`)); i++) await new Promise((r) => setTimeout(r, 100));
+      for (let i = 0; i < 20 && !(await gone(host, `sleep ${marker}`)); i++)
+        await new Promise((r) => setTimeout(r, 100));
       assert.ok(await gone(host, `sleep ${marker}`));
       assert.deepEqual(mountsUnder(tree), []);
     });
@@ -186,19 +206,36 @@ describe('SshHost refuses @real', () => {
     const wrong = 'SHA256:' + crypto.createHash('sha256').update('not the key').digest('base64').replace(/=+$/, '');
     const t0 = Date.now();
     await assert.rejects(
-      SshHost.connect({ host: sshd.host, port: sshd.port, user: sshd.user, keyPath: sshd.clientKeyPath, hostKeySha256: wrong }),
-      new RegExp(`^Error: host key mismatch for root@127\\.0\\.0\\.1:${sshd.port}: expected ${wrong.replace(/[+/]/g, '\\$&')}, got ${sshd.hostKeySha256.replace(/[+/]/g, '\\$&')} \\(refusing to connect\\)$`),
+      SshHost.connect({
+        host: sshd.host,
+        port: sshd.port,
+        user: sshd.user,
+        keyPath: sshd.clientKeyPath,
+        hostKeySha256: wrong,
+      }),
+      new RegExp(
+        `^Error: host key mismatch for root@127\\.0\\.0\\.1:${sshd.port}: expected ${wrong.replace(/[+/]/g, '\\$&')}, got ${sshd.hostKeySha256.replace(/[+/]/g, '\\$&')} \\(refusing to connect\\)$`,
+      ),
     );
     assert.ok(Date.now() - t0 < 5000);
     // sshd never saw an authentication attempt from us for that connection.
-    assert.doesNotMatch(fs.readFileSync(path.join(sshd.dir, 'sshd.log'), 'utf8').split('\n').slice(-5).join('\n'), /Accepted publickey/);
+    assert.doesNotMatch(
+      fs.readFileSync(path.join(sshd.dir, 'sshd.log'), 'utf8').split('\n').slice(-5).join('\n'),
+      /Accepted publickey/,
+    );
   });
 
   it('a client key the server does not accept, with a plain message', async () => {
     const sshd = await testSshd();
     const t0 = Date.now();
     await assert.rejects(
-      SshHost.connect({ host: sshd.host, port: sshd.port, user: sshd.user, keyPath: sshd.strangerKeyPath, hostKeySha256: sshd.hostKeySha256 }),
+      SshHost.connect({
+        host: sshd.host,
+        port: sshd.port,
+        user: sshd.user,
+        keyPath: sshd.strangerKeyPath,
+        hostKeySha256: sshd.hostKeySha256,
+      }),
       /^Error: SSH authentication failed for root@127\.0\.0\.1:\d+ with key .*stranger_ed25519 \(the server did not accept it\)$/,
     );
     assert.ok(Date.now() - t0 < 5000);

@@ -48,7 +48,6 @@ async function hostUidOf(marker: string): Promise<string> {
   throw new Error(`no process "sleep ${marker}" appeared`);
 }
 
-
 for (const [name, connect] of TEST_HOSTS) {
   describe(`runInSandbox on ${name} @real`, function () {
     this.timeout(60_000);
@@ -61,7 +60,11 @@ for (const [name, connect] of TEST_HOSTS) {
     async function run(root: string, argv: string[], env?: Record<string, string>) {
       const out: Buffer[] = [];
       const err: Buffer[] = [];
-      const { code } = await runInSandbox(host, root, argv, { env, onStdout: (c) => out.push(c), onStderr: (c) => err.push(c) });
+      const { code } = await runInSandbox(host, root, argv, {
+        env,
+        onStdout: (c) => out.push(c),
+        onStderr: (c) => err.push(c),
+      });
       return { code, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() };
     }
 
@@ -69,7 +72,11 @@ for (const [name, connect] of TEST_HOSTS) {
       const root = tree();
       const map = await run(root, ['cat', '/proc/self/uid_map']);
       assert.equal(map.code, 0, map.stderr);
-      assert.match(map.stdout, /^\s*0\s+\d+\s+1\n$/, 'one uid mapped: root inside, one unprivileged uid outside (see the host view below)');
+      assert.match(
+        map.stdout,
+        /^\s*0\s+\d+\s+1\n$/,
+        'one uid mapped: root inside, one unprivileged uid outside (see the host view below)',
+      );
       const secret = await run(root, ['cat', '/etc/secret']);
       assert.notEqual(secret.code, 0, 'a file only the host root may read stays closed');
       assert.match(secret.stderr, /Permission denied/);
@@ -96,7 +103,8 @@ for (const [name, connect] of TEST_HOSTS) {
       assert.deepEqual((await hostUidOf(marker)).split(/\s+/), Array(4).fill(String(SANDBOX_UID)));
       controller.abort();
       await assert.rejects(running);
-      for (let i = 0; i < 30 && (await host.run(['pgrep', '-f', `^sleep ${marker}$`])).code === 0; i++) await new Promise((r) => setTimeout(r, 100));
+      for (let i = 0; i < 30 && (await host.run(['pgrep', '-f', `^sleep ${marker}$`])).code === 0; i++)
+        await new Promise((r) => setTimeout(r, 100));
       assert.equal((await host.run(['pgrep', '-f', `^sleep ${marker}$`])).code, 1, 'the sandboxed command is gone');
     });
   });
@@ -122,14 +130,26 @@ describe('runInImage @real', function () {
     assert.equal(version!.code, 0);
     assert.match(version!.stdout, /^BusyBox v1\.\d+/);
     assert.equal(ids!.code, 0, ids!.stderr);
-    assert.match(ids!.stdout, /^\s*0\s+\d+\s+1\nroot only\n$/, 'a single uid, root in the image only (the copy is its own)');
+    assert.match(
+      ids!.stdout,
+      /^\s*0\s+\d+\s+1\nroot only\n$/,
+      'a single uid, root in the image only (the copy is its own)',
+    );
     assert.deepEqual(interfaces(net!.stdout), ['lo']);
     assert.match(dev!.stdout, /^c.* null$/m);
     assert.deepEqual(blockDevices(dev!.stdout), []);
     assert.notEqual(write!.code, 0);
     assert.match(write!.stderr, /Read-only file system/);
     assert.equal(env!.code, 3);
-    assert.deepEqual(env!.stdout.trim().split('\n').filter((l) => !/^(PWD|SHLVL)=/.test(l)).sort(), ['LC_ALL=C', 'PATH=/bin'], 'only the given env');
+    assert.deepEqual(
+      env!.stdout
+        .trim()
+        .split('\n')
+        .filter((l) => !/^(PWD|SHLVL)=/.test(l))
+        .sort(),
+      ['LC_ALL=C', 'PATH=/bin'],
+      'only the given env',
+    );
     assert.match(run.dumpe2fs, /^Block count:\s+\d+$/m);
     assert.equal(fs.readFileSync('/proc/self/mountinfo', 'utf8'), mountsBefore, 'nothing was mounted on the host');
   });
@@ -138,11 +158,14 @@ describe('runInImage @real', function () {
     const image = makeImage(tree(), path.join(tempDir('sandbox-uid'), 'rootfs.ext4'));
     const marker = `${3000 + crypto.randomInt(1000)}`;
     const controller = new AbortController();
-    const running = runInImage(host, image, [{ argv: ['sleep', marker], env: { PATH: '/bin' } }], { signal: controller.signal });
+    const running = runInImage(host, image, [{ argv: ['sleep', marker], env: { PATH: '/bin' } }], {
+      signal: controller.signal,
+    });
     assert.deepEqual((await hostUidOf(marker)).split(/\s+/), Array(4).fill(String(SANDBOX_UID)));
     controller.abort();
     await assert.rejects(running);
-    for (let i = 0; i < 30 && (await host.run(['pgrep', '-f', `^sleep ${marker}$`])).code === 0; i++) await new Promise((r) => setTimeout(r, 100));
+    for (let i = 0; i < 30 && (await host.run(['pgrep', '-f', `^sleep ${marker}$`])).code === 0; i++)
+      await new Promise((r) => setTimeout(r, 100));
     assert.equal((await host.run(['pgrep', '-f', `^sleep ${marker}$`])).code, 1, 'the sandboxed command is gone');
   });
 
@@ -170,10 +193,18 @@ describe('runInImage @real', function () {
     fs.truncateSync(path.join(flood, 'big'), 2 ** 30);
     fs.linkSync(path.join(flood, 'big'), path.join(flood, 'big2'));
     const floodImage = makeImage(flood, path.join(dir, 'flood.ext4'), '8M');
-    await assert.rejects(runInImage(host, floodImage, [sh('true')]), /could not extract .*flood\.ext4 \(the tree is held in memory, at most 8 MiB\):\n.*No space left on device/s);
+    await assert.rejects(
+      runInImage(host, floodImage, [sh('true')]),
+      /could not extract .*flood\.ext4 \(the tree is held in memory, at most 8 MiB\):\n.*No space left on device/s,
+    );
 
     const t0 = Date.now();
-    const hang = await runInImage(host, makeImage(tree(), path.join(dir, 'hang.ext4')), [sh('sleep 100'), sh('echo next')], { timeoutSeconds: 1 });
+    const hang = await runInImage(
+      host,
+      makeImage(tree(), path.join(dir, 'hang.ext4')),
+      [sh('sleep 100'), sh('echo next')],
+      { timeoutSeconds: 1 },
+    );
     assert.equal(hang.results[0]!.code, 124, 'timeout(1) stopped it');
     assert.equal(hang.results[1]!.stdout, 'next\n', 'the next command still runs');
     assert.ok(Date.now() - t0 < 20_000);
@@ -181,9 +212,15 @@ describe('runInImage @real', function () {
 
   it('says why when the image is missing or unreadable by the sandbox uid', async () => {
     const dir = tempDir('sandbox-missing');
-    await assert.rejects(runInImage(host, path.join(dir, 'none.ext4'), [sh('true')]), /none\.ext4 does not exist: build it first/);
+    await assert.rejects(
+      runInImage(host, path.join(dir, 'none.ext4'), [sh('true')]),
+      /none\.ext4 does not exist: build it first/,
+    );
     const image = makeImage(tree(), path.join(dir, 'private.ext4'));
     fs.chmodSync(image, 0o600);
-    await assert.rejects(runInImage(host, image, [sh('true')]), /could not extract .*private\.ext4 \(the image is read as uid 65534: it must be readable by others\)/);
+    await assert.rejects(
+      runInImage(host, image, [sh('true')]),
+      /could not extract .*private\.ext4 \(the image is read as uid 65534: it must be readable by others\)/,
+    );
   });
 });

@@ -22,12 +22,33 @@ function signedRepository(): { files: Record<string, Buffer>; key: Buffer; stran
   const dir = tempDir('aptrepo');
   const gnupg = path.join(dir, 'gnupg');
   fs.mkdirSync(gnupg, { mode: 0o700 });
-  const gpg = (...args: string[]) => execFileSync('gpg', ['--batch', '--quiet', '--homedir', gnupg, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  gpg('--passphrase', '', '--quick-gen-key', 'rootfs fixture vendor <vendor@example.invalid>', 'ed25519', 'sign', 'never');
+  const gpg = (...args: string[]) =>
+    execFileSync('gpg', ['--batch', '--quiet', '--homedir', gnupg, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  gpg(
+    '--passphrase',
+    '',
+    '--quick-gen-key',
+    'rootfs fixture vendor <vendor@example.invalid>',
+    'ed25519',
+    'sign',
+    'never',
+  );
   const key = gpg('--export');
   const other = path.join(dir, 'other');
   fs.mkdirSync(other, { mode: 0o700 });
-  execFileSync('gpg', ['--batch', '--quiet', '--homedir', other, '--passphrase', '', '--quick-gen-key', 'someone else', 'ed25519', 'sign', 'never']);
+  execFileSync('gpg', [
+    '--batch',
+    '--quiet',
+    '--homedir',
+    other,
+    '--passphrase',
+    '',
+    '--quick-gen-key',
+    'someone else',
+    'ed25519',
+    'sign',
+    'never',
+  ]);
   const strangerKey = execFileSync('gpg', ['--batch', '--quiet', '--homedir', other, '--export']);
 
   const pkg = path.join(dir, 'pkg');
@@ -37,11 +58,20 @@ function signedRepository(): { files: Record<string, Buffer>; key: Buffer; stran
     path.join(pkg, 'DEBIAN/control'),
     'Package: rootfs-fixture-tool\nVersion: 1.2.3\nArchitecture: all\nMaintainer: fixture <vendor@example.invalid>\nDescription: a vendor tool for the tests\n',
   );
-  fs.writeFileSync(path.join(pkg, 'usr/bin/rootfs-fixture-tool'), '#!/bin/sh\necho "fixture tool 1.2.3"\n', { mode: 0o755 });
+  fs.writeFileSync(path.join(pkg, 'usr/bin/rootfs-fixture-tool'), '#!/bin/sh\necho "fixture tool 1.2.3"\n', {
+    mode: 0o755,
+  });
   const repo = path.join(dir, 'repo');
   fs.mkdirSync(path.join(repo, 'pool'), { recursive: true });
-  execFileSync('dpkg-deb', ['--build', '--root-owner-group', pkg, path.join(repo, 'pool/rootfs-fixture-tool_1.2.3_all.deb')], { stdio: 'ignore' });
-  const packages = execFileSync('dpkg-scanpackages', ['pool', '/dev/null'], { cwd: repo, stdio: ['ignore', 'pipe', 'ignore'] });
+  execFileSync(
+    'dpkg-deb',
+    ['--build', '--root-owner-group', pkg, path.join(repo, 'pool/rootfs-fixture-tool_1.2.3_all.deb')],
+    { stdio: 'ignore' },
+  );
+  const packages = execFileSync('dpkg-scanpackages', ['pool', '/dev/null'], {
+    cwd: repo,
+    stdio: ['ignore', 'pipe', 'ignore'],
+  });
   const release = [
     'Origin: rootfs fixture',
     'Suite: stable',
@@ -61,7 +91,9 @@ function signedRepository(): { files: Record<string, Buffer>; key: Buffer; stran
     files: {
       '/repo/dists/stable/InRelease': fs.readFileSync(path.join(dir, 'InRelease')),
       '/repo/dists/stable/main/binary-amd64/Packages': packages,
-      '/repo/pool/rootfs-fixture-tool_1.2.3_all.deb': fs.readFileSync(path.join(repo, 'pool/rootfs-fixture-tool_1.2.3_all.deb')),
+      '/repo/pool/rootfs-fixture-tool_1.2.3_all.deb': fs.readFileSync(
+        path.join(repo, 'pool/rootfs-fixture-tool_1.2.3_all.deb'),
+      ),
     },
   };
 }
@@ -118,22 +150,34 @@ describe('apt source with a vendor repository @real', function () {
     const runtime = await pipeline.runtime('vendor', baseKey);
     assert.match(String((runtime.data.installed as Record<string, string>).apt), /^rootfs-fixture-tool=1\.2\.3$/);
     const tree = pipeline.store.tree(runtime.key);
-    assert.equal(fs.readFileSync(path.join(tree, 'usr/bin/rootfs-fixture-tool'), 'utf8'), '#!/bin/sh\necho "fixture tool 1.2.3"\n');
+    assert.equal(
+      fs.readFileSync(path.join(tree, 'usr/bin/rootfs-fixture-tool'), 'utf8'),
+      '#!/bin/sh\necho "fixture tool 1.2.3"\n',
+    );
     // The schema says "for the install only": the image neither lists the repository nor trusts its key.
     assert.deepEqual(fs.readdirSync(path.join(tree, 'etc/apt/sources.list.d')), []);
     assert.deepEqual(fs.readdirSync(path.join(tree, 'etc/apt/keyrings')), []);
     assert.ok(!fs.readFileSync(path.join(tree, 'etc/apt/sources.list'), 'utf8').includes(fixture.url));
-    assert.deepEqual(fs.readdirSync(path.join(tree, 'var/lib/apt/lists')).filter((n) => n !== 'lock' && n !== 'partial'), []);
+    assert.deepEqual(
+      fs.readdirSync(path.join(tree, 'var/lib/apt/lists')).filter((n) => n !== 'lock' && n !== 'partial'),
+      [],
+    );
   });
 
   it('refuses a key whose checksum is not the pinned one', async () => {
     // (Downloads are cached by their sum, so the pin must be one not fetched before.)
     const pipeline = pipelineWith({ url: `${fixture.url}/vendor.gpg`, sha256: sha256(repo.strangerKey) });
-    await assert.rejects(pipeline.runtime('vendor', baseKey), (err: unknown) => err instanceof BuildError && err.type === 'ChecksumMismatch');
+    await assert.rejects(
+      pipeline.runtime('vendor', baseKey),
+      (err: unknown) => err instanceof BuildError && err.type === 'ChecksumMismatch',
+    );
   });
 
   it('refuses a repository that the pinned key did not sign', async () => {
     const pipeline = pipelineWith({ url: `${fixture.url}/stranger.gpg`, sha256: sha256(repo.strangerKey) });
-    await assert.rejects(pipeline.runtime('vendor', baseKey), /NO_PUBKEY|not signed|signatures couldn't be verified|is not signed/);
+    await assert.rejects(
+      pipeline.runtime('vendor', baseKey),
+      /NO_PUBKEY|not signed|signatures couldn't be verified|is not signed/,
+    );
   });
 });

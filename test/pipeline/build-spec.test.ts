@@ -47,7 +47,13 @@ describe('build spec', () => {
     assert.deepEqual(Object.keys(spec.languages), ['python']);
     assert.deepEqual(spec.languages.python?.packages, ['python3-venv']);
     assert.equal(spec.s3.bucket, 'other-bucket');
-    assert.equal(spec.operatorSha256, crypto.createHash('sha256').update(fs.readFileSync(requireTool('referenceOperator'))).digest('hex'));
+    assert.equal(
+      spec.operatorSha256,
+      crypto
+        .createHash('sha256')
+        .update(fs.readFileSync(requireTool('referenceOperator')))
+        .digest('hex'),
+    );
     assert.equal(spec.source, path.join(dir, 'a.yaml'));
     const text = JSON.stringify(spec);
     assert.doesNotMatch(text, /SECRET_KEY_VAR|temporal|keyPath|apiKey/);
@@ -78,11 +84,17 @@ describe('build spec', () => {
     assert.equal(localInputs(spec, worker).operatorPath, requireTool('referenceOperator'));
     // A binary this machine has never seen is refused, with the digest and where it looked.
     const foreign = { ...spec, operatorSha256: 'f'.repeat(64) };
-    assert.throws(() => localInputs(foreign, worker), (err: unknown) => {
-      assert.ok(err instanceof PinnedFileMissing);
-      assert.match(err.message, /started with the operator binary sha256 f{64}, and this worker has no file with that digest/);
-      return true;
-    });
+    assert.throws(
+      () => localInputs(foreign, worker),
+      (err: unknown) => {
+        assert.ok(err instanceof PinnedFileMissing);
+        assert.match(
+          err.message,
+          /started with the operator binary sha256 f{64}, and this worker has no file with that digest/,
+        );
+        return true;
+      },
+    );
     // The pinned copy is found when the original file is gone.
     const moved = path.join(dir, 'moved-operator');
     fs.copyFileSync(other, moved);
@@ -96,13 +108,18 @@ describe('build spec', () => {
     checkBuildHost(spec, configFile('h.yaml', { buildHost: { kind: 'local', alias: 'builder-a' } }));
     assert.throws(
       () => checkBuildHost(spec, configFile('i.yaml', { buildHost: { kind: 'local', alias: 'builder-b' } })),
-      (err: unknown) => err instanceof WrongBuildHost && /started for build host builder-a .* this worker drives builder-b/.test(err.message),
+      (err: unknown) =>
+        err instanceof WrongBuildHost &&
+        /started for build host builder-a .* this worker drives builder-b/.test(err.message),
     );
   });
 
   it('lists what changed between two specs, leaf by leaf', () => {
     const before = buildSpecOf(configFile('j.yaml', {}), ['python', 'rust']);
-    const after = buildSpecOf(configFile('k.yaml', { languages: { python: { packages: ['python3-venv'] } }, image: { headroomMiB: 64 } }), ['python', 'rust']);
+    const after = buildSpecOf(
+      configFile('k.yaml', { languages: { python: { packages: ['python3-venv'] } }, image: { headroomMiB: 64 } }),
+      ['python', 'rust'],
+    );
     assert.deepEqual(specChanges(before, before), []);
     assert.deepEqual(
       specChanges(before, after).filter((c) => !c.startsWith('source')),

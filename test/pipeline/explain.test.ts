@@ -92,7 +92,9 @@ describe('rootfs explain, on artifacts the pipeline kept @real', function () {
     assert.deepEqual(second, { base: PINNED.first.base, runtime, operator, verify, image });
     assert.deepEqual(secondBuilt, ['runtime', 'operator', 'verify', 'image'], 'the base was reused');
     for (const key of Object.values(second)) {
-      const record = KeyRecord.parse(JSON.parse(fs.readFileSync(path.join(workspace, 'artifacts', key, 'key-input.json'), 'utf8')));
+      const record = KeyRecord.parse(
+        JSON.parse(fs.readFileSync(path.join(workspace, 'artifacts', key, 'key-input.json'), 'utf8')),
+      );
       assert.equal(record.key, key);
       assert.equal(record.language, record.step === 'base' ? null : 'python');
     }
@@ -137,7 +139,8 @@ describe('rootfs explain, on artifacts the pipeline kept @real', function () {
     const verify = [{ argv: ['true'], expect: '' }];
     fs.writeFileSync(config, stringify({ workspace, languages: { python: { verify }, go: { verify } } }));
     const env = { ...process.env, ROOTFS_CONFIG: '' };
-    const rootfs = (...args: string[]) => spawnSync(process.execPath, [CLI, '--config', config, ...args], { encoding: 'utf8', env });
+    const rootfs = (...args: string[]) =>
+      spawnSync(process.execPath, [CLI, '--config', config, ...args], { encoding: 'utf8', env });
 
     const record = path.join(workspace, 'artifacts', second.verify, 'key-input.json');
     const kept = fs.readFileSync(record);
@@ -149,9 +152,17 @@ describe('rootfs explain, on artifacts the pipeline kept @real', function () {
       const noRecord = `verify    ${second.verify}  built T: no record (built before artifacts kept their key input)`;
       assert.ok(lines.includes(noRecord), out.stdout);
       assert.ok(lines.includes('  runtime: packages: [] → ["python3-venv"]'), out.stdout);
-      const json = JSON.parse(rootfs('explain', 'python', '--json').stdout) as { steps: Array<{ step: string; state: string }> };
+      const json = JSON.parse(rootfs('explain', 'python', '--json').stdout) as {
+        steps: Array<{ step: string; state: string }>;
+      };
       const states = json.steps.map((s) => `${s.step} ${s.state}`);
-      assert.deepEqual(states, ['base first', 'runtime changed', 'operator changed', 'verify no-record', 'image changed']);
+      assert.deepEqual(states, [
+        'base first',
+        'runtime changed',
+        'operator changed',
+        'verify no-record',
+        'image changed',
+      ]);
     } finally {
       fs.writeFileSync(record, kept);
     }
@@ -169,7 +180,12 @@ describe('rootfs explain, on artifacts the pipeline kept @real', function () {
   });
 
   it('follows a customized image through its customize step', async () => {
-    const settings = { base: FIRST.base, image: FIRST.image, workspace, languages: { python: FIRST.languages.python! } };
+    const settings = {
+      base: FIRST.base,
+      image: FIRST.image,
+      workspace,
+      languages: { python: FIRST.languages.python! },
+    };
     const { pipeline, built } = fakePipeline(dir, settings);
     const changed = await pipeline.customize('python', ['sh', '-c', 'echo hi']);
     assert.equal(changed.key, PINNED.first.customize);

@@ -30,7 +30,9 @@ export const FIRST = {
   s3: S3.parse({}),
   languages: {
     python: Language.parse({
-      runtime: [{ kind: 'apt', packages: ['python3'], links: [{ path: '/usr/local/bin/python', target: '/usr/bin/python3' }] }],
+      runtime: [
+        { kind: 'apt', packages: ['python3'], links: [{ path: '/usr/local/bin/python', target: '/usr/bin/python3' }] },
+      ],
       packages: ['python3-venv'],
       files: [{ path: '/etc/pip.conf', content: '[global]\nno-cache-dir = true\n' }],
       environment: { PYTHONDONTWRITEBYTECODE: '1' },
@@ -38,7 +40,12 @@ export const FIRST = {
     }),
     go: Language.parse({
       runtime: [
-        { kind: 'archive', url: 'https://dl.example.internal/go1.22.5.linux-amd64.tar.gz', sha256: hex('3'), dest: '/usr/local/go' },
+        {
+          kind: 'archive',
+          url: 'https://dl.example.internal/go1.22.5.linux-amd64.tar.gz',
+          sha256: hex('3'),
+          dest: '/usr/local/go',
+        },
       ],
       environment: { GOPATH: '/root/go' },
       path: ['/usr/local/go/bin'],
@@ -48,12 +55,19 @@ export const FIRST = {
 };
 
 export const SECOND = {
-  base: Base.parse({ mirror: 'http://archive.example.internal/ubuntu', packages: ['ca-certificates'], pockets: ['updates', 'security'] }),
+  base: Base.parse({
+    mirror: 'http://archive.example.internal/ubuntu',
+    packages: ['ca-certificates'],
+    pockets: ['updates', 'security'],
+  }),
   mirror: 'http://archive.example.internal/ubuntu',
   archive: { jammy: hex('1'), 'jammy-updates': hex('2'), 'jammy-security': hex('4') } as ArchiveSnapshot,
   image: Image.parse({ sizeMiB: 2048 }),
   s3: S3.parse({ bucket: 'images-test', region: 'eu-west-1', endpoint: 'http://127.0.0.1:9999' }),
-  languages: { bash: Language.parse({ verify: [{ argv: ['bash', '--version'], expect: '^GNU bash' }] }) } as Record<string, LanguageSpec>,
+  languages: { bash: Language.parse({ verify: [{ argv: ['bash', '--version'], expect: '^GNU bash' }] }) } as Record<
+    string,
+    LanguageSpec
+  >,
 };
 
 /**
@@ -112,10 +126,18 @@ export type ChainKeys = Record<'base' | 'runtime' | 'operator' | 'verify' | 'ima
 /** The keys of one language's build, chained as the workflow chains its steps. */
 export function chainKeys(f: KeyFacts): ChainKeys {
   const base = stepKey('base', null, baseKeyInput(f));
-  const runtime = stepKey('runtime', base, runtimeKeyInput({ spec: f.spec, archive: runtimeUsesArchive(f.spec) ? f.archive : null }));
+  const runtime = stepKey(
+    'runtime',
+    base,
+    runtimeKeyInput({ spec: f.spec, archive: runtimeUsesArchive(f.spec) ? f.archive : null }),
+  );
   const operator = stepKey('operator', runtime, operatorKeyInput(f));
   const verify = stepKey('verify', operator, verifyKeyInput(f));
-  const image = stepKey('image', verify, imageKeyInput({ language: f.language, image: f.image, operatorKey: operator }));
+  const image = stepKey(
+    'image',
+    verify,
+    imageKeyInput({ language: f.language, image: f.image, operatorKey: operator }),
+  );
   const upload = stepKey('upload', image, uploadKeyInput(f));
   return { base, runtime, operator, verify, image, upload };
 }

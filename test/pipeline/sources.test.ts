@@ -57,11 +57,21 @@ describe('runtime sources @real', function () {
     const good = tarball({ 'x/a': 'a' });
     const evil = tarball({ 'x/a': 'tampered' });
     fixture.serve('/evil.tgz', evil);
-    const source = { kind: 'archive' as const, url: `${fixture.url}/evil.tgz`, sha256: sha256(good), dest: '/opt/x', stripComponents: 1, links: [] };
+    const source = {
+      kind: 'archive' as const,
+      url: `${fixture.url}/evil.tgz`,
+      sha256: sha256(good),
+      dest: '/opt/x',
+      stripComponents: 1,
+      links: [],
+    };
     await assert.rejects(installSource(ctx, source), (err: unknown) => {
       assert.ok(err instanceof BuildError);
       assert.equal(err.type, 'ChecksumMismatch');
-      assert.equal(err.message, `checksum mismatch for ${source.url}: expected sha256 ${sha256(good)}, got ${sha256(evil)}`);
+      assert.equal(
+        err.message,
+        `checksum mismatch for ${source.url}: expected sha256 ${sha256(good)}, got ${sha256(evil)}`,
+      );
       return true;
     });
     assert.deepEqual(fs.readdirSync(path.join(ctx.cacheDir, 'downloads')), [], 'nothing unverified is kept');
@@ -71,8 +81,18 @@ describe('runtime sources @real', function () {
   it('a vendor answering 503 is a retryable failure, not a checksum error', async () => {
     fixture.serve('/down.tgz', 'x');
     fixture.fail('/down.tgz', 503);
-    const source = { kind: 'archive' as const, url: `${fixture.url}/down.tgz`, sha256: sha256(Buffer.from('x')), dest: '/opt/d', stripComponents: 0, links: [] };
-    await assert.rejects(installSource(ctx, source), (err: unknown) => err instanceof CommandError && /503/.test(err.message));
+    const source = {
+      kind: 'archive' as const,
+      url: `${fixture.url}/down.tgz`,
+      sha256: sha256(Buffer.from('x')),
+      dest: '/opt/d',
+      stripComponents: 0,
+      links: [],
+    };
+    await assert.rejects(
+      installSource(ctx, source),
+      (err: unknown) => err instanceof CommandError && /503/.test(err.message),
+    );
   });
 
   it('script: runs the verified installer inside the tree with its arguments and environment', async () => {
@@ -100,7 +120,9 @@ describe('runtime sources @real', function () {
       links: [],
     });
     assert.match(record['npm:is-number']!, /^7\.0\.0 sha512-/);
-    const pkg = JSON.parse(fs.readFileSync(path.join(ctx.tree, 'usr/local/lib/node_modules/is-number/package.json'), 'utf8'));
+    const pkg = JSON.parse(
+      fs.readFileSync(path.join(ctx.tree, 'usr/local/lib/node_modules/is-number/package.json'), 'utf8'),
+    );
     assert.equal(pkg.version, '7.0.0');
   });
 

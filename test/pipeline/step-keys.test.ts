@@ -31,19 +31,32 @@ describe('step key inputs', () => {
     { change: "a language's files", apply: (f) => (f.spec.files[0]!.content = 'x\n'), reruns: FROM_RUNTIME },
     {
       change: "a language's runtime source",
-      apply: (f) => f.spec.runtime.push({ kind: 'npm', package: 'left-pad', version: '1.3.0', dest: '/opt/left-pad', links: [] }),
+      apply: (f) =>
+        f.spec.runtime.push({ kind: 'npm', package: 'left-pad', version: '1.3.0', dest: '/opt/left-pad', links: [] }),
       reruns: FROM_RUNTIME,
     },
     { change: 'base.packages', apply: (f) => f.base.packages.push('curl'), reruns: [...STEPS] },
     { change: 'base.components', apply: (f) => (f.base.components = ['main']), reruns: [...STEPS] },
     { change: 'the mirror', apply: (f) => (f.mirror = 'http://other.example.internal/ubuntu'), reruns: [...STEPS] },
-    { change: 'the archive state (a new jammy-updates)', apply: (f) => (f.archive['jammy-updates'] = '5'.repeat(64)), reruns: [...STEPS] },
+    {
+      change: 'the archive state (a new jammy-updates)',
+      apply: (f) => (f.archive['jammy-updates'] = '5'.repeat(64)),
+      reruns: [...STEPS],
+    },
     { change: 'the archive keyring', apply: (f) => (f.keyringSha256 = sha256('another keyring')), reruns: [...STEPS] },
     { change: "a language's environment", apply: (f) => (f.spec.environment.LANG = 'C.UTF-8'), reruns: FROM_OPERATOR },
     { change: "a language's path", apply: (f) => f.spec.path.push('/opt/bin'), reruns: FROM_OPERATOR },
     { change: 'the language name (same spec)', apply: (f) => (f.language = 'python3'), reruns: FROM_OPERATOR },
-    { change: "the operator binary's sha256", apply: (f) => (f.operatorSha256 = sha256('another operator')), reruns: FROM_OPERATOR },
-    { change: "a language's verify", apply: (f) => (f.spec.verify[0]!.expect = '^Python 3\\.10'), reruns: ['verify', 'image', 'upload'] },
+    {
+      change: "the operator binary's sha256",
+      apply: (f) => (f.operatorSha256 = sha256('another operator')),
+      reruns: FROM_OPERATOR,
+    },
+    {
+      change: "a language's verify",
+      apply: (f) => (f.spec.verify[0]!.expect = '^Python 3\\.10'),
+      reruns: ['verify', 'image', 'upload'],
+    },
     { change: 'image.headroomMiB', apply: (f) => (f.image.headroomMiB = 1024), reruns: ['image', 'upload'] },
     { change: 'image.sizeMiB', apply: (f) => (f.image.sizeMiB = 4096), reruns: ['image', 'upload'] },
     { change: 's3.bucket', apply: (f) => (f.s3.bucket = 'another-bucket'), reruns: ['upload'] },
@@ -60,7 +73,8 @@ describe('step key inputs', () => {
   const changed = (before: ChainKeys, after: ChainKeys) => STEPS.filter((s) => before[s] !== after[s]);
 
   for (const { change, apply, reruns } of rows) {
-    const what = reruns.length === 0 ? 'nothing' : `${reruns.join(', ')} and only ${reruns.length === 1 ? 'that' : 'those'}`;
+    const what =
+      reruns.length === 0 ? 'nothing' : `${reruns.join(', ')} and only ${reruns.length === 1 ? 'that' : 'those'}`;
     it(`changing ${change} re-runs ${what}`, () => {
       const facts = factsOf(FIRST, 'python');
       const before = chainKeys(facts);
@@ -80,7 +94,10 @@ describe('step key inputs', () => {
   it("the archive's state is part of a runtime's input only when it installs from the archive", () => {
     const go = FIRST.languages.go!;
     const python = FIRST.languages.python!;
-    assert.deepEqual(runtimeKeyInput({ spec: go, archive: FIRST.archive }), runtimeKeyInput({ spec: go, archive: null }));
+    assert.deepEqual(
+      runtimeKeyInput({ spec: go, archive: FIRST.archive }),
+      runtimeKeyInput({ spec: go, archive: null }),
+    );
     const withArchive = (archive: typeof FIRST.archive) => runtimeKeyInput({ spec: python, archive });
     assert.notDeepEqual(withArchive(FIRST.archive), withArchive(SECOND.archive));
     assert.throws(() => runtimeKeyInput({ spec: python, archive: null }), /needs the archive state/);
@@ -95,8 +112,11 @@ describe('step key inputs', () => {
 
 describe('key records and what changed between two', () => {
   const python = FIRST.languages.python!;
-  const record = (previous: string | null, input: Record<string, unknown>, step: 'runtime' | 'operator' | 'verify' = 'runtime') =>
-    keyRecord(step, previous, input, 'python');
+  const record = (
+    previous: string | null,
+    input: Record<string, unknown>,
+    step: 'runtime' | 'operator' | 'verify' = 'runtime',
+  ) => keyRecord(step, previous, input, 'python');
 
   it('hash to their key, and survive JSON', () => {
     const r = record(PINNED.first.base, runtimeKeyInput({ spec: python, archive: FIRST.archive }));
@@ -106,7 +126,10 @@ describe('key records and what changed between two', () => {
   });
 
   it('name the field that changed, with both values', () => {
-    const before = record(PINNED.first.base, runtimeKeyInput({ spec: { ...python, packages: [] }, archive: FIRST.archive }));
+    const before = record(
+      PINNED.first.base,
+      runtimeKeyInput({ spec: { ...python, packages: [] }, archive: FIRST.archive }),
+    );
     const after = record(PINNED.first.base, runtimeKeyInput({ spec: python, archive: FIRST.archive }));
     assert.deepEqual(keyInputChanges(before, after), ['runtime: packages: [] → ["python3-venv"]']);
     assert.deepEqual(keyInputChanges(after, after), []);
@@ -116,7 +139,10 @@ describe('key records and what changed between two', () => {
     const before = record(PINNED.first.base, runtimeKeyInput({ spec: python, archive: FIRST.archive }));
     const spec = structuredClone(python);
     spec.runtime[0] = { ...spec.runtime[0]!, links: [] };
-    const after = record(PINNED.second.base, runtimeKeyInput({ spec, archive: { ...FIRST.archive, 'jammy-security': '4'.repeat(64) } }));
+    const after = record(
+      PINNED.second.base,
+      runtimeKeyInput({ spec, archive: { ...FIRST.archive, 'jammy-security': '4'.repeat(64) } }),
+    );
     assert.deepEqual(keyInputChanges(before, after), [
       `runtime: previous: ${PINNED.first.base} → ${PINNED.second.base}`,
       `runtime: archive.jammy-security: (none) → "${'4'.repeat(64)}"`,
@@ -126,7 +152,11 @@ describe('key records and what changed between two', () => {
 
   it('show the lines of a rendered file that changed, not the whole file', () => {
     const op = (environment: Record<string, string>) => {
-      const input = operatorKeyInput({ language: 'python', spec: { ...python, environment }, operatorSha256: sha256('x') });
+      const input = operatorKeyInput({
+        language: 'python',
+        spec: { ...python, environment },
+        operatorSha256: sha256('x'),
+      });
       return record(PINNED.first.python.runtime, input, 'operator');
     };
     const changes = keyInputChanges(op({ A: '1' }), op({ A: '2' }));
@@ -138,6 +168,8 @@ describe('key records and what changed between two', () => {
       const spec = { ...python, verify: [{ argv: ['python3', '-V'], expect }] };
       return record(PINNED.first.python.operator, verifyKeyInput({ spec }), 'verify');
     };
-    assert.deepEqual(keyInputChanges(verify('^Python'), verify('^Python 3')), ['verify: verify.0.expect: "^Python" → "^Python 3"']);
+    assert.deepEqual(keyInputChanges(verify('^Python'), verify('^Python 3')), [
+      'verify: verify.0.expect: "^Python" → "^Python 3"',
+    ]);
   });
 });

@@ -25,7 +25,18 @@ function outsideDir(): { dir: string; fingerprint(): string } {
   // Not under /tmp: a tree's own /tmp (a link in one test) must not lie on the way to it.
   const dir = fs.mkdtempSync('/var/tmp/rootfs-test-outside-');
   onCleanup(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const folders = ['run', 'apt/keyrings', 'apt/sources.list.d', 'opt', 'sbin', 'usr-local/bin', 'systemd/system', 'profile.d', 'tmp', 'apt-lib/lists'];
+  const folders = [
+    'run',
+    'apt/keyrings',
+    'apt/sources.list.d',
+    'opt',
+    'sbin',
+    'usr-local/bin',
+    'systemd/system',
+    'profile.d',
+    'tmp',
+    'apt-lib/lists',
+  ];
   for (const d of folders) fs.mkdirSync(path.join(dir, d), { recursive: true });
   fs.writeFileSync(path.join(dir, 'resolv.conf'), 'nameserver 192.0.2.1 # the host\n');
   fs.writeFileSync(path.join(dir, 'apt-lib/lists/host-list'), 'the host apt list\n');
@@ -90,7 +101,6 @@ const refused = (pattern: RegExp) => (err: unknown) => {
   return true;
 };
 
-
 for (const [name, connect] of TEST_HOSTS) {
   describe(`tree paths resolve as the image sees them, on ${name} @real`, function () {
     this.timeout(60_000);
@@ -111,10 +121,22 @@ for (const [name, connect] of TEST_HOSTS) {
 
       assert.equal(await resolveInTree(host, tree, '/var/run/x', { followLast: true }), inTree('run/x'));
       assert.equal(await resolveInTree(host, tree, '/opt/tool/bin', { followLast: true }), inTree('opt/tool/bin'));
-      assert.equal(await resolveInTree(host, tree, '/usr/sbin/policy-rc.d', { followLast: true }), inTree('sbin/policy-rc.d'));
-      assert.equal(await resolveInTree(host, tree, '/usr/bin/awk', { followLast: true }), path.join(tree, 'usr/bin/mawk'));
-      assert.equal(await resolveInTree(host, tree, '/usr/bin/awk', { followLast: false }), path.join(tree, 'usr/bin/awk'));
-      assert.equal(await resolveInTree(host, tree, '/etc/resolv.conf', { followLast: false }), path.join(tree, 'etc/resolv.conf'));
+      assert.equal(
+        await resolveInTree(host, tree, '/usr/sbin/policy-rc.d', { followLast: true }),
+        inTree('sbin/policy-rc.d'),
+      );
+      assert.equal(
+        await resolveInTree(host, tree, '/usr/bin/awk', { followLast: true }),
+        path.join(tree, 'usr/bin/mawk'),
+      );
+      assert.equal(
+        await resolveInTree(host, tree, '/usr/bin/awk', { followLast: false }),
+        path.join(tree, 'usr/bin/awk'),
+      );
+      assert.equal(
+        await resolveInTree(host, tree, '/etc/resolv.conf', { followLast: false }),
+        path.join(tree, 'etc/resolv.conf'),
+      );
       assert.equal(await resolveInTree(host, tree, '/etc/resolv.conf', { followLast: true }), inTree('resolv.conf'));
       assert.equal(await resolveInTree(host, tree, '/', { followLast: true }), tree);
 
@@ -126,7 +148,9 @@ for (const [name, connect] of TEST_HOSTS) {
       );
       await assert.rejects(
         resolveInTree(host, tree, '/usr/bin/mawk/x', { followLast: true }),
-        refused(/^cannot write \/usr\/bin\/mawk\/x into the image tree: \/usr\/bin\/mawk is not a directory in the image$/),
+        refused(
+          /^cannot write \/usr\/bin\/mawk\/x into the image tree: \/usr\/bin\/mawk is not a directory in the image$/,
+        ),
       );
       assert.equal(outside.fingerprint(), before);
     });
@@ -167,7 +191,8 @@ describe('every writer stays inside a tree whose links point outside @real', fun
 
   afterEach(function () {
     // A failed test already says what went wrong; this one would hide it.
-    if (this.currentTest?.state === 'passed') assert.equal(outside.fingerprint(), before, 'nothing outside the tree changed');
+    if (this.currentTest?.state === 'passed')
+      assert.equal(outside.fingerprint(), before, 'nothing outside the tree changed');
   });
 
   it('archive: unpacks behind a relative escape and links behind an absolute one', async () => {
@@ -198,7 +223,14 @@ describe('every writer stays inside a tree whose links point outside @real', fun
     fs.symlinkSync(path.join(outside.dir, 'opt'), path.join(dest, 'bin'));
     const archive = (name: string, body: Buffer) => {
       fixture.serve(`/${name}`, body);
-      return installSource(ctx, { kind: 'archive', url: `${fixture.url}/${name}`, sha256: sha256(body), dest: '/usr/lib/tool', stripComponents: 2, links: [] });
+      return installSource(ctx, {
+        kind: 'archive',
+        url: `${fixture.url}/${name}`,
+        sha256: sha256(body),
+        dest: '/usr/lib/tool',
+        stripComponents: 2,
+        links: [],
+      });
     };
     await archive('one.tgz', tarball({ 'x/VERSION': '2.0\n' }));
     assert.equal(fs.lstatSync(path.join(dest, 'VERSION')).isFile(), true);
@@ -220,7 +252,14 @@ describe('every writer stays inside a tree whose links point outside @real', fun
     const evil = fs.readFileSync(path.join(dir, 'evil.tar'));
     fixture.serve('/evil.tar', evil);
     await assert.rejects(
-      installSource(ctx, { kind: 'archive', url: `${fixture.url}/evil.tar`, sha256: sha256(evil), dest: '/opt/evil', stripComponents: 0, links: [] }),
+      installSource(ctx, {
+        kind: 'archive',
+        url: `${fixture.url}/evil.tar`,
+        sha256: sha256(evil),
+        dest: '/opt/evil',
+        stripComponents: 0,
+        links: [],
+      }),
       /Not a directory|Cannot open/,
     );
     assert.equal(fs.existsSync(path.join(outside.dir, 'planted')), false);
@@ -231,7 +270,14 @@ describe('every writer stays inside a tree whose links point outside @real', fun
     fs.symlinkSync(`${outside.dir}/tmp`, path.join(ctx.tree, 'tmp'));
     const script = '#!/bin/sh\necho ran > /var/run/ran\n';
     fixture.serve('/install.sh', script);
-    await installSource(ctx, { kind: 'script', url: `${fixture.url}/install.sh`, sha256: sha256(script), args: [], env: {}, links: [] });
+    await installSource(ctx, {
+      kind: 'script',
+      url: `${fixture.url}/install.sh`,
+      sha256: sha256(script),
+      args: [],
+      env: {},
+      links: [],
+    });
     assert.equal(fs.readFileSync(inTree('run/ran'), 'utf8'), 'ran\n');
     assert.deepEqual(fs.readdirSync(inTree('tmp')), [], 'the installer is removed afterwards');
   });
@@ -264,7 +310,10 @@ describe('every writer stays inside a tree whose links point outside @real', fun
     });
     assert.equal(record.apt, 'vendor-tool=1.0');
     const list = fs.readFileSync(path.join(ctx.tree, 'seen/list'), 'utf8');
-    assert.match(list, /^deb \[signed-by=\/etc\/apt\/keyrings\/vendor\.gpg\] http:\/\/127\.0\.0\.1:\d+\/repo stable main\n$/);
+    assert.match(
+      list,
+      /^deb \[signed-by=\/etc\/apt\/keyrings\/vendor\.gpg\] http:\/\/127\.0\.0\.1:\d+\/repo stable main\n$/,
+    );
     assert.equal(fs.readFileSync(path.join(ctx.tree, 'seen/keys'), 'utf8'), 'vendor.gpg\n');
     assert.deepEqual(fs.readdirSync(inTree('apt/sources.list.d')), [], 'the repository is removed after the install');
     assert.deepEqual(fs.readdirSync(inTree('apt/keyrings')), [], 'and so is its key');
@@ -272,12 +321,28 @@ describe('every writer stays inside a tree whose links point outside @real', fun
   });
 
   it('npm: unpacks behind an absolute link', async () => {
-    await installSource(ctx, { kind: 'npm', package: 'is-number', version: '7.0.0', dest: '/usr/local/lib/node_modules/is-number', links: [] });
-    assert.equal(JSON.parse(fs.readFileSync(inTree('usr-local/lib/node_modules/is-number/package.json'), 'utf8')).version, '7.0.0');
+    await installSource(ctx, {
+      kind: 'npm',
+      package: 'is-number',
+      version: '7.0.0',
+      dest: '/usr/local/lib/node_modules/is-number',
+      links: [],
+    });
+    assert.equal(
+      JSON.parse(fs.readFileSync(inTree('usr-local/lib/node_modules/is-number/package.json'), 'utf8')).version,
+      '7.0.0',
+    );
   });
 
   it('gomodule: copies behind a relative escape', async () => {
-    await installSource(ctx, { kind: 'gomodule', module: 'github.com/google/uuid', version: 'v1.6.0', dest: '/opt/uuid', executable: [], links: [] });
+    await installSource(ctx, {
+      kind: 'gomodule',
+      module: 'github.com/google/uuid',
+      version: 'v1.6.0',
+      dest: '/opt/uuid',
+      executable: [],
+      links: [],
+    });
     assert.ok(fs.existsSync(inTree('opt/uuid/uuid.go')));
     assert.equal(fs.statSync(inTree('opt/uuid')).mode & 0o777, 0o755);
   });
@@ -289,12 +354,25 @@ describe('every writer stays inside a tree whose links point outside @real', fun
     const body = tarball({ 'x/f': 'f' });
     fixture.serve('/x.tgz', body);
     const archive = (dest: string, links: Array<{ path: string; target: string }> = []) =>
-      installSource(ctx, { kind: 'archive', url: `${fixture.url}/x.tgz`, sha256: sha256(body), dest, stripComponents: 1, links });
+      installSource(ctx, {
+        kind: 'archive',
+        url: `${fixture.url}/x.tgz`,
+        sha256: sha256(body),
+        dest,
+        stripComponents: 1,
+        links,
+      });
     await assert.rejects(archive('/usr/bin/plain/x'), refused(/\/usr\/bin\/plain is not a directory in the image$/));
-    await assert.rejects(archive('/usr/bin/plain'), refused(/^cannot write \/usr\/bin\/plain into the image tree: it is not a directory in the/));
+    await assert.rejects(
+      archive('/usr/bin/plain'),
+      refused(/^cannot write \/usr\/bin\/plain into the image tree: it is not a directory in the/),
+    );
     await assert.rejects(archive('/usr/bin/loop-a/x'), refused(/too many levels of symbolic links/));
     await assert.rejects(archive('/'), refused(/over the root of the image/));
-    await assert.rejects(archive('/opt/y', [{ path: '/usr/bin', target: '/x' }]), refused(/\/usr\/bin into the image tree: it is a directory in the/));
+    await assert.rejects(
+      archive('/opt/y', [{ path: '/usr/bin', target: '/x' }]),
+      refused(/\/usr\/bin into the image tree: it is a directory in the/),
+    );
   });
 });
 
@@ -310,7 +388,10 @@ describe('the pipeline`s writers stay inside a tree whose links point outside @r
     const baseDir = path.join(workspace, 'artifacts', baseKey);
     fs.mkdirSync(baseDir, { recursive: true });
     fs.renameSync(baseTree, path.join(baseDir, 'tree'));
-    fs.writeFileSync(path.join(baseDir, 'meta.json'), JSON.stringify({ key: baseKey, step: 'base', createdAt: new Date().toISOString(), data: {} }));
+    fs.writeFileSync(
+      path.join(baseDir, 'meta.json'),
+      JSON.stringify({ key: baseKey, step: 'base', createdAt: new Date().toISOString(), data: {} }),
+    );
     const fixture = await startFixtureServer();
     // Runs inside the tree during the install: what did it see of the set-up?
     const script = '#!/bin/sh\ncat /etc/resolv.conf > /seen-resolv\ncat /usr/sbin/policy-rc.d > /seen-policy\n';
@@ -330,7 +411,11 @@ describe('the pipeline`s writers stay inside a tree whose links point outside @r
         },
       },
     });
-    const pipeline = new Pipeline(new StepRunner(new LocalHost()), { config, operatorPath: operator, keyringPath: '/dev/null' });
+    const pipeline = new Pipeline(new StepRunner(new LocalHost()), {
+      config,
+      operatorPath: operator,
+      keyringPath: '/dev/null',
+    });
 
     const runtime = await pipeline.runtime('hostile', baseKey);
     const tree = pipeline.store.tree(runtime.key);
@@ -338,9 +423,17 @@ describe('the pipeline`s writers stay inside a tree whose links point outside @r
     assert.equal(fs.readFileSync(inTree('run/config-file'), 'utf8'), 'from the config\n');
     assert.equal(fs.statSync(inTree('run/config-file')).mode & 0o777, 0o640);
     assert.equal(fs.readFileSync(inTree('opt/app/settings'), 'utf8'), 'settings\n');
-    assert.equal(fs.readFileSync(path.join(tree, 'seen-resolv'), 'utf8'), fs.readFileSync('/etc/resolv.conf', 'utf8'), 'DNS worked');
+    assert.equal(
+      fs.readFileSync(path.join(tree, 'seen-resolv'), 'utf8'),
+      fs.readFileSync('/etc/resolv.conf', 'utf8'),
+      'DNS worked',
+    );
     assert.match(fs.readFileSync(path.join(tree, 'seen-policy'), 'utf8'), /exit 101/);
-    assert.equal(fs.readlinkSync(path.join(tree, 'etc/resolv.conf')), `${outside.dir}/resolv.conf`, 'the image`s own link is back');
+    assert.equal(
+      fs.readlinkSync(path.join(tree, 'etc/resolv.conf')),
+      `${outside.dir}/resolv.conf`,
+      'the image`s own link is back',
+    );
     assert.equal(fs.existsSync(inTree('sbin/policy-rc.d')), false, 'policy-rc.d is gone after the install');
     assert.deepEqual(fs.readdirSync(inTree('apt-lib/lists')), [], 'the image`s apt lists are cleaned');
     assert.equal(outside.fingerprint(), before, 'nothing outside the tree changed in the runtime step');
@@ -350,7 +443,10 @@ describe('the pipeline`s writers stay inside a tree whose links point outside @r
     const inOp = (p: string) => path.join(opTree, outside.dir, p);
     assert.equal(fs.readFileSync(inOp('usr-local/bin/infra.operator'), 'utf8'), '#!/bin/sh\necho operator\n');
     assert.equal(fs.statSync(inOp('usr-local/bin/infra.operator')).mode & 0o777, 0o755);
-    assert.match(fs.readFileSync(inOp('systemd/system/infra.operator.service'), 'utf8'), /ExecStart=\/usr\/local\/bin\/infra\.operator/);
+    assert.match(
+      fs.readFileSync(inOp('systemd/system/infra.operator.service'), 'utf8'),
+      /ExecStart=\/usr\/local\/bin\/infra\.operator/,
+    );
     const wants = inOp('systemd/system/multi-user.target.wants/infra.operator.service');
     assert.equal(fs.readlinkSync(wants), '/etc/systemd/system/infra.operator.service');
     assert.ok(fs.existsSync(inOp('profile.d/hostile.sh')));

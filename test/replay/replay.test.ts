@@ -14,11 +14,20 @@ import { workflowBundle } from '../support/temporal';
 describe('workflow replay', function () {
   this.timeout(180_000);
   const dir = path.join(projectRoot(), 'test', 'fixtures', 'histories');
-  const files = fs.readdirSync(dir).filter((f) => f.endsWith('.json')).sort();
+  const files = fs
+    .readdirSync(dir)
+    .filter((f) => f.endsWith('.json'))
+    .sort();
 
   it('has recorded histories of both workflows, including a resumed step', () => {
-    assert.ok(files.some((f) => f.startsWith('createAllRootfs')), 'a createAllRootfs history');
-    assert.ok(files.some((f) => f.startsWith('createRootfs')), 'a createRootfs history');
+    assert.ok(
+      files.some((f) => f.startsWith('createAllRootfs')),
+      'a createAllRootfs history',
+    );
+    assert.ok(
+      files.some((f) => f.startsWith('createRootfs')),
+      'a createRootfs history',
+    );
   });
 
   for (const file of files) {

@@ -10,7 +10,17 @@ import { bootstrapScript, bucketUrl, createClient, uploadAll, uploadImage } from
 import { startFixtureServer, type FixtureServer } from '../support/fixture-server';
 import { tempDir } from '../support/process';
 import { testS3, type TestCredentials, type TestS3 } from '../support/s3';
-import { allocated, assertLine, MiB, objectText, randomFile, rootfs, sha256File, sparseFile, workspace } from './helpers';
+import {
+  allocated,
+  assertLine,
+  MiB,
+  objectText,
+  randomFile,
+  rootfs,
+  sha256File,
+  sparseFile,
+  workspace,
+} from './helpers';
 import { startHttpsFixture, type HttpsFixture } from './https-fixture';
 
 const LANGUAGES = ['bash', 'go', 'python'];
@@ -19,7 +29,10 @@ const sum = (b: Buffer) => crypto.createHash('sha256').update(b).digest('hex');
 /** Runs the script with bash in a clean environment; resolves with its exit code and log. */
 function runScript(script: string, env: Record<string, string>): Promise<{ code: number; log: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn('bash', ['-s'], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: tempDir('home'), ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn('bash', ['-s'], {
+      env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: tempDir('home'), ...env },
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
     let log = '';
     child.stdout.on('data', (c: Buffer) => (log += c.toString()));
     child.stderr.on('data', (c: Buffer) => (log += c.toString()));
@@ -62,7 +75,10 @@ describe('store: the bootstrap script, run with bash @real', function () {
     // The default link where earlier versions made it: replaced by the seed's <workspace>/rootfs.ext4.
     fs.mkdirSync(path.join(target, 'images'));
     fs.symlinkSync('rootfs-python.ext4', path.join(target, 'images/rootfs.ext4'));
-    const script = bootstrapScript({ s3: config, workspace: '/srv/firecracker', languages: LANGUAGES }, { fallbackUrl: tls.url });
+    const script = bootstrapScript(
+      { s3: config, workspace: '/srv/firecracker', languages: LANGUAGES },
+      { fallbackUrl: tls.url },
+    );
     // A page size of 2 keys makes the listing take several pages.
     const env = { ...s3.env, ROOTFS_WORKSPACE: target, S3_LIST_PAGE_SIZE: '2' };
     const first = await runScript(script, env);
@@ -72,9 +88,16 @@ describe('store: the bootstrap script, run with bash @real', function () {
     }
     assert.ok(allocated(path.join(target, 'images/rootfs-python.ext4')) < 8 * MiB, 'written sparse');
     assert.equal(fs.readlinkSync(path.join(target, 'rootfs.ext4')), 'images/rootfs-python.ext4');
-    assert.equal(sha256File(path.join(target, 'rootfs.ext4')), sha256File(path.join(source, 'images/rootfs-python.ext4')), 'the link leads to the image');
+    assert.equal(
+      sha256File(path.join(target, 'rootfs.ext4')),
+      sha256File(path.join(source, 'images/rootfs-python.ext4')),
+      'the link leads to the image',
+    );
     assert.ok(!fs.existsSync(path.join(target, 'images/rootfs.ext4')));
-    assert.match(first.log, /rootfs-bootstrap: removed \S+\/images\/rootfs\.ext4, the default link of earlier versions$/m);
+    assert.match(
+      first.log,
+      /rootfs-bootstrap: removed \S+\/images\/rootfs\.ext4, the default link of earlier versions$/m,
+    );
     assert.match(first.log, /rootfs-bootstrap: done: 3 downloaded, 0 up to date, 0 failed$/m);
     assert.ok(!first.log.includes(credentials.secretAccessKey), 'the secret is never logged');
     assert.equal(tls.hits('/vmlinux'), 0, 'no fallback while the bucket has images');
@@ -86,7 +109,10 @@ describe('store: the bootstrap script, run with bash @real', function () {
     // Without credentials a private bucket refuses, and the script says so and fails.
     const anonymous = await runScript(script, { ROOTFS_WORKSPACE: tempDir('boot-anon') });
     assert.equal(anonymous.code, 1);
-    assert.match(anonymous.log, new RegExp(`error: cannot list s3://${config.bucket} \\(HTTP 403 AccessDenied: Access Denied\\.\\)`));
+    assert.match(
+      anonymous.log,
+      new RegExp(`error: cannot list s3://${config.bucket} \\(HTTP 403 AccessDenied: Access Denied\\.\\)`),
+    );
   });
 
   it('falls back to the configured URL when the bucket has no images, checking SHA256SUMS', async () => {
@@ -105,29 +131,47 @@ describe('store: the bootstrap script, run with bash @real', function () {
       `${sum(kernel)}  vmlinux\n${sum(bash)}  rootfs-bash.ext4\n${sum(python)} *rootfs-python.ext4\n${'0'.repeat(64)}  rootfs-go.ext4\n`,
     );
     const target = tempDir('boot-fallback');
-    const script = bootstrapScript({ s3: empty, workspace: target, languages: LANGUAGES }, { fallbackUrl: `${tls.url}/fallback/` });
+    const script = bootstrapScript(
+      { s3: empty, workspace: target, languages: LANGUAGES },
+      { fallbackUrl: `${tls.url}/fallback/` },
+    );
     const run = await runScript(script, { ...s3.env, CURL_CA_BUNDLE: tls.caFile });
     assert.equal(run.code, 1, run.log);
-    assert.match(run.log, new RegExp(`rootfs-bootstrap: bucket ${empty.bucket} has no images: falling back to ${tls.url}/fallback$`, 'm'));
+    assert.match(
+      run.log,
+      new RegExp(`rootfs-bootstrap: bucket ${empty.bucket} has no images: falling back to ${tls.url}/fallback$`, 'm'),
+    );
     assert.match(run.log, /error: .*rootfs-go\.ext4 does not match its checksum/);
     assert.ok(fs.readFileSync(path.join(target, 'vmlinux')).equals(kernel));
     assert.ok(fs.readFileSync(path.join(target, 'images/rootfs-bash.ext4')).equals(bash));
     assert.ok(fs.readFileSync(path.join(target, 'images/rootfs-python.ext4')).equals(python));
     assert.ok(!fs.existsSync(path.join(target, 'images/rootfs-go.ext4')));
     assert.equal(fs.readlinkSync(path.join(target, 'rootfs.ext4')), 'images/rootfs-python.ext4');
-    assert.deepEqual(fs.readdirSync(path.join(target, 'images')).filter((n) => n.startsWith('.')), []);
+    assert.deepEqual(
+      fs.readdirSync(path.join(target, 'images')).filter((n) => n.startsWith('.')),
+      [],
+    );
 
     // A bucket that does not exist falls back too; without a fallback the script stops plainly.
     const missing = { ...empty, bucket: 'no-such-bucket-here' };
     const noBucket = await runScript(
-      bootstrapScript({ s3: missing, workspace: tempDir('boot-missing'), languages: ['bash'] }, { fallbackUrl: `${tls.url}/fallback` }),
+      bootstrapScript(
+        { s3: missing, workspace: tempDir('boot-missing'), languages: ['bash'] },
+        { fallbackUrl: `${tls.url}/fallback` },
+      ),
       { ...s3.env, CURL_CA_BUNDLE: tls.caFile },
     );
     assert.equal(noBucket.code, 0, noBucket.log);
     assert.match(noBucket.log, /bucket no-such-bucket-here does not exist: falling back to /);
-    const noFallback = await runScript(bootstrapScript({ s3: empty, workspace: tempDir('boot-none'), languages: ['bash'] }), s3.env);
+    const noFallback = await runScript(
+      bootstrapScript({ s3: empty, workspace: tempDir('boot-none'), languages: ['bash'] }),
+      s3.env,
+    );
     assert.equal(noFallback.code, 1);
-    assert.match(noFallback.log, new RegExp(`error: bucket ${empty.bucket} has no images and no fallback source is configured$`, 'm'));
+    assert.match(
+      noFallback.log,
+      new RegExp(`error: bucket ${empty.bucket} has no images and no fallback source is configured$`, 'm'),
+    );
   });
 
   it('takes the fallback over https only: at generation (exit 2), from the environment, through redirects, with the certificate checked', async () => {
@@ -137,33 +181,72 @@ describe('store: the bootstrap script, run with bash @real', function () {
     tls.serve('/tls/SHA256SUMS', `${sum(kernel)}  vmlinux\n`);
     fixture.serve('/plain/vmlinux', kernel);
     fixture.serve('/plain/SHA256SUMS', `${sum(kernel)}  vmlinux\n`);
-    const script = bootstrapScript({ s3: empty, workspace: '/unused', languages: [] }, { fallbackUrl: `${tls.url}/tls` });
+    const script = bootstrapScript(
+      { s3: empty, workspace: '/unused', languages: [] },
+      { fallbackUrl: `${tls.url}/tls` },
+    );
 
     // The CLI refuses an http:// fallback as a usage error, and prints no script.
     const dir = tempDir('boot-cli');
     fs.writeFileSync(path.join(dir, 'rootfs.yaml'), `workspace: ${dir}/ws\ns3:\n  bucket: ${empty.bucket}\n`);
-    const cli = await rootfs(['--config', path.join(dir, 'rootfs.yaml'), 's3', 'bootstrap-script', '--fallback-url', `${fixture.url}/plain`]);
+    const cli = await rootfs([
+      '--config',
+      path.join(dir, 'rootfs.yaml'),
+      's3',
+      'bootstrap-script',
+      '--fallback-url',
+      `${fixture.url}/plain`,
+    ]);
     assert.equal(cli.code, 2, cli.stderr);
     assert.equal(cli.stdout, '');
-    assert.match(cli.stderr, /^rootfs: --fallback-url: The fallback source "http:\/\/127\.0\.0\.1:\d+\/plain" is not an https URL: /);
-    const bad = await rootfs(['--config', path.join(dir, 'rootfs.yaml'), 's3', 'bootstrap-script', '--fallback-url', 'not a url']);
+    assert.match(
+      cli.stderr,
+      /^rootfs: --fallback-url: The fallback source "http:\/\/127\.0\.0\.1:\d+\/plain" is not an https URL: /,
+    );
+    const bad = await rootfs([
+      '--config',
+      path.join(dir, 'rootfs.yaml'),
+      's3',
+      'bootstrap-script',
+      '--fallback-url',
+      'not a url',
+    ]);
     assert.equal(bad.code, 2, bad.stderr);
-    const good = await rootfs(['--config', path.join(dir, 'rootfs.yaml'), 's3', 'bootstrap-script', '--fallback-url', `${tls.url}/tls`]);
+    const good = await rootfs([
+      '--config',
+      path.join(dir, 'rootfs.yaml'),
+      's3',
+      'bootstrap-script',
+      '--fallback-url',
+      `${tls.url}/tls`,
+    ]);
     assert.equal(good.code, 0, good.stderr);
     assert.match(good.stdout, /^#!\/bin\/bash\n/);
 
     // An http:// override in the environment stops the script before it fetches anything.
     const target = tempDir('boot-override');
-    const overridden = await runScript(script, { ...s3.env, ROOTFS_WORKSPACE: target, ROOTFS_FALLBACK_URL: `${fixture.url}/plain` });
+    const overridden = await runScript(script, {
+      ...s3.env,
+      ROOTFS_WORKSPACE: target,
+      ROOTFS_FALLBACK_URL: `${fixture.url}/plain`,
+    });
     assert.equal(overridden.code, 2, overridden.log);
-    assert.match(overridden.log, /error: the fallback source must be an https:\/\/ URL, not http:\/\/127\.0\.0\.1:\d+\/plain$/m);
+    assert.match(
+      overridden.log,
+      /error: the fallback source must be an https:\/\/ URL, not http:\/\/127\.0\.0\.1:\d+\/plain$/m,
+    );
     assert.equal(fixture.hits('/plain/vmlinux') + fixture.hits('/plain/SHA256SUMS'), 0);
     assert.ok(!fs.existsSync(path.join(target, 'vmlinux')));
 
     // A redirect from the https source to plain http is not followed.
     tls.redirect('/down/vmlinux', `${fixture.url}/plain/vmlinux`);
     tls.redirect('/down/SHA256SUMS', `${fixture.url}/plain/SHA256SUMS`);
-    const redirected = await runScript(script, { ...s3.env, ROOTFS_WORKSPACE: target, ROOTFS_FALLBACK_URL: `${tls.url}/down`, CURL_CA_BUNDLE: tls.caFile });
+    const redirected = await runScript(script, {
+      ...s3.env,
+      ROOTFS_WORKSPACE: target,
+      ROOTFS_FALLBACK_URL: `${tls.url}/down`,
+      CURL_CA_BUNDLE: tls.caFile,
+    });
     assert.equal(redirected.code, 1, redirected.log);
     assert.equal(fixture.hits('/plain/vmlinux') + fixture.hits('/plain/SHA256SUMS'), 0, 'nothing fetched over http');
     assert.ok(!fs.existsSync(path.join(target, 'vmlinux')));
@@ -188,9 +271,13 @@ describe('store: the bootstrap script, run with bash @real', function () {
       const published = workspace('boot-closed-source');
       randomFile(path.join(published, 'images/rootfs-go.ext4'), MiB);
       await uploadAll({ client: c, config: bucket, workspace: published });
-      await c.send(new PutObjectCommand({ Bucket: bucket.bucket, Key: 'rootfs-bash.ext4', Body: crypto.randomBytes(3 * MiB) }));
+      await c.send(
+        new PutObjectCommand({ Bucket: bucket.bucket, Key: 'rootfs-bash.ext4', Body: crypto.randomBytes(3 * MiB) }),
+      );
       const goManifest = await objectText(c, bucket.bucket, 'rootfs-go.ext4.manifest.json');
-      await c.send(new PutObjectCommand({ Bucket: bucket.bucket, Key: 'rootfs-python.ext4.manifest.json', Body: goManifest }));
+      await c.send(
+        new PutObjectCommand({ Bucket: bucket.bucket, Key: 'rootfs-python.ext4.manifest.json', Body: goManifest }),
+      );
       await c.send(new DeleteObjectCommand({ Bucket: bucket.bucket, Key: 'vmlinux.manifest.json' }));
 
       const target = tempDir('boot-closed');
@@ -210,8 +297,14 @@ describe('store: the bootstrap script, run with bash @real', function () {
       );
       assertLine(run.log, `error: ${at}/vmlinux has no manifest (HTTP 404), so it cannot be verified; not downloaded`);
       assert.match(run.log, /rootfs-bootstrap: done: 1 downloaded, 0 up to date, 3 failed$/m);
-      assert.ok(fs.readFileSync(path.join(target, 'images/rootfs-bash.ext4')).equals(localBash), 'the local copy is untouched');
-      assert.equal(sha256File(path.join(target, 'images/rootfs-go.ext4')), sha256File(path.join(published, 'images/rootfs-go.ext4')));
+      assert.ok(
+        fs.readFileSync(path.join(target, 'images/rootfs-bash.ext4')).equals(localBash),
+        'the local copy is untouched',
+      );
+      assert.equal(
+        sha256File(path.join(target, 'images/rootfs-go.ext4')),
+        sha256File(path.join(published, 'images/rootfs-go.ext4')),
+      );
       assert.deepEqual(fs.readdirSync(path.join(target, 'images')).sort(), ['rootfs-bash.ext4', 'rootfs-go.ext4']);
       assert.ok(!fs.existsSync(path.join(target, 'vmlinux')));
     } finally {
@@ -229,27 +322,43 @@ describe('store: the bootstrap script, run with bash @real', function () {
     tls.serve('/partial/SHA256SUMS', `${sum(kernel).toUpperCase()}  vmlinux\nnot-a-sum  rootfs-bash.ext4\n`);
     const env = { ...s3.env, CURL_CA_BUNDLE: tls.caFile };
     const noSums = tempDir('boot-nosums');
-    const none = await runScript(bootstrapScript({ s3: empty, workspace: noSums, languages: ['bash'] }, { fallbackUrl: `${tls.url}/nosums` }), env);
+    const none = await runScript(
+      bootstrapScript({ s3: empty, workspace: noSums, languages: ['bash'] }, { fallbackUrl: `${tls.url}/nosums` }),
+      env,
+    );
     assert.equal(none.code, 1, none.log);
     const sums = `${tls.url}/nosums/SHA256SUMS`;
     const why = `${sums} (${sums} could not be fetched)`;
-    assertLine(none.log, `error: ${tls.url}/nosums/vmlinux has no sha256 in ${why}, so it cannot be verified; not installed`);
+    assertLine(
+      none.log,
+      `error: ${tls.url}/nosums/vmlinux has no sha256 in ${why}, so it cannot be verified; not installed`,
+    );
     assert.match(none.log, /done: 0 downloaded, 0 up to date, 2 failed$/m);
-    assert.equal(tls.hits('/nosums/vmlinux') + tls.hits('/nosums/rootfs-bash.ext4'), 0, 'nothing unverifiable is fetched');
+    assert.equal(
+      tls.hits('/nosums/vmlinux') + tls.hits('/nosums/rootfs-bash.ext4'),
+      0,
+      'nothing unverifiable is fetched',
+    );
     assert.deepEqual(fs.readdirSync(path.join(noSums, 'images')), []);
     assert.ok(!fs.existsSync(path.join(noSums, 'vmlinux')));
 
     const partial = tempDir('boot-partial');
-    const some = await runScript(bootstrapScript({ s3: empty, workspace: partial, languages: ['bash'] }, { fallbackUrl: `${tls.url}/partial` }), env);
+    const some = await runScript(
+      bootstrapScript({ s3: empty, workspace: partial, languages: ['bash'] }, { fallbackUrl: `${tls.url}/partial` }),
+      env,
+    );
     assert.equal(some.code, 1, some.log);
-    assert.match(some.log, /error: \S+\/partial\/rootfs-bash\.ext4 has no sha256 in \S+\/partial\/SHA256SUMS, so it cannot be verified; not installed$/m);
+    assert.match(
+      some.log,
+      /error: \S+\/partial\/rootfs-bash\.ext4 has no sha256 in \S+\/partial\/SHA256SUMS, so it cannot be verified; not installed$/m,
+    );
     assert.match(some.log, /done: 1 downloaded, 0 up to date, 1 failed$/m);
     assert.ok(fs.readFileSync(path.join(partial, 'vmlinux')).equals(kernel));
     assert.equal(tls.hits('/partial/rootfs-bash.ext4'), 0);
     assert.deepEqual(fs.readdirSync(path.join(partial, 'images')), []);
   });
 
-  it('--pin writes the bucket\'s sums into the script: an object swapped later, in the bucket or at the fallback, is refused', async () => {
+  it("--pin writes the bucket's sums into the script: an object swapped later, in the bucket or at the fallback, is refused", async () => {
     const bucket = await s3.freshBucket();
     const c = createClient({ config: bucket, credentials });
     try {
@@ -261,7 +370,11 @@ describe('store: the bootstrap script, run with bash @real', function () {
       const configFile = path.join(dir, 'rootfs.yaml');
       const writeConfig = (s3config: S3Config) =>
         fs.writeFileSync(configFile, stringify({ workspace: path.join(dir, 'unused'), s3: s3config }));
-      const generate = () => rootfs(['--config', configFile, 's3', 'bootstrap-script', '--pin', '--fallback-url', `${tls.url}/pinned`], s3.env);
+      const generate = () =>
+        rootfs(
+          ['--config', configFile, 's3', 'bootstrap-script', '--pin', '--fallback-url', `${tls.url}/pinned`],
+          s3.env,
+        );
 
       // Nothing to pin in an empty bucket: no script.
       writeConfig(bucket);
@@ -288,25 +401,53 @@ describe('store: the bootstrap script, run with bash @real', function () {
       // Published again (manifest and all), bash no longer has the pinned content; a new image is not pinned.
       const bashManifest = await objectText(c, bucket.bucket, 'rootfs-bash.ext4.manifest.json');
       randomFile(path.join(published, 'images/rootfs-bash.ext4'), MiB);
-      await uploadImage({ client: c, config: bucket, workspace: published }, 'bash', path.join(published, 'images/rootfs-bash.ext4'));
+      await uploadImage(
+        { client: c, config: bucket, workspace: published },
+        'bash',
+        path.join(published, 'images/rootfs-bash.ext4'),
+      );
       randomFile(path.join(published, 'images/rootfs-rust.ext4'), MiB);
-      await uploadImage({ client: c, config: bucket, workspace: published }, 'rust', path.join(published, 'images/rootfs-rust.ext4'));
+      await uploadImage(
+        { client: c, config: bucket, workspace: published },
+        'rust',
+        path.join(published, 'images/rootfs-rust.ext4'),
+      );
       const later = tempDir('boot-pin-later');
       const swapped = await runScript(script, { ...s3.env, ROOTFS_WORKSPACE: later });
       assert.equal(swapped.code, 1, swapped.log);
       const changed = `error: s3://${bucket.bucket}/rootfs-bash\\.ext4 changed since this script was made`;
       const says = `its manifest says sha256 ${shaOf('images/rootfs-bash.ext4')}`;
-      assert.match(swapped.log, new RegExp(`${changed} \\(${says}, the script pins [0-9a-f]{64}\\); not downloaded$`, 'm'));
-      assert.match(swapped.log, new RegExp(`warning: s3://${bucket.bucket}/rootfs-rust\\.ext4 is not pinned in this script: skipped$`, 'm'));
+      assert.match(
+        swapped.log,
+        new RegExp(`${changed} \\(${says}, the script pins [0-9a-f]{64}\\); not downloaded$`, 'm'),
+      );
+      assert.match(
+        swapped.log,
+        new RegExp(`warning: s3://${bucket.bucket}/rootfs-rust\\.ext4 is not pinned in this script: skipped$`, 'm'),
+      );
       assert.match(swapped.log, /done: 2 downloaded, 0 up to date, 1 failed$/m);
-      assert.deepEqual(fs.readdirSync(path.join(later, 'images')).filter((n) => n.startsWith('rootfs-') && n !== 'rootfs.ext4').sort(), ['rootfs-go.ext4']);
+      assert.deepEqual(
+        fs
+          .readdirSync(path.join(later, 'images'))
+          .filter((n) => n.startsWith('rootfs-') && n !== 'rootfs.ext4')
+          .sort(),
+        ['rootfs-go.ext4'],
+      );
 
       // The old manifest put back over the new object: the bytes themselves are refused.
-      await c.send(new PutObjectCommand({ Bucket: bucket.bucket, Key: 'rootfs-bash.ext4.manifest.json', Body: bashManifest }));
+      await c.send(
+        new PutObjectCommand({ Bucket: bucket.bucket, Key: 'rootfs-bash.ext4.manifest.json', Body: bashManifest }),
+      );
       const behind = await runScript(script, { ...s3.env, ROOTFS_WORKSPACE: later });
       assert.equal(behind.code, 1, behind.log);
       const mismatch = `error: s3://${bucket.bucket}/rootfs-bash\\.ext4 does not match its checksum`;
-      assert.match(behind.log, new RegExp(`${mismatch} \\(sha256 ${shaOf('images/rootfs-bash.ext4')}, expected [0-9a-f]{64}\\); not installed$`, 'm'));
+      assert.match(
+        behind.log,
+        new RegExp(
+          `${mismatch} \\(sha256 ${shaOf('images/rootfs-bash.ext4')}, expected [0-9a-f]{64}\\); not installed$`,
+          'm',
+        ),
+      );
       assert.ok(!fs.existsSync(path.join(later, 'images/rootfs-bash.ext4')));
 
       // An empty bucket sends the same script to the fallback, whose own SHA256SUMS vouches for a
@@ -318,17 +459,30 @@ describe('store: the bootstrap script, run with bash @real', function () {
       tls.serve('/pinned/rootfs-bash.ext4', fakeBash);
       tls.serve('/pinned/SHA256SUMS', `${sum(fakeBash)}  rootfs-bash.ext4\n`);
       const fromFallback = tempDir('boot-pin-fallback');
-      const fb = await runScript(script, { ...s3.env, ROOTFS_WORKSPACE: fromFallback, S3_BUCKET_URL: bucketUrl(empty), CURL_CA_BUNDLE: tls.caFile });
+      const fb = await runScript(script, {
+        ...s3.env,
+        ROOTFS_WORKSPACE: fromFallback,
+        S3_BUCKET_URL: bucketUrl(empty),
+        CURL_CA_BUNDLE: tls.caFile,
+      });
       assert.equal(fb.code, 1, fb.log);
-      assert.match(fb.log, /error: \S+\/pinned\/rootfs-bash\.ext4 does not match its checksum \(sha256 \w{64}, expected \w{64}\); not installed$/m);
+      assert.match(
+        fb.log,
+        /error: \S+\/pinned\/rootfs-bash\.ext4 does not match its checksum \(sha256 \w{64}, expected \w{64}\); not installed$/m,
+      );
       assert.match(fb.log, /error: \S+\/pinned\/rootfs-go\.ext4 could not be fetched$/m);
-      assert.match(fb.log, /error: \S+\/pinned\/rootfs-python\.ext4 has no sha256 in \S+\/pinned\/SHA256SUMS, so it cannot be verified; not installed$/m);
+      assert.match(
+        fb.log,
+        /error: \S+\/pinned\/rootfs-python\.ext4 has no sha256 in \S+\/pinned\/SHA256SUMS, so it cannot be verified; not installed$/m,
+      );
       assert.match(fb.log, /done: 1 downloaded, 0 up to date, 5 failed$/m);
       assert.equal(sha256File(path.join(fromFallback, 'vmlinux')), shaOf('vmlinux'));
       assert.deepEqual(fs.readdirSync(path.join(fromFallback, 'images')), []);
 
       // An object whose manifest is unusable cannot be pinned: no script rather than one that leaves it out.
-      await c.send(new PutObjectCommand({ Bucket: bucket.bucket, Key: 'rootfs-go.ext4.manifest.json', Body: '{"format": 1}' }));
+      await c.send(
+        new PutObjectCommand({ Bucket: bucket.bucket, Key: 'rootfs-go.ext4.manifest.json', Body: '{"format": 1}' }),
+      );
       const broken = await generate();
       assert.equal(broken.code, 1, broken.stderr);
       assert.equal(broken.stdout, '');
@@ -349,7 +503,13 @@ describe('store: the bootstrap script, run with bash @real', function () {
       const mkey = 'rootfs-bash.ext4.manifest.json';
       const text = await objectText(c, bucket.bucket, mkey);
       // The same manifest with 70 KB of spaces before its last brace: still one that the script's parser would take.
-      await c.send(new PutObjectCommand({ Bucket: bucket.bucket, Key: mkey, Body: text.replace(/}\s*$/, `${' '.repeat(70_000)}}\n`) }));
+      await c.send(
+        new PutObjectCommand({
+          Bucket: bucket.bucket,
+          Key: mkey,
+          Body: text.replace(/}\s*$/, `${' '.repeat(70_000)}}\n`),
+        }),
+      );
       const target = tempDir('boot-big');
       const run = await runScript(bootstrapScript({ s3: bucket, workspace: target, languages: ['bash'] }), s3.env);
       assert.equal(run.code, 1, run.log);

@@ -24,7 +24,8 @@ export function sha256File(file: string): string {
 export function randomFile(file: string, bytes: number): void {
   fs.mkdirSync(path.dirname(file), { recursive: true });
   const fd = fs.openSync(file, 'w');
-  for (let done = 0; done < bytes; done += 16 * MiB) fs.writeSync(fd, crypto.randomBytes(Math.min(16 * MiB, bytes - done)));
+  for (let done = 0; done < bytes; done += 16 * MiB)
+    fs.writeSync(fd, crypto.randomBytes(Math.min(16 * MiB, bytes - done)));
   fs.closeSync(fd);
 }
 
@@ -61,5 +62,8 @@ export async function objectText(client: S3Client, bucket: string, key: string):
 
 /** Asserts that some line of `log` ends with exactly `text` (log lines start with a timestamp). */
 export function assertLine(log: string, text: string): void {
-  assert.ok(log.split('\n').some((line) => line.endsWith(text)), `no line ends with ${JSON.stringify(text)} in:\n${log}`);
+  assert.ok(
+    log.split('\n').some((line) => line.endsWith(text)),
+    `no line ends with ${JSON.stringify(text)} in:\n${log}`,
+  );
 }

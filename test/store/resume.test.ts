@@ -4,7 +4,14 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ListMultipartUploadsCommand, type S3Client } from '@aws-sdk/client-s3';
 import type { S3Config } from '../../src/config';
-import { abortIncompleteUploads, createClient, statObject, StoreError, uploadImage, type StoreContext } from '../../src/store';
+import {
+  abortIncompleteUploads,
+  createClient,
+  statObject,
+  StoreError,
+  uploadImage,
+  type StoreContext,
+} from '../../src/store';
 import { testS3, type TestCredentials, type TestS3 } from '../support/s3';
 import { MiB, randomFile, sha256File, workspace } from './helpers';
 
@@ -12,7 +19,13 @@ import { MiB, randomFile, sha256File, workspace } from './helpers';
  * Runs an upload of `language` in a child process that freezes after `parts` parts were sent,
  * then kills it with SIGKILL: a process that dies mid-upload, at a known point.
  */
-async function uploadThenKill(s3: TestS3, config: S3Config, ws: string, language: string, parts: number): Promise<void> {
+async function uploadThenKill(
+  s3: TestS3,
+  config: S3Config,
+  ws: string,
+  language: string,
+  parts: number,
+): Promise<void> {
   const store = path.join(__dirname, '../../src/store');
   const script = `
     const { createClient, uploadImage } = require(${JSON.stringify(store)});
@@ -50,7 +63,11 @@ async function uploadThenKill(s3: TestS3, config: S3Config, ws: string, language
  */
 async function pendingUploads(client: S3Client, bucket: string): Promise<string[]> {
   const keys = new Set<string>();
-  for (const prefix of [undefined, 'vmlinux', ...['bash', 'go', 'nodejs', 'python', 'rust'].map((l) => `rootfs-${l}.ext4`)]) {
+  for (const prefix of [
+    undefined,
+    'vmlinux',
+    ...['bash', 'go', 'nodejs', 'python', 'rust'].map((l) => `rootfs-${l}.ext4`),
+  ]) {
     const res = await client.send(new ListMultipartUploadsCommand({ Bucket: bucket, Prefix: prefix }));
     for (const u of res.Uploads ?? []) keys.add(u.Key!);
   }
@@ -63,7 +80,13 @@ describe('store: interrupted uploads @real', function () {
   let config: S3Config;
   let credentials: TestCredentials;
   let client: S3Client;
-  const ctx = (ws: string, extra: Partial<StoreContext> = {}): StoreContext => ({ client, config, workspace: ws, partSizeBytes: 5 * MiB, ...extra });
+  const ctx = (ws: string, extra: Partial<StoreContext> = {}): StoreContext => ({
+    client,
+    config,
+    workspace: ws,
+    partSizeBytes: 5 * MiB,
+    ...extra,
+  });
 
   before(async () => {
     s3 = await testS3();
@@ -158,7 +181,9 @@ describe('store: interrupted uploads @real', function () {
         'bash',
         file,
       ),
-      (e: unknown) => e instanceof StoreError && /changed while it was being uploaded; the incomplete upload was aborted\.$/.test(e.message),
+      (e: unknown) =>
+        e instanceof StoreError &&
+        /changed while it was being uploaded; the incomplete upload was aborted\.$/.test(e.message),
     );
     assert.deepEqual(await pendingUploads(client, config.bucket), []);
     assert.equal(await statObject({ client, config }, 'rootfs-bash.ext4'), null);
@@ -176,7 +201,10 @@ describe('store: interrupted uploads @real', function () {
     await s3.stop();
     await s3.start();
     fs.rmSync(path.join(ws, '.uploads', `${config.bucket}__rootfs-python.ext4.upload.json`));
-    assert.equal(await abortIncompleteUploads(client, config, path.join(ws, '.uploads'), { keys: ['rootfs-python.ext4'] }), 2);
+    assert.equal(
+      await abortIncompleteUploads(client, config, path.join(ws, '.uploads'), { keys: ['rootfs-python.ext4'] }),
+      2,
+    );
     assert.deepEqual(await pendingUploads(client, config.bucket), []);
     assert.deepEqual(fs.readdirSync(path.join(ws, '.uploads')), []);
     // With its state gone, the next upload starts afresh and completes.

@@ -28,7 +28,12 @@ describe('store: sparse writer', () => {
 
   it('leaves zero blocks as holes, whatever the chunk boundaries, and keeps every byte', async () => {
     // Data, a 1 MiB zero run that starts and ends off block boundaries, data, 3 MiB of trailing zeros.
-    const data = Buffer.concat([crypto.randomBytes(10_000), Buffer.alloc(MiB + 1234), crypto.randomBytes(5000), Buffer.alloc(3 * MiB)]);
+    const data = Buffer.concat([
+      crypto.randomBytes(10_000),
+      Buffer.alloc(MiB + 1234),
+      crypto.randomBytes(5000),
+      Buffer.alloc(3 * MiB),
+    ]);
     for (const pieces of [[64 * KiB], [1, 4095, 4097, 333], [data.length]]) {
       const file = path.join(dir, `sparse-${pieces.join('-')}`);
       const writer = await writeSparse(file, data, pieces);

@@ -38,7 +38,12 @@ describe('store: upload, list and sync with a real S3 @real', function () {
   let client: S3Client;
   let source: string;
   let mirror: string;
-  const ctx = (ws: string, extra: Partial<StoreContext> = {}): StoreContext => ({ client, config, workspace: ws, ...extra });
+  const ctx = (ws: string, extra: Partial<StoreContext> = {}): StoreContext => ({
+    client,
+    config,
+    workspace: ws,
+    ...extra,
+  });
 
   before(async () => {
     s3 = await testS3();
@@ -63,7 +68,11 @@ describe('store: upload, list and sync with a real S3 @real', function () {
     ]);
     fs.symlinkSync('rootfs-python.ext4', path.join(source, 'images/rootfs.ext4'));
     const builtAt = '2024-05-01T11:00:00.000Z';
-    const facts = (language: string) => ({ versions: [`${language} 1.2.3`], builtAt, artifactKey: `image-${language}-0123456789abcdef` });
+    const facts = (language: string) => ({
+      versions: [`${language} 1.2.3`],
+      builtAt,
+      artifactKey: `image-${language}-0123456789abcdef`,
+    });
 
     const statuses: TransferStatus[] = [];
     let t0 = Date.now();
@@ -75,8 +84,15 @@ describe('store: upload, list and sync with a real S3 @real', function () {
     );
     const python = uploaded.find((u) => u.key === 'rootfs-python.ext4')!;
     assert.equal(python.partsSent, 128, '2 GiB in 16 MiB parts');
-    assert.ok(statuses.some((s) => s.key === 'rootfs-python.ext4' && s.action === 'upload' && s.finished && s.doneBytes === 2048 * MiB));
-    assert.ok(statuses.every((s) => s.totalBytes > 0 && s.elapsedMs >= 1000), 'only transfers over a second report');
+    assert.ok(
+      statuses.some(
+        (s) => s.key === 'rootfs-python.ext4' && s.action === 'upload' && s.finished && s.doneBytes === 2048 * MiB,
+      ),
+    );
+    assert.ok(
+      statuses.every((s) => s.totalBytes > 0 && s.elapsedMs >= 1000),
+      'only transfers over a second report',
+    );
 
     const again = await uploadAll(ctx(source), { facts });
     assert.ok(
@@ -94,7 +110,10 @@ describe('store: upload, list and sync with a real S3 @real', function () {
     assert.equal(pythonObject.manifest?.artifactKey, 'image-python-0123456789abcdef');
     assert.ok(JSON.parse(JSON.stringify(listing)), 'the listing is plain data');
     const text = formatListing(listing);
-    assert.match(text, /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d {4}2\.0 GiB rootfs-python\.ext4\n {31}python: python 1\.2\.3$/m);
+    assert.match(
+      text,
+      /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d {4}2\.0 GiB rootfs-python\.ext4\n {31}python: python 1\.2\.3$/m,
+    );
     assert.match(text, /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d {4}9\.0 MiB vmlinux$/m);
     assert.match(text, /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d +\d+ Bytes rootfs-bash\.ext4\.manifest\.json$/m);
     assert.match(text, /\n\nTotal Objects: 12\n {3}Total Size: 2\.1 GiB\n$/);
@@ -106,7 +125,10 @@ describe('store: upload, list and sync with a real S3 @real', function () {
     const report = await syncDown(ctx(mirror));
     const downloadSeconds = (Date.now() - t0) / 1000;
     assert.ok(report.ok, formatSync(report));
-    assert.deepEqual(report.files.map((f) => f.status), Array(6).fill('downloaded'));
+    assert.deepEqual(
+      report.files.map((f) => f.status),
+      Array(6).fill('downloaded'),
+    );
     for (const name of ['vmlinux', ...LANGUAGES.map((l) => `images/rootfs-${l}.ext4`)]) {
       assert.equal(sha256File(path.join(mirror, name)), sha256File(path.join(source, name)), name);
     }
@@ -117,7 +139,10 @@ describe('store: upload, list and sync with a real S3 @real', function () {
     assert.equal(report.link, path.join(mirror, 'rootfs.ext4'));
     assert.equal(report.oldLinkRemoved, path.join(mirror, 'images/rootfs.ext4'));
     assert.ok(!fs.existsSync(path.join(mirror, 'images/rootfs.ext4')));
-    assert.deepEqual(fs.readdirSync(path.join(mirror, 'images')).filter((n) => n.endsWith('.partial')), []);
+    assert.deepEqual(
+      fs.readdirSync(path.join(mirror, 'images')).filter((n) => n.endsWith('.partial')),
+      [],
+    );
     const mb = (2048 * MiB) / 1e6;
     console.log(
       `      2 GiB sparse image (300 MiB data) + 111 MiB: upload ${uploadSeconds.toFixed(1)} s (python ${python.seconds.toFixed(1)} s, ${(mb / python.seconds).toFixed(0)} MB/s), ` +
@@ -147,20 +172,34 @@ describe('store: upload, list and sync with a real S3 @real', function () {
       [['rootfs-bash.ext4', 'downloaded']],
     );
     assert.equal(third.bytesTransferred, 5 * MiB);
-    assert.equal(sha256File(path.join(mirror, 'images/rootfs-bash.ext4')), sha256File(path.join(source, 'images/rootfs-bash.ext4')));
+    assert.equal(
+      sha256File(path.join(mirror, 'images/rootfs-bash.ext4')),
+      sha256File(path.join(source, 'images/rootfs-bash.ext4')),
+    );
   });
 
   it('an object that does not match its manifest is reported and the good local copy is kept', async () => {
     const images = path.join(mirror, 'images');
-    const kept = (name: string) => ({ sha256: sha256File(path.join(images, name)), ino: fs.statSync(path.join(images, name)).ino });
+    const kept = (name: string) => ({
+      sha256: sha256File(path.join(images, name)),
+      ino: fs.statSync(path.join(images, name)).ino,
+    });
     const before = { go: kept('rootfs-go.ext4'), rust: kept('rootfs-rust.ext4') };
     // The go image overwritten with other bytes of the same size: S3's checksum of it gives it away.
-    await client.send(new PutObjectCommand({ Bucket: config.bucket, Key: 'rootfs-go.ext4', Body: crypto.randomBytes(40 * MiB) }));
+    await client.send(
+      new PutObjectCommand({ Bucket: config.bucket, Key: 'rootfs-go.ext4', Body: crypto.randomBytes(40 * MiB) }),
+    );
     // The rust manifest altered to claim another sha256: only the download's own check can tell.
     const mkey = 'rootfs-rust.ext4.manifest.json';
     const res = await client.send(new GetObjectCommand({ Bucket: config.bucket, Key: mkey }));
     const manifest = Manifest.parse(JSON.parse(await res.Body!.transformToString()));
-    await client.send(new PutObjectCommand({ Bucket: config.bucket, Key: mkey, Body: JSON.stringify({ ...manifest, sha256: 'f'.repeat(64) }) }));
+    await client.send(
+      new PutObjectCommand({
+        Bucket: config.bucket,
+        Key: mkey,
+        Body: JSON.stringify({ ...manifest, sha256: 'f'.repeat(64) }),
+      }),
+    );
 
     const report = await syncDown(ctx(mirror));
     assert.equal(report.ok, false);
@@ -174,8 +213,15 @@ describe('store: upload, list and sync with a real S3 @real', function () {
       /^Cannot download s3:\/\/test-\w+\/rootfs-rust\.ext4: its content \(sha256 [0-9a-f]{12}…, 34603008 bytes\) does not match its manifest \(sha256 f{12}…, 34603008 bytes\); the local copy was kept\.$/,
     );
     assert.equal(report.files.find((f) => f.key === 'rootfs-rust.ext4')!.bytes, 0);
-    assert.deepEqual({ go: kept('rootfs-go.ext4'), rust: kept('rootfs-rust.ext4') }, before, 'the same files, untouched');
-    assert.deepEqual(fs.readdirSync(images).filter((n) => n.endsWith('.partial')), []);
+    assert.deepEqual(
+      { go: kept('rootfs-go.ext4'), rust: kept('rootfs-rust.ext4') },
+      before,
+      'the same files, untouched',
+    );
+    assert.deepEqual(
+      fs.readdirSync(images).filter((n) => n.endsWith('.partial')),
+      [],
+    );
     assert.match(formatSync(report), /^FAILED {4}rootfs-go\.ext4 {5}Cannot download/m);
 
     // Uploading the good images again repairs the bucket: the go object, and the rust manifest alone.
@@ -196,7 +242,13 @@ describe('store: upload, list and sync with a real S3 @real', function () {
       const manifest = Manifest.parse(JSON.parse(await objectText(c, bucket.bucket, mkey)));
       // An OSC that retitles the window, and a C1 CSI; a key that clears the screen, homes the cursor and starts a line.
       const versions = ['bash 5.1\u001b]0;owned\u0007\u009b2J'];
-      await c.send(new PutObjectCommand({ Bucket: bucket.bucket, Key: mkey, Body: JSON.stringify({ ...manifest, versions }, null, 2) }));
+      await c.send(
+        new PutObjectCommand({
+          Bucket: bucket.bucket,
+          Key: mkey,
+          Body: JSON.stringify({ ...manifest, versions }, null, 2),
+        }),
+      );
       const hostile = 'notes\u001b[2J\u001b[1;1H\nrootfs-python.ext4';
       await c.send(new PutObjectCommand({ Bucket: bucket.bucket, Key: hostile, Body: 'x' }));
       // Listed exactly as stored (XML cannot carry ESC: the listing asks for url-encoded keys), a space and a plus included.
@@ -212,7 +264,10 @@ describe('store: upload, list and sync with a real S3 @real', function () {
       const text = await rootfs(['--config', file, 's3', 'list'], s3.env);
       assert.equal(text.code, 0, text.stderr);
       assert.ok(!raw.test(text.stdout), JSON.stringify(text.stdout));
-      assert.match(text.stdout, /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d {5}1 Byte notes\\x1b\[2J\\x1b\[1;1H\\nrootfs-python\.ext4$/m);
+      assert.match(
+        text.stdout,
+        /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d {5}1 Byte notes\\x1b\[2J\\x1b\[1;1H\\nrootfs-python\.ext4$/m,
+      );
       assert.match(text.stdout, /^ {31}bash: bash 5\.1\\x1b\]0;owned\\x07\\x9b2J$/m);
       assert.match(text.stdout, /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d {5}1 Byte a b\+c%41\.txt$/m);
       assert.equal(text.stdout.split('\n').length, 9, 'four objects, a versions line, a blank line, two totals');
@@ -221,7 +276,10 @@ describe('store: upload, list and sync with a real S3 @real', function () {
       assert.equal(json.code, 0, json.stderr);
       assert.ok(!raw.test(json.stdout.replace(/\n/g, '')), JSON.stringify(json.stdout));
       const parsed = JSON.parse(json.stdout) as { objects: Array<{ key: string; manifest?: { versions: string[] } }> };
-      assert.ok(parsed.objects.some((o) => o.key === hostile), 'JSON gives the key back exactly');
+      assert.ok(
+        parsed.objects.some((o) => o.key === hostile),
+        'JSON gives the key back exactly',
+      );
       assert.deepEqual(parsed.objects.find((o) => o.key === 'rootfs-bash.ext4')?.manifest?.versions, versions);
     } finally {
       c.destroy();
@@ -243,16 +301,26 @@ describe('store: upload, list and sync with a real S3 @real', function () {
       assert.ok(Manifest.safeParse(JSON.parse(big)).success);
       await c.send(new PutObjectCommand({ Bucket: bucket.bucket, Key: mkey, Body: big }));
 
-      const listed = (await listBucket({ client: c, config: bucket })).objects.find((o) => o.key === 'rootfs-bash.ext4')!;
+      const listed = (await listBucket({ client: c, config: bucket })).objects.find(
+        (o) => o.key === 'rootfs-bash.ext4',
+      )!;
       assert.equal(listed.manifest, undefined);
-      assert.equal(listed.manifestProblem, `${mkey} is not a valid manifest: it has ${Buffer.byteLength(big)} bytes, over the 64 KiB a manifest may have`);
+      assert.equal(
+        listed.manifestProblem,
+        `${mkey} is not a valid manifest: it has ${Buffer.byteLength(big)} bytes, over the 64 KiB a manifest may have`,
+      );
       const report = await syncDown({ client: c, config: bucket, workspace: workspace('big-manifest-mirror') });
       assert.equal(report.ok, false);
-      assert.match(report.files[0]!.error ?? '', /rootfs-bash\.ext4: its manifest is unusable \(.* over the 64 KiB a manifest may have\), so it cannot/);
+      assert.match(
+        report.files[0]!.error ?? '',
+        /rootfs-bash\.ext4: its manifest is unusable \(.* over the 64 KiB a manifest may have\), so it cannot/,
+      );
 
       await assert.rejects(
         uploadImage({ client: c, config: bucket, workspace: ws }, 'bash', image, { versions: ['y'.repeat(70_000)] }),
-        (err: StoreError) => err.kind === 'invalid-input' && /the manifest would have \d+ bytes, over the 64 KiB readers accept\.$/.test(err.message),
+        (err: StoreError) =>
+          err.kind === 'invalid-input' &&
+          /the manifest would have \d+ bytes, over the 64 KiB readers accept\.$/.test(err.message),
       );
     } finally {
       c.destroy();
@@ -287,22 +355,45 @@ describe('store: upload, list and sync with a real S3 @real', function () {
       // Cut the first upload off after one part, then resume it (ListParts), then list, sync and abort.
       const stop = new AbortController();
       await assert.rejects(
-        uploadAll({ client: c, config: own, workspace: ws, partSizeBytes: 5 * MiB, concurrency: 1, signal: stop.signal, onPartSent: (key) => key !== 'vmlinux' && stop.abort() }),
+        uploadAll({
+          client: c,
+          config: own,
+          workspace: ws,
+          partSizeBytes: 5 * MiB,
+          concurrency: 1,
+          signal: stop.signal,
+          onPartSent: (key) => key !== 'vmlinux' && stop.abort(),
+        }),
         (e: unknown) => e instanceof StoreError && e.kind === 'interrupted',
       );
       const results = await uploadAll({ client: c, config: own, workspace: ws, partSizeBytes: 5 * MiB });
-      assert.deepEqual(results.map((r) => [r.key, r.status, r.partsReused]), [['vmlinux', 'unchanged', 0], ['rootfs-bash.ext4', 'uploaded', 1]]);
+      assert.deepEqual(
+        results.map((r) => [r.key, r.status, r.partsReused]),
+        [
+          ['vmlinux', 'unchanged', 0],
+          ['rootfs-bash.ext4', 'uploaded', 1],
+        ],
+      );
       assert.equal((await listBucket({ client: c, config: own })).totalObjects, 4);
       const mirrorWs = workspace('policy-mirror');
       assert.ok((await syncDown({ client: c, config: own, workspace: mirrorWs })).ok);
       assert.equal(await abortIncompleteUploads(c, own, path.join(ws, '.uploads')), 0);
 
-      const readOnly = createClient({ config: own, credentials: await s3.restrictedCredentials(iamPolicy(own, { access: 'read-only' })) });
-      randomFile(path.join(ws, 'images/rootfs-bash.ext4'), MiB);
-      await assert.rejects(uploadImage({ client: readOnly, config: own, workspace: ws }, 'bash', path.join(ws, 'images/rootfs-bash.ext4')), {
-        message: `Cannot upload s3://${own.bucket}/rootfs-bash.ext4: access denied (the credentials' policy must allow s3:PutObject).`,
+      const readOnly = createClient({
+        config: own,
+        credentials: await s3.restrictedCredentials(iamPolicy(own, { access: 'read-only' })),
       });
-      assert.ok((await syncDown({ client: readOnly, config: own, workspace: mirrorWs })).ok, 'read-only is enough to sync');
+      randomFile(path.join(ws, 'images/rootfs-bash.ext4'), MiB);
+      await assert.rejects(
+        uploadImage({ client: readOnly, config: own, workspace: ws }, 'bash', path.join(ws, 'images/rootfs-bash.ext4')),
+        {
+          message: `Cannot upload s3://${own.bucket}/rootfs-bash.ext4: access denied (the credentials' policy must allow s3:PutObject).`,
+        },
+      );
+      assert.ok(
+        (await syncDown({ client: readOnly, config: own, workspace: mirrorWs })).ok,
+        'read-only is enough to sync',
+      );
       readOnly.destroy();
     } finally {
       c.destroy();
@@ -328,23 +419,60 @@ describe('store: upload, list and sync with a real S3 @real', function () {
     const saved = { ...process.env };
     try {
       // The SDK's chain: nothing in the environment, no profile files, no instance metadata.
-      for (const k of ['AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'AWS_PROFILE']) delete process.env[k];
-      Object.assign(process.env, { AWS_EC2_METADATA_DISABLED: 'true', AWS_SHARED_CREDENTIALS_FILE: '/nonexistent/credentials', AWS_CONFIG_FILE: '/nonexistent/config' });
-      await check(config, undefined, `Cannot list s3://${config.bucket}: no AWS credentials were found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or use an instance role).`, 'credentials');
+      for (const k of ['AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'AWS_PROFILE'])
+        delete process.env[k];
+      Object.assign(process.env, {
+        AWS_EC2_METADATA_DISABLED: 'true',
+        AWS_SHARED_CREDENTIALS_FILE: '/nonexistent/credentials',
+        AWS_CONFIG_FILE: '/nonexistent/config',
+      });
+      await check(
+        config,
+        undefined,
+        `Cannot list s3://${config.bucket}: no AWS credentials were found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or use an instance role).`,
+        'credentials',
+      );
     } finally {
       for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k];
       Object.assign(process.env, saved);
     }
-    await check(config, { accessKeyId: 'nobody', secretAccessKey: 'wrong-secret' }, `Cannot list s3://${config.bucket}: the AWS credentials were refused (InvalidAccessKeyId).`, 'bad-credentials');
-    await check({ ...config, bucket: 'no-such-bucket-here' }, credentials, 'Cannot list s3://no-such-bucket-here: bucket no-such-bucket-here does not exist in region us-east-1.', 'no-bucket');
-    await check({ ...config, region: 'eu-west-1' }, credentials, `Cannot list s3://${config.bucket}: the bucket is not in region eu-west-1 (it is in us-east-1); set s3.region or S3_REGION.`, 'wrong-region');
-    await check({ ...config, endpoint: 'http://127.0.0.1:9' }, credentials, `Cannot list s3://${config.bucket}: http://127.0.0.1:9 is unreachable (ECONNREFUSED).`, 'unreachable');
+    await check(
+      config,
+      { accessKeyId: 'nobody', secretAccessKey: 'wrong-secret' },
+      `Cannot list s3://${config.bucket}: the AWS credentials were refused (InvalidAccessKeyId).`,
+      'bad-credentials',
+    );
+    await check(
+      { ...config, bucket: 'no-such-bucket-here' },
+      credentials,
+      'Cannot list s3://no-such-bucket-here: bucket no-such-bucket-here does not exist in region us-east-1.',
+      'no-bucket',
+    );
+    await check(
+      { ...config, region: 'eu-west-1' },
+      credentials,
+      `Cannot list s3://${config.bucket}: the bucket is not in region eu-west-1 (it is in us-east-1); set s3.region or S3_REGION.`,
+      'wrong-region',
+    );
+    await check(
+      { ...config, endpoint: 'http://127.0.0.1:9' },
+      credentials,
+      `Cannot list s3://${config.bucket}: http://127.0.0.1:9 is unreachable (ECONNREFUSED).`,
+      'unreachable',
+    );
     // A HEAD answers with a bare status; the reason is still found and said, with the key.
     const wrongRegion = { ...config, region: 'eu-west-1' };
     const c = createClient({ config: wrongRegion, credentials });
-    await assert.rejects(uploadImage({ client: c, config: wrongRegion, workspace: source }, 'bash', path.join(source, 'images/rootfs-bash.ext4')), {
-      message: `Cannot check s3://${config.bucket}/rootfs-bash.ext4: the bucket is not in region eu-west-1 (it is in us-east-1); set s3.region or S3_REGION.`,
-    });
+    await assert.rejects(
+      uploadImage(
+        { client: c, config: wrongRegion, workspace: source },
+        'bash',
+        path.join(source, 'images/rootfs-bash.ext4'),
+      ),
+      {
+        message: `Cannot check s3://${config.bucket}/rootfs-bash.ext4: the bucket is not in region eu-west-1 (it is in us-east-1); set s3.region or S3_REGION.`,
+      },
+    );
     c.destroy();
   });
 
@@ -354,7 +482,12 @@ describe('store: upload, list and sync with a real S3 @real', function () {
     const done = await bucketSetup({ client: c, config: own }, { versioning: true, abortIncompleteDays: 7 });
     assert.equal(done[0], `Versioning is on for bucket ${own.bucket}: overwritten images keep their earlier versions.`);
     // MinIO has no AbortIncompleteMultipartUpload rule (it expires stale uploads itself).
-    assert.match(done[1]!, new RegExp(`^The server of bucket ${own.bucket} does not support a lifecycle rule that aborts incomplete uploads \\(InvalidArgument\\)`));
+    assert.match(
+      done[1]!,
+      new RegExp(
+        `^The server of bucket ${own.bucket} does not support a lifecycle rule that aborts incomplete uploads \\(InvalidArgument\\)`,
+      ),
+    );
     assert.equal((await c.send(new GetBucketVersioningCommand({ Bucket: own.bucket }))).Status, 'Enabled');
     assert.deepEqual(await bucketSetup({ client: c, config: own }, {}), []);
     // Versioned or not, an upload and its manifest go through.
@@ -362,7 +495,10 @@ describe('store: upload, list and sync with a real S3 @real', function () {
     randomFile(path.join(ws, 'images/rootfs-bash.ext4'), MiB);
     await uploadAll({ client: c, config: own, workspace: ws });
     const res = await c.send(new GetObjectCommand({ Bucket: own.bucket, Key: 'rootfs-bash.ext4.manifest.json' }));
-    assert.equal(Manifest.parse(JSON.parse(await res.Body!.transformToString())).sha256, sha256File(path.join(ws, 'images/rootfs-bash.ext4')));
+    assert.equal(
+      Manifest.parse(JSON.parse(await res.Body!.transformToString())).sha256,
+      sha256File(path.join(ws, 'images/rootfs-bash.ext4')),
+    );
     c.destroy();
   });
 });

@@ -102,9 +102,13 @@ export async function createBuildEnv(name: string, extra: Record<string, unknown
       return { stop };
     },
     async spawnWorker(args = []) {
-      const child = spawn(process.execPath, [path.join(__dirname, '../../worker/main.js'), '--config', configFile, ...args], {
-        stdio: ['ignore', 'inherit', 'inherit'],
-      });
+      const child = spawn(
+        process.execPath,
+        [path.join(__dirname, '../../worker/main.js'), '--config', configFile, ...args],
+        {
+          stdio: ['ignore', 'inherit', 'inherit'],
+        },
+      );
       onCleanup(() => {
         if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
       });
@@ -112,4 +116,3 @@ export async function createBuildEnv(name: string, extra: Record<string, unknown
     },
   };
 }
-

@@ -17,7 +17,10 @@ export interface CliRun {
 export function rootfs(args: string[], env: NodeJS.ProcessEnv = {}, opts: { clean?: boolean } = {}): Promise<CliRun> {
   return new Promise((resolve, reject) => {
     const base = opts.clean ? { PATH: process.env.PATH ?? '/usr/bin:/bin' } : process.env;
-    const child = spawn(process.execPath, [CLI, ...args], { env: { ...base, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [CLI, ...args], {
+      env: { ...base, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));

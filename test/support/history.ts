@@ -32,8 +32,16 @@ export async function waitFor<T>(what: string, fn: () => Promise<T | undefined>,
 /** The first ActivityTaskCompleted event of an activity of `type` in a workflow's history. */
 export async function completedActivity(handle: WorkflowHandle, type: string) {
   const events = (await handle.fetchHistory()).events ?? [];
-  const scheduled = new Set(events.filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === type).map((e) => String(e.eventId)));
-  return events.find((e) => e.activityTaskCompletedEventAttributes && scheduled.has(String(e.activityTaskCompletedEventAttributes.scheduledEventId)));
+  const scheduled = new Set(
+    events
+      .filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === type)
+      .map((e) => String(e.eventId)),
+  );
+  return events.find(
+    (e) =>
+      e.activityTaskCompletedEventAttributes &&
+      scheduled.has(String(e.activityTaskCompletedEventAttributes.scheduledEventId)),
+  );
 }
 
 /** The result of the first completed activity of `type` in a workflow's history. */
@@ -43,7 +51,11 @@ export async function activityResult<T>(handle: WorkflowHandle, type: string): P
 }
 
 /** Waits (polling the `progress` query) until the build's `step` is running. */
-export async function waitForRunningStep(handle: WorkflowHandle, step: Step, timeoutMs = 10 * 60 * 1000): Promise<void> {
+export async function waitForRunningStep(
+  handle: WorkflowHandle,
+  step: Step,
+  timeoutMs = 10 * 60 * 1000,
+): Promise<void> {
   await waitFor(
     `the ${step} step to run`,
     async () => {

@@ -8,7 +8,13 @@ export const TEST_HOSTS: Array<[string, () => Promise<Host>]> = [
     'SshHost',
     async () => {
       const sshd = await testSshd();
-      return SshHost.connect({ host: sshd.host, port: sshd.port, user: sshd.user, keyPath: sshd.clientKeyPath, hostKeySha256: sshd.hostKeySha256 });
+      return SshHost.connect({
+        host: sshd.host,
+        port: sshd.port,
+        user: sshd.user,
+        keyPath: sshd.clientKeyPath,
+        hostKeySha256: sshd.hostKeySha256,
+      });
     },
   ],
 ];

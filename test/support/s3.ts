@@ -29,7 +29,11 @@ export interface TestS3 {
   /** A client for `config` (by default the server's root credentials). */
   client(config?: S3Config, credentials?: TestCredentials): S3Client;
   /** A client for `config` whose every request (retries included) is counted. */
-  countingClient(config: S3Config, credentials?: TestCredentials, maxAttempts?: number): { client: S3Client; requests: () => number };
+  countingClient(
+    config: S3Config,
+    credentials?: TestCredentials,
+    maxAttempts?: number,
+  ): { client: S3Client; requests: () => number };
   /** Temporary credentials limited to `policy` (STS AssumeRole with a session policy). */
   restrictedCredentials(policy: object): Promise<TestCredentials>;
   stop(): Promise<void>;
@@ -43,7 +47,12 @@ const hmac = (key: crypto.BinaryLike, data: string) => crypto.createHmac('sha256
 const sha256Hex = (data: string) => crypto.createHash('sha256').update(data).digest('hex');
 
 /** A SigV4-signed form POST (what STS takes); small enough to write out rather than depend on a signer package. */
-async function signedFormPost(endpoint: string, service: string, creds: TestCredentials, form: Record<string, string>): Promise<string> {
+async function signedFormPost(
+  endpoint: string,
+  service: string,
+  creds: TestCredentials,
+  form: Record<string, string>,
+): Promise<string> {
   const url = new URL(endpoint);
   const body = new URLSearchParams(form).toString();
   const amzDate = new Date().toISOString().replace(/[-:]|\.\d{3}/g, '');
@@ -55,7 +64,15 @@ async function signedFormPost(endpoint: string, service: string, creds: TestCred
     'x-amz-date': amzDate,
   };
   const names = Object.keys(headers).sort();
-  const canonical = ['POST', '/', '', ...names.map((n) => `${n}:${headers[n]}`), '', names.join(';'), headers['x-amz-content-sha256']].join('\n');
+  const canonical = [
+    'POST',
+    '/',
+    '',
+    ...names.map((n) => `${n}:${headers[n]}`),
+    '',
+    names.join(';'),
+    headers['x-amz-content-sha256'],
+  ].join('\n');
   const scope = `${day}/${REGION}/${service}/aws4_request`;
   const toSign = ['AWS4-HMAC-SHA256', amzDate, scope, sha256Hex(canonical)].join('\n');
   const key = hmac(hmac(hmac(hmac(`AWS4${creds.secretAccessKey}`, day), REGION), service), 'aws4_request');
@@ -63,7 +80,10 @@ async function signedFormPost(endpoint: string, service: string, creds: TestCred
   const { host: _host, ...sent } = headers;
   const res = await fetch(`${url.origin}/`, {
     method: 'POST',
-    headers: { ...sent, authorization: `AWS4-HMAC-SHA256 Credential=${creds.accessKeyId}/${scope}, SignedHeaders=${names.join(';')}, Signature=${signature}` },
+    headers: {
+      ...sent,
+      authorization: `AWS4-HMAC-SHA256 Credential=${creds.accessKeyId}/${scope}, SignedHeaders=${names.join(';')}, Signature=${signature}`,
+    },
     body,
   });
   const text = await res.text();
@@ -77,7 +97,10 @@ async function startS3(): Promise<TestS3> {
   const port = await freePort();
   const consolePort = await freePort();
   const endpoint = `http://127.0.0.1:${port}`;
-  const credentials = { accessKeyId: `root${crypto.randomBytes(6).toString('hex')}`, secretAccessKey: crypto.randomBytes(24).toString('base64url') };
+  const credentials = {
+    accessKeyId: `root${crypto.randomBytes(6).toString('hex')}`,
+    secretAccessKey: crypto.randomBytes(24).toString('base64url'),
+  };
   let server: ServerProcess | undefined;
 
   const running = () => !!server && server.child.exitCode === null && server.child.signalCode === null;
@@ -85,7 +108,15 @@ async function startS3(): Promise<TestS3> {
     if (running()) return;
     server = startServer(
       minio,
-      ['server', path.join(dir, 'data'), '--address', `127.0.0.1:${port}`, '--console-address', `127.0.0.1:${consolePort}`, '--quiet'],
+      [
+        'server',
+        path.join(dir, 'data'),
+        '--address',
+        `127.0.0.1:${port}`,
+        '--console-address',
+        `127.0.0.1:${consolePort}`,
+        '--quiet',
+      ],
       {
         env: {
           ...process.env,
@@ -104,7 +135,13 @@ async function startS3(): Promise<TestS3> {
   await start();
 
   const clientFor = (config: S3Config, creds: TestCredentials = credentials, maxAttempts = 3) =>
-    new S3Client({ endpoint: config.endpoint ?? endpoint, region: config.region, forcePathStyle: true, credentials: creds, maxAttempts });
+    new S3Client({
+      endpoint: config.endpoint ?? endpoint,
+      region: config.region,
+      forcePathStyle: true,
+      credentials: creds,
+      maxAttempts,
+    });
   const envFor = (creds: TestCredentials) => ({
     AWS_ACCESS_KEY_ID: creds.accessKeyId,
     AWS_SECRET_ACCESS_KEY: creds.secretAccessKey,
@@ -125,7 +162,8 @@ async function startS3(): Promise<TestS3> {
       c.destroy();
       return config;
     },
-    client: (config = { bucket: 'unused', region: REGION, endpoint, forcePathStyle: true }, creds = credentials) => clientFor(config, creds),
+    client: (config = { bucket: 'unused', region: REGION, endpoint, forcePathStyle: true }, creds = credentials) =>
+      clientFor(config, creds),
     countingClient(config, creds = credentials, maxAttempts = 3) {
       let n = 0;
       const client = clientFor(config, creds, maxAttempts);
@@ -147,7 +185,11 @@ async function startS3(): Promise<TestS3> {
         Policy: JSON.stringify(policy),
       });
       const field = (name: string) => new RegExp(`<${name}>([^<]+)</${name}>`).exec(xml)?.[1] ?? '';
-      return { accessKeyId: field('AccessKeyId'), secretAccessKey: field('SecretAccessKey'), sessionToken: field('SessionToken') };
+      return {
+        accessKeyId: field('AccessKeyId'),
+        secretAccessKey: field('SecretAccessKey'),
+        sessionToken: field('SessionToken'),
+      };
     },
     start,
     stop: async () => server?.stop(),

@@ -26,6 +26,7 @@ async function startTemporal(): Promise<TestTemporal> {
   const dbFile = path.join(dir, 'temporal.db');
   const server = startServer(
     temporal,
+    // prettier-ignore
     [
       'server', 'start-dev',
       '--ip', '127.0.0.1',

@@ -5,9 +5,11 @@ import { tempDir } from './process';
 /** A tiny tree with a static busybox: enough to chroot into without debootstrap. */
 export function busyboxTree(): string {
   const tree = tempDir('chroot');
-  for (const d of ['bin', 'proc', 'sys', 'dev', 'tmp', 'usr/bin']) fs.mkdirSync(path.join(tree, d), { recursive: true });
+  for (const d of ['bin', 'proc', 'sys', 'dev', 'tmp', 'usr/bin'])
+    fs.mkdirSync(path.join(tree, d), { recursive: true });
   fs.copyFileSync('/bin/busybox', path.join(tree, 'bin/busybox'));
   fs.chmodSync(path.join(tree, 'bin/busybox'), 0o755);
-  for (const applet of ['sh', 'cat', 'env', 'sleep', 'ls', 'mkdir', 'touch', 'echo']) fs.symlinkSync('busybox', path.join(tree, 'bin', applet));
+  for (const applet of ['sh', 'cat', 'env', 'sleep', 'ls', 'mkdir', 'touch', 'echo'])
+    fs.symlinkSync('busybox', path.join(tree, 'bin', applet));
   return tree;
 }

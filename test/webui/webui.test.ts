@@ -45,7 +45,9 @@ async function openTab(page: Page, name: string, route: string): Promise<void> {
  * it shows `expected`. Summary and Current Details each sit in the nearest block with an iframe.
  */
 async function renderedMarkdown(page: Page, heading: string, expected: string): Promise<string> {
-  const section = page.getByRole('heading', { name: heading, exact: true }).locator('xpath=ancestor::div[.//iframe][1]');
+  const section = page
+    .getByRole('heading', { name: heading, exact: true })
+    .locator('xpath=ancestor::div[.//iframe][1]');
   assert.equal(await section.locator('iframe').count(), 1, `one rendered block under "${heading}"`);
   const frame = section.frameLocator('iframe');
   await frame.getByText(expected).first().waitFor();
@@ -77,13 +79,20 @@ describe('Temporal Web UI @real @builds', function () {
     });
     const summary = await handle.result();
     console.log(`      ${parentId} finished in ${((Date.now() - started) / 1000).toFixed(0)} s`);
-    assert.deepEqual(summary.images.map((i) => [i.language, i.state, i.workflowId]), [['bash', 'done', childId]]);
+    assert.deepEqual(
+      summary.images.map((i) => [i.language, i.state, i.workflowId]),
+      [['bash', 'done', childId]],
+    );
     const parentRunId = (await handle.describe()).runId;
     const childRunId = (await client.workflow.getHandle(childId).describe()).runId;
     const parentPath = `/namespaces/${temporal.namespace}/workflows/${encodeURIComponent(parentId)}`;
     const childPath = `/namespaces/${temporal.namespace}/workflows/${encodeURIComponent(childId)}`;
 
-    const browser: Browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: ['--no-sandbox'] });
+    const browser: Browser = await chromium.launch({
+      executablePath: '/usr/bin/chromium',
+      headless: true,
+      args: ['--no-sandbox'],
+    });
     // Closed by the finally below, and by the global teardown should the test time out mid-wait.
     onCleanup(() => browser.close());
     const page = await browser.newPage({ viewport: VIEWPORT });
@@ -111,7 +120,10 @@ describe('Temporal Web UI @real @builds', function () {
       // Current details come from a query the worker answers: the parent's per-language table.
       const parentDetails = await renderedMarkdown(page, 'Current Details', runTag);
       assert.match(parentDetails, /^bash\tdone\b/m);
-      assert.match(await page.locator('main').innerText(), /Events with Metadata\s+Child Workflow\s+bash image\s+Completed/);
+      assert.match(
+        await page.locator('main').innerText(),
+        /Events with Metadata\s+Child Workflow\s+bash image\s+Completed/,
+      );
       await screenshot(page, 'parent-user-metadata');
 
       // Into the child, through the link on the Relationships tab.
@@ -132,12 +144,21 @@ describe('Temporal Web UI @real @builds', function () {
       assert.equal(await renderedMarkdown(page, 'Summary', 'bash image'), 'bash image');
       await page.getByText('bash: upload', { exact: true }).waitFor();
       // Every step's summary, in step order, each completed.
-      const stepsListed = STEPS.map((s) => `Activity\\s+${escapeRegExp(`bash: ${STEP_TITLES[s]}`)}\\s+Completed`).join('\\s+');
-      assert.match(await page.locator('main').innerText(), new RegExp(`Events with Metadata\\s+${stepsListed}\\s+Current Details`));
+      const stepsListed = STEPS.map((s) => `Activity\\s+${escapeRegExp(`bash: ${STEP_TITLES[s]}`)}\\s+Completed`).join(
+        '\\s+',
+      );
+      assert.match(
+        await page.locator('main').innerText(),
+        new RegExp(`Events with Metadata\\s+${stepsListed}\\s+Current Details`),
+      );
       const childDetails = await renderedMarkdown(page, 'Current Details', 'bash: done');
       assert.match(childDetails, /^bash: done$/m);
       for (const step of STEPS) {
-        assert.match(childDetails, new RegExp(`^${escapeRegExp(STEP_TITLES[step])}\\tdone\\t\\d+\\.\\d s\\t1\\t`, 'm'), step);
+        assert.match(
+          childDetails,
+          new RegExp(`^${escapeRegExp(STEP_TITLES[step])}\\tdone\\t\\d+\\.\\d s\\t1\\t`, 'm'),
+          step,
+        );
       }
       await screenshot(page, 'child-user-metadata');
     } catch (err) {

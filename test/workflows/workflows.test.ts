@@ -8,7 +8,13 @@ import { BuildSpec } from '../../src/pipeline/build-spec';
 import { PROFILES } from '../../src/config';
 import { createAllRootfs, createRootfs } from '../../workflows';
 import { abortUpdate, progressQuery, replaceSpecUpdate, retryStepUpdate, specQuery } from '../../workflows/messages';
-import { childWorkflowId, parentWorkflowId, type BuildOptions, type LanguageProgress, type Step } from '../../workflows/types';
+import {
+  childWorkflowId,
+  parentWorkflowId,
+  type BuildOptions,
+  type LanguageProgress,
+  type Step,
+} from '../../workflows/types';
 import { waitFor } from '../support/history';
 import { testTemporal, workflowBundle } from '../support/temporal';
 
@@ -44,7 +50,14 @@ function fakeActivities(calls: Call[], failing: Map<string, string>, held: Set<s
     const reason = failing.get(`${String(input.language)}/${activity}`);
     if (reason) throw ApplicationFailure.nonRetryable(reason, 'VerificationFailed');
     const key = `${activity}-${crypto.createHash('sha256').update(JSON.stringify(input)).digest('hex').slice(0, 32)}`;
-    const data = activity === 'image' ? { path: '/srv/test/images/x.ext4', sizeBytes: 1024, sha256: 'a'.repeat(64) } : activity === 'verify' ? { versions: ['Python 3.10.12'] } : activity === 'upload' ? { s3Key: `rootfs-${String(input.language)}.ext4` } : {};
+    const data =
+      activity === 'image'
+        ? { path: '/srv/test/images/x.ext4', sizeBytes: 1024, sha256: 'a'.repeat(64) }
+        : activity === 'verify'
+          ? { versions: ['Python 3.10.12'] }
+          : activity === 'upload'
+            ? { s3Key: `rootfs-${String(input.language)}.ext4` }
+            : {};
     return { key, reused: activity === 'base', data };
   };
   return {
@@ -60,7 +73,11 @@ function fakeActivities(calls: Call[], failing: Map<string, string>, held: Set<s
     verify: step('verify'),
     image: step('image'),
     upload: step('upload'),
-    listBucket: async (input: Record<string, unknown>) => ({ bucket: (input as { spec?: BuildSpec }).spec?.s3.bucket ?? '?', objects: 2, totalBytes: 2048 }),
+    listBucket: async (input: Record<string, unknown>) => ({
+      bucket: (input as { spec?: BuildSpec }).spec?.s3.bucket ?? '?',
+      objects: 2,
+      totalBytes: 2048,
+    }),
   } as unknown as BuildActivities;
 }
 
@@ -112,19 +129,37 @@ describe('workflows with fake activities', function () {
       `${step} to wait for a retry`,
       async () => {
         const [p]: LanguageProgress[] = await handle.query(progressQuery);
-        return p?.state === 'awaiting-retry' && p.steps.find((s) => s.state === 'awaiting-retry')?.name === step ? p : undefined;
+        return p?.state === 'awaiting-retry' && p.steps.find((s) => s.state === 'awaiting-retry')?.name === step
+          ? p
+          : undefined;
       },
       30_000,
     );
   const rejectsUpdate = (p: Promise<unknown>, message: RegExp) =>
-    assert.rejects(p, (err: unknown) => err instanceof WorkflowUpdateFailedError && message.test(String(err.cause?.message)));
+    assert.rejects(
+      p,
+      (err: unknown) => err instanceof WorkflowUpdateFailedError && message.test(String(err.cause?.message)),
+    );
 
   it('runs every step in order with the spec, reports ran and reused, and skips the upload when asked', async () => {
     const pinned = spec(['python3-venv']);
     const summary = await (await startChild(tag(), { upload: false }, pinned)).result();
-    assert.deepEqual(calls.map((c) => c.activity), ['allocate', 'base', 'runtime', 'operator', 'verify', 'image']);
-    assert.ok(calls.every((c) => JSON.stringify(c.input.spec) === JSON.stringify(pinned)), 'every step got the spec');
-    assert.deepEqual(summary.steps, { base: 'reused', runtime: 'ran', operator: 'ran', verify: 'ran', image: 'ran', upload: 'skipped' });
+    assert.deepEqual(
+      calls.map((c) => c.activity),
+      ['allocate', 'base', 'runtime', 'operator', 'verify', 'image'],
+    );
+    assert.ok(
+      calls.every((c) => JSON.stringify(c.input.spec) === JSON.stringify(pinned)),
+      'every step got the spec',
+    );
+    assert.deepEqual(summary.steps, {
+      base: 'reused',
+      runtime: 'ran',
+      operator: 'ran',
+      verify: 'ran',
+      image: 'ran',
+      upload: 'skipped',
+    });
     assert.deepEqual(summary.versions, ['Python 3.10.12']);
     assert.equal(summary.s3Key, undefined);
   });
@@ -134,13 +169,25 @@ describe('workflows with fake activities', function () {
     const handle = await startChild(tag());
     const paused = await waiting(handle, 'runtime');
     assert.equal(paused.steps.find((s) => s.name === 'runtime')?.error, 'no such package');
-    await rejectsUpdate(handle.executeUpdate(retryStepUpdate, { args: [{ step: 'base' }] }), /waiting on step runtime, not base/);
-    await rejectsUpdate(handle.executeUpdate(retryStepUpdate, { args: [{ spec: spec([], ['go']) }] }), /must be for python alone, not go/);
+    await rejectsUpdate(
+      handle.executeUpdate(retryStepUpdate, { args: [{ step: 'base' }] }),
+      /waiting on step runtime, not base/,
+    );
+    await rejectsUpdate(
+      handle.executeUpdate(retryStepUpdate, { args: [{ spec: spec([], ['go']) }] }),
+      /must be for python alone, not go/,
+    );
     failing.clear();
     calls.length = 0;
-    assert.deepEqual(await handle.executeUpdate(retryStepUpdate, { args: [{ step: 'runtime' }] }), { language: 'python', step: 'runtime' });
+    assert.deepEqual(await handle.executeUpdate(retryStepUpdate, { args: [{ step: 'runtime' }] }), {
+      language: 'python',
+      step: 'runtime',
+    });
     const summary = await handle.result();
-    assert.deepEqual(calls.map((c) => c.activity), ['runtime', 'operator', 'verify', 'image', 'upload']);
+    assert.deepEqual(
+      calls.map((c) => c.activity),
+      ['runtime', 'operator', 'verify', 'image', 'upload'],
+    );
     assert.equal(summary.s3Key, 'rootfs-python.ext4');
   });
 
@@ -148,8 +195,14 @@ describe('workflows with fake activities', function () {
     held.add('python/base');
     const handle = await startChild(tag());
     await waitFor('base to run', async () => (calls.some((c) => c.activity === 'base') ? true : undefined), 30_000);
-    await rejectsUpdate(handle.executeUpdate(retryStepUpdate, { args: [{}] }), /^python is running: no step is waiting for a retry$/);
-    await rejectsUpdate(handle.executeUpdate(abortUpdate), /^python is running: only a build waiting for a retry can be aborted$/);
+    await rejectsUpdate(
+      handle.executeUpdate(retryStepUpdate, { args: [{}] }),
+      /^python is running: no step is waiting for a retry$/,
+    );
+    await rejectsUpdate(
+      handle.executeUpdate(abortUpdate),
+      /^python is running: only a build waiting for a retry can be aborted$/,
+    );
     held.clear();
     assert.equal((await handle.result()).state, 'done');
   });
@@ -161,9 +214,15 @@ describe('workflows with fake activities', function () {
     failing.clear();
     calls.length = 0;
     const next = spec(['python3-venv']);
-    assert.deepEqual(await handle.executeUpdate(retryStepUpdate, { args: [{ spec: next }] }), { language: 'python', step: 'allocate' });
+    assert.deepEqual(await handle.executeUpdate(retryStepUpdate, { args: [{ spec: next }] }), {
+      language: 'python',
+      step: 'allocate',
+    });
     await handle.result();
-    assert.deepEqual(calls.map((c) => c.activity), ['allocate', 'base', 'runtime', 'operator', 'verify', 'image', 'upload']);
+    assert.deepEqual(
+      calls.map((c) => c.activity),
+      ['allocate', 'base', 'runtime', 'operator', 'verify', 'image', 'upload'],
+    );
     assert.ok(calls.every((c) => JSON.stringify(c.input.spec) === JSON.stringify(next)));
     assert.deepEqual(await handle.query(specQuery), next);
   });
@@ -173,7 +232,12 @@ describe('workflows with fake activities', function () {
     const handle = await startChild(tag());
     await waiting(handle, 'image');
     assert.deepEqual(await handle.executeUpdate(abortUpdate), { language: 'python', aborted: true });
-    await assert.rejects(handle.result(), (err: unknown) => err instanceof WorkflowFailedError && /aborted by the operator at step image: mkfs failed/.test(String(err.cause?.message)));
+    await assert.rejects(
+      handle.result(),
+      (err: unknown) =>
+        err instanceof WorkflowFailedError &&
+        /aborted by the operator at step image: mkfs failed/.test(String(err.cause?.message)),
+    );
     const [after]: LanguageProgress[] = await handle.query(progressQuery);
     assert.equal(after?.state, 'aborted');
     assert.equal(after?.steps.find((s) => s.name === 'image')?.state, 'aborted');
@@ -183,7 +247,9 @@ describe('workflows with fake activities', function () {
     failing.set('go/runtime', 'checksum mismatch for go.zip');
     const runTag = tag();
     const pinned = spec([], ['python', 'go']);
-    const parent = await (await client()).workflow.start(createAllRootfs, {
+    const parent = await (
+      await client()
+    ).workflow.start(createAllRootfs, {
       taskQueue: queue,
       workflowId: parentWorkflowId(runTag),
       args: [{ runTag, options, spec: pinned, concurrency: 2 }],
@@ -194,12 +260,18 @@ describe('workflows with fake activities', function () {
     await go.executeUpdate(abortUpdate);
     await assert.rejects(parent.result(), (err: unknown) => {
       assert.ok(err instanceof WorkflowFailedError);
-      assert.match(String(err.cause?.message), /^go aborted \(go: aborted by the operator at step runtime: checksum mismatch for go\.zip\)/);
+      assert.match(
+        String(err.cause?.message),
+        /^go aborted \(go: aborted by the operator at step runtime: checksum mismatch for go\.zip\)/,
+      );
       return true;
     });
     const children = (await parent.query(progressQuery)).map((p) => `${p.language} ${p.state}`);
     assert.deepEqual(children.sort(), ['go aborted', 'python done']);
     // Each child got its own language only.
-    assert.deepEqual([...new Set(calls.map((c) => Object.keys((c.input.spec as BuildSpec).languages).join()))].sort(), ['go', 'python']);
+    assert.deepEqual([...new Set(calls.map((c) => Object.keys((c.input.spec as BuildSpec).languages).join()))].sort(), [
+      'go',
+      'python',
+    ]);
   });
 });

@@ -27,24 +27,42 @@ export function registerBuildCommands(ctx: CommandContext): void {
       .option('--concurrency <n>', 'images built at once', positiveInt, 2)
       .option('--no-upload', 'build only, do not upload to S3')
       .addOption(ctx.sshOption())
-      .option('--no-worker', 'do not start the background worker for this build host (one runs elsewhere: rootfs worker)')
+      .option(
+        '--no-worker',
+        'do not start the background worker for this build host (one runs elsewhere: rootfs worker)',
+      )
       .option('--detach', 'start and return at once (Ctrl-C while watching detaches too)')
       .option('--json', 'print the summary as JSON')
       .addHelpText('after', `\nExample:\n  ${example}`)
       .action(async (...args: unknown[]) => {
         const languages = takesLanguages ? (args[0] as string[]) : undefined;
-        const opts = args[takesLanguages ? 1 : 0] as { runTag?: string; concurrency: number; upload: boolean; worker: boolean; detach: boolean; json: boolean; ssh?: string };
+        const opts = args[takesLanguages ? 1 : 0] as {
+          runTag?: string;
+          concurrency: number;
+          upload: boolean;
+          worker: boolean;
+          detach: boolean;
+          json: boolean;
+          ssh?: string;
+        };
         // Names are checked before anything starts: a bad one is a usage error (exit 2), as in verify.
         const { config } = loadConfig({ file: ctx.configFile(), sshHost: opts.ssh });
         for (const l of languages ?? []) languageArgument(l, config);
         if (opts.runTag !== undefined && !Name.safeParse(opts.runTag).success) {
-          throw new UsageError(`--run-tag ${JSON.stringify(opts.runTag).slice(0, 40)}: expected a name matching ${NAME_PATTERN.source}`);
+          throw new UsageError(
+            `--run-tag ${JSON.stringify(opts.runTag).slice(0, 40)}: expected a name matching ${NAME_PATTERN.source}`,
+          );
         }
         const rt = await ctx.runtime(opts.upload, opts.ssh);
         ctx.setExit(await createCommand(rt, { ...opts, languages }));
       });
   };
-  build('create-all', 'build every configured language image (createAllRootfs), then upload and list the bucket', 'rootfs create-all --concurrency 2', false);
+  build(
+    'create-all',
+    'build every configured language image (createAllRootfs), then upload and list the bucket',
+    'rootfs create-all --concurrency 2',
+    false,
+  );
   build('create', 'build some language images', 'rootfs create python go --no-upload', true);
 
   cli
@@ -63,12 +81,23 @@ export function registerBuildCommands(ctx: CommandContext): void {
     .description('retry the failed step of every image of a build that waits for it')
     .argument('<workflowId>')
     .option('--step <step>', 'only if this is the step that failed')
-    .option('--reload-config', "apply the config as it is now (the changes are shown) instead of the build's own settings")
+    .option(
+      '--reload-config',
+      "apply the config as it is now (the changes are shown) instead of the build's own settings",
+    )
     .option('--no-worker', 'do not start the background worker for this build host')
     .addOption(ctx.sshOption())
     .addHelpText('after', '\nExample:\n  rootfs resume build-20261123/all --reload-config')
     .action(async (id: string, opts: { step?: string; worker: boolean; ssh?: string; reloadConfig?: boolean }) =>
-      ctx.setExit(await resumeCommand(await ctx.runtime(opts.worker, opts.ssh), id, { step: opts.step, abort: false, worker: opts.worker, reloadConfig: !!opts.reloadConfig })));
+      ctx.setExit(
+        await resumeCommand(await ctx.runtime(opts.worker, opts.ssh), id, {
+          step: opts.step,
+          abort: false,
+          worker: opts.worker,
+          reloadConfig: !!opts.reloadConfig,
+        }),
+      ),
+    );
 
   cli
     .command('abort')
@@ -80,8 +109,18 @@ export function registerBuildCommands(ctx: CommandContext): void {
   cli
     .command('worker')
     .description('run a worker for the configured build host in the foreground until SIGTERM/SIGINT (graceful)')
-    .option('--grace <seconds>', 'on SIGTERM/SIGINT, how long running steps may finish before they are cancelled', positiveInt, 30)
+    .option(
+      '--grace <seconds>',
+      'on SIGTERM/SIGINT, how long running steps may finish before they are cancelled',
+      positiveInt,
+      30,
+    )
     .addOption(ctx.sshOption())
-    .addHelpText('after', '\nExamples:\n  rootfs --config /etc/rootfs/builder-1.yaml worker --grace 120\n  rootfs worker --ssh builder-2')
-    .action(async (opts: { grace: number; ssh?: string }) => ctx.setExit(await workerCommand(await ctx.runtime(true, opts.ssh), opts.grace * 1000)));
+    .addHelpText(
+      'after',
+      '\nExamples:\n  rootfs --config /etc/rootfs/builder-1.yaml worker --grace 120\n  rootfs worker --ssh builder-2',
+    )
+    .action(async (opts: { grace: number; ssh?: string }) =>
+      ctx.setExit(await workerCommand(await ctx.runtime(true, opts.ssh), opts.grace * 1000)),
+    );
 }

@@ -44,8 +44,12 @@ export function commandContext(cli: Command, setExit: (code: number) => void): C
     cli,
     configFile,
     runtime: (needS3, sshHost) => resolveRuntime(configFile(), { needS3, sshHost, log: (l) => console.error(l) }),
-    sshOption: () => new Option('--ssh <name>', 'build on the SSH host of this name in the config (sshHosts), not on buildHost'),
+    sshOption: () =>
+      new Option('--ssh <name>', 'build on the SSH host of this name in the config (sshHosts), not on buildHost'),
     setExit,
-    run: (fn) => async (...args) => setExit(await fn(...args)),
+    run:
+      (fn) =>
+      async (...args) =>
+        setExit(await fn(...args)),
   };
 }

@@ -19,25 +19,34 @@ export function registerImageCommands(ctx: CommandContext): void {
     .action(async (lang: string, opts: { json?: boolean }) => {
       const { config } = loadConfig({ file: ctx.configFile() });
       const language = languageArgument(lang, config);
-      const report = await verifyImage(new LocalHost(), path.join(config.workspace, 'images', imageKey(language)), config.languages[language]!);
+      const report = await verifyImage(
+        new LocalHost(),
+        path.join(config.workspace, 'images', imageKey(language)),
+        config.languages[language]!,
+      );
       process.stdout.write(opts.json ? JSON.stringify(report, null, 2) + '\n' : formatImageReport(report));
       ctx.setExit(report.ok ? EXIT.ok : EXIT.failed);
     });
 
   cli
     .command('customize')
-    .description('one-off change: run a command in the chroot of a built image, keep it as a new artifact, re-make the image')
+    .description(
+      'one-off change: run a command in the chroot of a built image, keep it as a new artifact, re-make the image',
+    )
     .argument('<language>')
     .argument('<command...>', 'the command and its arguments, after --')
     .addOption(ctx.sshOption())
-    .addHelpText('after', [
-      '',
-      'A rebuild from config replaces a customized image: for a lasting change use the config',
-      '(languages.<lang>.packages and languages.<lang>.files).',
-      '',
-      'Example:',
-      "  rootfs customize python -- sh -c 'pip3 install --no-cache-dir requests'",
-    ].join('\n'))
+    .addHelpText(
+      'after',
+      [
+        '',
+        'A rebuild from config replaces a customized image: for a lasting change use the config',
+        '(languages.<lang>.packages and languages.<lang>.files).',
+        '',
+        'Example:',
+        "  rootfs customize python -- sh -c 'pip3 install --no-cache-dir requests'",
+      ].join('\n'),
+    )
     .action(async (lang: string, argv: string[], opts: { ssh?: string }) => {
       const loaded = loadConfig({ file: ctx.configFile(), sshHost: opts.ssh });
       const language = languageArgument(lang, loaded.config);
