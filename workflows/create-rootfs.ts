@@ -26,7 +26,6 @@ import {
   type StepProgress,
 } from './types';
 
-
 /**
  * The message of the innermost cause, at most `max` characters: an activity or child workflow
  * failure wraps the error that says what went wrong.
@@ -43,7 +42,13 @@ function detailsTable(p: LanguageProgress): string {
     (s) =>
       `| ${STEP_TITLES[s.name]} | ${s.state} | ${s.durationMs === undefined ? '' : `${(s.durationMs / 1000).toFixed(1)} s`} | ${s.attempts} | ${(s.error ?? '').replace(/\|/g, '\\|').replace(/\n/g, ' ')} |`,
   );
-  return [`**${p.language}**: ${p.state}`, '', '| step | state | took | attempts | last error |', '|---|---|---|---|---|', ...rows].join('\n');
+  return [
+    `**${p.language}**: ${p.state}`,
+    '',
+    '| step | state | took | attempts | last error |',
+    '|---|---|---|---|---|',
+    ...rows,
+  ].join('\n');
 }
 
 /** Thrown inside the workflow when a retry brings a new spec: the steps start over with it. */
@@ -77,11 +82,16 @@ export async function createRootfs(input: CreateRootfsInput): Promise<ImageSumma
     {
       validator: (req) => {
         if (!waitingOn) throw new Error(`${language} is ${progress.state}: no step is waiting for a retry`);
-        if (req.step && req.step !== waitingOn) throw new Error(`${language} is waiting on step ${waitingOn}, not ${req.step}`);
+        if (req.step && req.step !== waitingOn)
+          throw new Error(`${language} is waiting on step ${waitingOn}, not ${req.step}`);
         if (req.spec) {
-          if (!spec) throw new Error(`${language} was started without a pinned configuration, so it cannot take a new one: start it again`);
+          if (!spec)
+            throw new Error(
+              `${language} was started without a pinned configuration, so it cannot take a new one: start it again`,
+            );
           const names = Object.keys(req.spec.languages ?? {});
-          if (names.length !== 1 || names[0] !== language) throw new Error(`the new configuration must be for ${language} alone, not ${names.join(', ') || 'none'}`);
+          if (names.length !== 1 || names[0] !== language)
+            throw new Error(`the new configuration must be for ${language} alone, not ${names.join(', ') || 'none'}`);
         }
       },
     },
@@ -94,7 +104,8 @@ export async function createRootfs(input: CreateRootfsInput): Promise<ImageSumma
     },
     {
       validator: () => {
-        if (!waitingOn) throw new Error(`${language} is ${progress.state}: only a build waiting for a retry can be aborted`);
+        if (!waitingOn)
+          throw new Error(`${language} is ${progress.state}: only a build waiting for a retry can be aborted`);
       },
     },
   );
@@ -142,7 +153,10 @@ export async function createRootfs(input: CreateRootfsInput): Promise<ImageSumma
       await publish(step);
       const started = Date.now();
       try {
-        const result = await activity.executeWithOptions({ summary: `${language}: ${STEP_TITLES[step]}`, activityId: `${step}-${record.attempts}` }, [input()]);
+        const result = await activity.executeWithOptions(
+          { summary: `${language}: ${STEP_TITLES[step]}`, activityId: `${step}-${record.attempts}` },
+          [input()],
+        );
         // Every step but allocate returns a StepResult: its key, and whether it was reused.
         record.state = 'reused' in result && result.reused === true ? 'reused' : 'done';
         record.key = 'key' in result && typeof result.key === 'string' ? result.key : undefined;
@@ -165,7 +179,10 @@ export async function createRootfs(input: CreateRootfsInput): Promise<ImageSumma
           record.state = 'aborted';
           progress.state = 'aborted';
           await publish(step);
-          throw ApplicationFailure.nonRetryable(`${language}: aborted by the operator at step ${step}: ${record.error}`, 'Aborted');
+          throw ApplicationFailure.nonRetryable(
+            `${language}: aborted by the operator at step ${step}: ${record.error}`,
+            'Aborted',
+          );
         }
         if (reloaded) {
           spec = reloaded;
@@ -182,13 +199,33 @@ export async function createRootfs(input: CreateRootfsInput): Promise<ImageSumma
     const { operatorSha256 } = await runStep('allocate', acts.allocate, () => ({ language, ...pinned }));
     const archive = options.archive ? { archive: options.archive } : {};
     const base = await runStep('base', acts.base, () => ({ language, ...archive, ...pinned }));
-    const runtime = await runStep('runtime', acts.runtime, () => ({ language, baseKey: base.key, ...archive, ...pinned }));
-    const operator = await runStep('operator', acts.operator, () => ({ language, runtimeKey: runtime.key, operatorSha256, ...pinned }));
+    const runtime = await runStep('runtime', acts.runtime, () => ({
+      language,
+      baseKey: base.key,
+      ...archive,
+      ...pinned,
+    }));
+    const operator = await runStep('operator', acts.operator, () => ({
+      language,
+      runtimeKey: runtime.key,
+      operatorSha256,
+      ...pinned,
+    }));
     const verify = await runStep('verify', acts.verify, () => ({ language, operatorKey: operator.key, ...pinned }));
-    const image = await runStep('image', acts.image, () => ({ language, verifyKey: verify.key, operatorKey: operator.key, ...pinned }));
+    const image = await runStep('image', acts.image, () => ({
+      language,
+      verifyKey: verify.key,
+      operatorKey: operator.key,
+      ...pinned,
+    }));
     let s3Key: string | undefined;
     if (options.upload ?? true) {
-      const uploaded = await runStep('upload', acts.upload, () => ({ language, imageKey: image.key, versions: verify.data.versions, ...pinned }));
+      const uploaded = await runStep('upload', acts.upload, () => ({
+        language,
+        imageKey: image.key,
+        versions: verify.data.versions,
+        ...pinned,
+      }));
       s3Key = uploaded.data.s3Key;
     } else {
       progress.steps.find((s) => s.name === 'upload')!.state = 'skipped';
@@ -222,7 +259,11 @@ export async function createRootfs(input: CreateRootfsInput): Promise<ImageSumma
     sha256: image.data.sha256,
     versions: verify.data.versions,
     steps: Object.fromEntries(progress.steps.filter((s) => s.name !== 'allocate').map((s) => [s.name, ran(s)])),
-    durationsMs: Object.fromEntries(progress.steps.filter((s) => s.name !== 'allocate' && s.durationMs !== undefined).map((s) => [s.name, s.durationMs!])),
+    durationsMs: Object.fromEntries(
+      progress.steps
+        .filter((s) => s.name !== 'allocate' && s.durationMs !== undefined)
+        .map((s) => [s.name, s.durationMs!]),
+    ),
     s3Key,
   };
 }

@@ -2,6 +2,7 @@ import * as path from 'node:path';
 import type { Host, RunOptions } from './types';
 
 /** Wrapper options that take the next argument as their value. */
+// prettier-ignore
 const UNSHARE_VALUED = new Set([
   '--propagation', '--setgroups', '--map-user', '--map-group', '--map-users', '--map-groups',
   '--wd', '-w', '--root', '-R', '--setuid', '-S', '--setgid', '-G',
@@ -18,7 +19,8 @@ export function commandName(argv: string[]): string {
     if (prog === 'unshare') {
       for (i++; i < argv.length && argv[i]!.startsWith('-'); i++) if (UNSHARE_VALUED.has(argv[i]!)) i++;
     } else if (prog === 'env') {
-      for (i++; i < argv.length && (argv[i]!.startsWith('-') || /^[A-Za-z_][A-Za-z0-9_]*=/.test(argv[i]!)); i++) if (argv[i] === '-u') i++;
+      for (i++; i < argv.length && (argv[i]!.startsWith('-') || /^[A-Za-z_][A-Za-z0-9_]*=/.test(argv[i]!)); i++)
+        if (argv[i] === '-u') i++;
     } else if (prog === 'chroot') {
       for (i++; i < argv.length && argv[i]!.startsWith('-'); i++);
       i++; // the new root
@@ -40,8 +42,12 @@ const CAUSES = [
 
 /** The line of a stderr tail that best says why the command failed (the last one of the best kind). */
 export function tellingLine(tail: string): string {
-  const lines = tail.split('\n').map((l) => l.trim()).filter(Boolean);
-  const found = CAUSES.map((re) => lines.filter((l) => re.test(l)).pop()).find((l) => l !== undefined) ?? lines.pop() ?? '';
+  const lines = tail
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean);
+  const found =
+    CAUSES.map((re) => lines.filter((l) => re.test(l)).pop()).find((l) => l !== undefined) ?? lines.pop() ?? '';
   return found.length > 240 ? `${found.slice(0, 240)}…` : found;
 }
 

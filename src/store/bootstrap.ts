@@ -1,7 +1,15 @@
 import { HttpUrl, NAME_PATTERN, Sha256Hex, type S3Config } from '../config/schema';
 import type { S3Access } from './client';
 import { StoreError, where } from './errors';
-import { DEFAULT_LANGUAGE, DEFAULT_LINK, IMAGE_KEY_PATTERN, KERNEL_KEY, MANIFEST_SUFFIX, MAX_MANIFEST_BYTES, OLD_LINK } from './layout';
+import {
+  DEFAULT_LANGUAGE,
+  DEFAULT_LINK,
+  IMAGE_KEY_PATTERN,
+  KERNEL_KEY,
+  MANIFEST_SUFFIX,
+  MAX_MANIFEST_BYTES,
+  OLD_LINK,
+} from './layout';
 import { listBucket } from './list';
 
 export interface BootstrapConfig {
@@ -47,8 +55,7 @@ export async function bucketPins(target: S3Access): Promise<BucketPins> {
     if (!o.manifest) problems.push(`${at}: ${o.manifestProblem ?? 'it has no manifest'}`);
     else if (o.manifest.sizeBytes !== o.sizeBytes) {
       problems.push(`${at}: the object has ${o.sizeBytes} bytes but its manifest says ${o.manifest.sizeBytes}`);
-    }
-    else pins[o.key] = o.manifest.sha256;
+    } else pins[o.key] = o.manifest.sha256;
   }
   return { pins, problems };
 }
@@ -67,10 +74,14 @@ export function fallbackBase(url: string): string {
   if (!HttpUrl.safeParse(url).success) throw refuse('is not an https URL');
   const u = new URL(url);
   if (u.protocol !== 'https:') {
-    throw refuse('is not an https URL: what the script fetches from it is installed on new hosts, so it must not be open to change in transit');
+    throw refuse(
+      'is not an https URL: what the script fetches from it is installed on new hosts, so it must not be open to change in transit',
+    );
   }
-  if (u.username || u.password) throw refuse('carries credentials (user:password@), readable by anyone who can read the script');
-  if (u.search || u.hash) throw refuse('has a ?query or #fragment: it must be a base URL that file names are appended to');
+  if (u.username || u.password)
+    throw refuse('carries credentials (user:password@), readable by anyone who can read the script');
+  if (u.search || u.hash)
+    throw refuse('has a ?query or #fragment: it must be a base URL that file names are appended to');
   return url.replace(/\/+$/, '');
 }
 
@@ -79,7 +90,9 @@ export function bucketUrl(s3: S3Config): string {
   if (s3.endpoint) {
     const u = new URL(s3.endpoint);
     const base = `${u.protocol}//${u.host}${u.pathname.replace(/\/+$/, '')}`;
-    return s3.forcePathStyle ? `${base}/${s3.bucket}` : `${u.protocol}//${s3.bucket}.${u.host}${u.pathname.replace(/\/+$/, '')}`;
+    return s3.forcePathStyle
+      ? `${base}/${s3.bucket}`
+      : `${u.protocol}//${s3.bucket}.${u.host}${u.pathname.replace(/\/+$/, '')}`;
   }
   // Dotted names do not match the wildcard TLS certificate of virtual-hosted URLs.
   return s3.forcePathStyle || s3.bucket.includes('.')
@@ -105,19 +118,30 @@ export function bucketUrl(s3: S3Config): string {
  * into the script; curl's own CURL_CA_BUNDLE names the CAs it trusts.
  */
 export function bootstrapScript(config: BootstrapConfig, opts: BootstrapOptions = {}): string {
-  const languages = (Array.isArray(config.languages) ? [...config.languages] : Object.keys(config.languages)) as string[];
+  const languages = (
+    Array.isArray(config.languages) ? [...config.languages] : Object.keys(config.languages)
+  ) as string[];
   const defaultLanguage = opts.defaultLanguage ?? DEFAULT_LANGUAGE;
   for (const name of [...languages, defaultLanguage]) {
-    if (!NAME_PATTERN.test(name)) throw new StoreError('invalid-input', `${JSON.stringify(name).slice(0, 60)} is not a language name.`);
+    if (!NAME_PATTERN.test(name))
+      throw new StoreError('invalid-input', `${JSON.stringify(name).slice(0, 60)} is not a language name.`);
   }
   const fallback = opts.fallbackUrl === undefined ? '' : fallbackBase(opts.fallbackUrl);
-  const pins = Object.entries(opts.pins ?? {}).sort(([a], [b]) => (a === KERNEL_KEY ? -1 : b === KERNEL_KEY ? 1 : a.localeCompare(b)));
+  const pins = Object.entries(opts.pins ?? {}).sort(([a], [b]) =>
+    a === KERNEL_KEY ? -1 : b === KERNEL_KEY ? 1 : a.localeCompare(b),
+  );
   for (const [key, sha256] of pins) {
     if (key !== KERNEL_KEY && !IMAGE_KEY_PATTERN.test(key)) {
-      throw new StoreError('invalid-input', `Cannot pin ${JSON.stringify(key).slice(0, 60)}: not a kernel or image key.`);
+      throw new StoreError(
+        'invalid-input',
+        `Cannot pin ${JSON.stringify(key).slice(0, 60)}: not a kernel or image key.`,
+      );
     }
     if (!Sha256Hex.safeParse(sha256).success) {
-      throw new StoreError('invalid-input', `Cannot pin ${key}: ${JSON.stringify(sha256).slice(0, 80)} is not a sha256.`);
+      throw new StoreError(
+        'invalid-input',
+        `Cannot pin ${key}: ${JSON.stringify(sha256).slice(0, 80)} is not a sha256.`,
+      );
     }
   }
   const vars = [
@@ -132,7 +156,7 @@ export function bootstrapScript(config: BootstrapConfig, opts: BootstrapOptions 
       ? `# Pinned: the sha256 of each object as the bucket's manifests said when this script was made.\n` +
         `# Only these contents are installed; make the script again after publishing new images.\n` +
         `declare -A PINNED=(\n${pins.map(([k, v]) => `  [${shellQuote(k)}]=${shellQuote(v)}\n`).join('')})`
-      : '# Not pinned: the sums come from the bucket\'s manifests and the fallback\'s SHA256SUMS at run time.\ndeclare -A PINNED=()',
+      : "# Not pinned: the sums come from the bucket's manifests and the fallback's SHA256SUMS at run time.\ndeclare -A PINNED=()",
     `PINNED_KEYS=${shellQuote(pins.map(([k]) => k).join(' '))}`,
   ];
   return `#!/bin/bash

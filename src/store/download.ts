@@ -5,7 +5,16 @@ import { GetObjectCommand } from '@aws-sdk/client-s3';
 import { DEFAULT_RETRY, send, statObject, withRetry, type StoreContext } from './client';
 import { fileDigest, rememberDigest } from './digest';
 import { StoreError, where } from './errors';
-import { DEFAULT_LANGUAGE, DEFAULT_LINK, IMAGE_KEY_PATTERN, imageKey, imagesDir, localPathOf, OLD_LINK, type Manifest } from './layout';
+import {
+  DEFAULT_LANGUAGE,
+  DEFAULT_LINK,
+  IMAGE_KEY_PATTERN,
+  imageKey,
+  imagesDir,
+  localPathOf,
+  OLD_LINK,
+  type Manifest,
+} from './layout';
 import { listBucket, type ListedObject } from './list';
 import { track } from './progress';
 import { SparseWriter } from './sparse';
@@ -64,15 +73,26 @@ function removeStaleTemps(dir: string): void {
  * the manifest, and only then renames it over `dest`: a failed or corrupt download never
  * replaces a good local file. `If-Match` pins the object checked, should it change meanwhile.
  */
-async function fetchVerified(target: StoreContext, o: ListedObject, m: Manifest, dest: string, etag: string | undefined): Promise<number> {
-  const tmp = path.join(path.dirname(dest), `.${path.basename(dest)}.${crypto.randomBytes(4).toString('hex')}${TEMP_SUFFIX}`);
+async function fetchVerified(
+  target: StoreContext,
+  o: ListedObject,
+  m: Manifest,
+  dest: string,
+  etag: string | undefined,
+): Promise<number> {
+  const tmp = path.join(
+    path.dirname(dest),
+    `.${path.basename(dest)}.${crypto.randomBytes(4).toString('hex')}${TEMP_SUFFIX}`,
+  );
   const hash = crypto.createHash('sha256');
   const progress = track(target.progress, o.key, 'download', o.sizeBytes);
   const writer = await SparseWriter.create(tmp);
   let received = 0;
   try {
     await send(target, { key: o.key, verb: 'download', action: 's3:GetObject' }, async (c) => {
-      const res = await c.send(new GetObjectCommand({ Bucket: target.config.bucket, Key: o.key, IfMatch: etag }), { abortSignal: target.signal });
+      const res = await c.send(new GetObjectCommand({ Bucket: target.config.bucket, Key: o.key, IfMatch: etag }), {
+        abortSignal: target.signal,
+      });
       let batch: Buffer[] = [];
       let batched = 0;
       const flush = async () => {
@@ -119,7 +139,8 @@ async function fetchVerified(target: StoreContext, o: ListedObject, m: Manifest,
  */
 function removeOldLink(workspace: string): Pick<SyncReport, 'oldLinkRemoved'> {
   const old = path.join(workspace, OLD_LINK);
-  if (!fs.lstatSync(old, { throwIfNoEntry: false })?.isSymbolicLink() || !IMAGE_KEY_PATTERN.test(fs.readlinkSync(old))) return {};
+  if (!fs.lstatSync(old, { throwIfNoEntry: false })?.isSymbolicLink() || !IMAGE_KEY_PATTERN.test(fs.readlinkSync(old)))
+    return {};
   fs.rmSync(old);
   return { oldLinkRemoved: old };
 }
@@ -128,7 +149,10 @@ function removeOldLink(workspace: string): Pick<SyncReport, 'oldLinkRemoved'> {
  * Points `<workspace>/rootfs.ext4` at `images/rootfs-<lang>.ext4`, as the hosts' configs expect,
  * replacing only a symlink; one that already leads to that image (an absolute one made by hand) stays.
  */
-function linkDefault(workspace: string, language: string): Pick<SyncReport, 'link' | 'linkTarget' | 'linkProblem' | 'oldLinkRemoved'> {
+function linkDefault(
+  workspace: string,
+  language: string,
+): Pick<SyncReport, 'link' | 'linkTarget' | 'linkProblem' | 'oldLinkRemoved'> {
   const image = path.join(imagesDir(workspace), imageKey(language));
   if (!fs.existsSync(image)) return {};
   const target = path.relative(workspace, image);
@@ -181,7 +205,13 @@ export async function syncDown(ctx: StoreContext, opts: SyncOptions = {}): Promi
     }
     const keptLocal = fs.existsSync(dest) ? '; the local copy was kept' : '';
     if (m.sizeBytes !== o.sizeBytes) {
-      files.push(entry('failed', 0, `Cannot download ${where(ctx.config, o.key)}: the object has ${o.sizeBytes} bytes but its manifest says ${m.sizeBytes}${keptLocal}.`));
+      files.push(
+        entry(
+          'failed',
+          0,
+          `Cannot download ${where(ctx.config, o.key)}: the object has ${o.sizeBytes} bytes but its manifest says ${m.sizeBytes}${keptLocal}.`,
+        ),
+      );
       continue;
     }
     try {
@@ -190,7 +220,13 @@ export async function syncDown(ctx: StoreContext, opts: SyncOptions = {}): Promi
       const stat = await statObject(ctx, o.key);
       if (!stat || stat.crc32 !== m.crc32) {
         const found = stat ? `its CRC32 is ${stat.crc32 ?? 'missing'}` : 'it is gone';
-        files.push(entry('failed', 0, `Cannot download ${where(ctx.config, o.key)}: the object does not match its manifest (${found}, the manifest says ${m.crc32})${keptLocal}.`));
+        files.push(
+          entry(
+            'failed',
+            0,
+            `Cannot download ${where(ctx.config, o.key)}: the object does not match its manifest (${found}, the manifest says ${m.crc32})${keptLocal}.`,
+          ),
+        );
         continue;
       }
       if (fs.existsSync(dest)) {
@@ -203,11 +239,21 @@ export async function syncDown(ctx: StoreContext, opts: SyncOptions = {}): Promi
           continue;
         }
       }
-      const bytes = await withRetry(() => fetchVerified(ctx, o, m, dest, stat.etag), ctx.retry ?? DEFAULT_RETRY, ctx.signal);
+      const bytes = await withRetry(
+        () => fetchVerified(ctx, o, m, dest, stat.etag),
+        ctx.retry ?? DEFAULT_RETRY,
+        ctx.signal,
+      );
       files.push(entry('downloaded', bytes));
     } catch (err) {
-      if (err instanceof StoreError && ['credentials', 'bad-credentials', 'no-bucket', 'wrong-region', 'unreachable', 'interrupted'].includes(err.kind)) throw err;
-      files.push(entry('failed', 0, err instanceof StoreError ? err.userMessage : `${o.key}: ${(err as Error).message}`));
+      if (
+        err instanceof StoreError &&
+        ['credentials', 'bad-credentials', 'no-bucket', 'wrong-region', 'unreachable', 'interrupted'].includes(err.kind)
+      )
+        throw err;
+      files.push(
+        entry('failed', 0, err instanceof StoreError ? err.userMessage : `${o.key}: ${(err as Error).message}`),
+      );
     }
   }
   return {

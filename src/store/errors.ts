@@ -26,7 +26,11 @@ export class StoreError extends Error {
   readonly bucket?: string;
   readonly key?: string;
 
-  constructor(kind: StoreErrorKind, userMessage: string, opts: { bucket?: string; key?: string; transient?: boolean; cause?: unknown } = {}) {
+  constructor(
+    kind: StoreErrorKind,
+    userMessage: string,
+    opts: { bucket?: string; key?: string; transient?: boolean; cause?: unknown } = {},
+  ) {
     super(userMessage, opts.cause === undefined ? undefined : { cause: opts.cause });
     this.name = 'StoreError';
     this.kind = kind;
@@ -47,7 +51,14 @@ export interface S3Operation {
 }
 
 /** Failures to connect at all, and connections that broke midway. */
-const UNREACHABLE_CODES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'ETIMEDOUT', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH']);
+const UNREACHABLE_CODES = new Set([
+  'ECONNREFUSED',
+  'ENOTFOUND',
+  'ETIMEDOUT',
+  'EAI_AGAIN',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+]);
 const BROKEN_CODES = new Set(['ECONNRESET', 'EPIPE', 'ECONNABORTED', 'ERR_STREAM_PREMATURE_CLOSE', 'UND_ERR_SOCKET']);
 
 interface SdkErrorShape {
@@ -89,15 +100,36 @@ export function describeS3Error(err: unknown, op: S3Operation): StoreError {
 
   if (name === 'AbortError') return make('interrupted', 'the transfer was interrupted');
   if (name === 'CredentialsProviderError' || /could not load credentials/i.test(e.message ?? '')) {
-    return make('credentials', 'no AWS credentials were found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or use an instance role)');
+    return make(
+      'credentials',
+      'no AWS credentials were found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or use an instance role)',
+    );
   }
   const net = networkCode(err);
-  if (net) return make('unreachable', UNREACHABLE_CODES.has(net) ? `${endpoint} is unreachable (${net})` : `the connection to ${endpoint} broke (${net})`, true);
-  if (name === 'NoSuchBucket') return make('no-bucket', `bucket ${config.bucket} does not exist in region ${config.region}`);
-  if (name === 'InvalidAccessKeyId' || name === 'SignatureDoesNotMatch' || name === 'InvalidToken' || name === 'ExpiredToken') {
+  if (net)
+    return make(
+      'unreachable',
+      UNREACHABLE_CODES.has(net)
+        ? `${endpoint} is unreachable (${net})`
+        : `the connection to ${endpoint} broke (${net})`,
+      true,
+    );
+  if (name === 'NoSuchBucket')
+    return make('no-bucket', `bucket ${config.bucket} does not exist in region ${config.region}`);
+  if (
+    name === 'InvalidAccessKeyId' ||
+    name === 'SignatureDoesNotMatch' ||
+    name === 'InvalidToken' ||
+    name === 'ExpiredToken'
+  ) {
     return make('bad-credentials', `the AWS credentials were refused (${name})`);
   }
-  if (name === 'PermanentRedirect' || name === 'AuthorizationHeaderMalformed' || name === 'IllegalLocationConstraintException' || status === 301) {
+  if (
+    name === 'PermanentRedirect' ||
+    name === 'AuthorizationHeaderMalformed' ||
+    name === 'IllegalLocationConstraintException' ||
+    status === 301
+  ) {
     const actual = e.Region && e.Region !== config.region ? ` (it is in ${e.Region})` : '';
     return make('wrong-region', `the bucket is not in region ${config.region}${actual}; set s3.region or S3_REGION`);
   }
@@ -107,7 +139,8 @@ export function describeS3Error(err: unknown, op: S3Operation): StoreError {
   if (name === 'NoSuchKey' || name === 'NotFound' || name === 'NoSuchUpload' || status === 404) {
     return make('not-found', name === 'NoSuchUpload' ? 'the multipart upload no longer exists' : 'it does not exist');
   }
-  if (name === 'PreconditionFailed' || status === 412) return make('other', 'the object changed while it was being read; run the sync again');
+  if (name === 'PreconditionFailed' || status === 412)
+    return make('other', 'the object changed while it was being read; run the sync again');
   if (name === 'XAmzContentChecksumMismatch' || name === 'BadDigest' || name === 'InvalidPart') {
     return make('checksum', `the server's checksum did not match the data sent (${name})`);
   }
@@ -115,5 +148,8 @@ export function describeS3Error(err: unknown, op: S3Operation): StoreError {
     return make('server', `the S3 server failed (${status}${name && name !== 'Unknown' ? ` ${name}` : ''})`, true);
   }
   const detail = (e.message ?? '').split('\n')[0]!.slice(0, 200);
-  return make('other', `${name && name !== 'Unknown' ? name : `HTTP ${status ?? 'error'}`}${detail && detail !== 'UnknownError' ? ` (${detail})` : ''}`);
+  return make(
+    'other',
+    `${name && name !== 'Unknown' ? name : `HTTP ${status ?? 'error'}`}${detail && detail !== 'UnknownError' ? ` (${detail})` : ''}`,
+  );
 }

@@ -15,7 +15,15 @@ import { hostTaskQueue, ORCHESTRATOR_TASK_QUEUE } from '../../worker';
 import { createRootfs } from '../../workflows';
 import { abortUpdate, progressQuery, retryStepUpdate } from '../../workflows/messages';
 import { childWorkflowId, type BuildOptions, type ImageSummary, type LanguageProgress } from '../../workflows/types';
-import { freePort, onCleanup, portAccepts, startServer, tempDir, waitUntilReady, type ServerProcess } from '../support/process';
+import {
+  freePort,
+  onCleanup,
+  portAccepts,
+  startServer,
+  tempDir,
+  waitUntilReady,
+  type ServerProcess,
+} from '../support/process';
 
 /**
  * The real stack of the fault suite, all of it its own so that a fault never reaches another
@@ -54,11 +62,23 @@ export class KillableTemporal {
   private async launch(): Promise<void> {
     this.server = startServer(
       requireTool('temporal'),
-      ['server', 'start-dev', '--ip', '127.0.0.1', '--port', String(this.port), '--headless', '--db-filename', this.dbFile,
-        '--log-level', 'error', ...devServerSearchAttributeArgs()],
+      [
+        'server',
+        'start-dev',
+        '--ip',
+        '127.0.0.1',
+        '--port',
+        String(this.port),
+        '--headless',
+        '--db-filename',
+        this.dbFile,
+        '--log-level',
+        'error',
+        ...devServerSearchAttributeArgs(),
+      ],
       { logFile: path.join(this.dir, 'temporal.log'), graceMs: 10_000 },
     );
-    await waitUntilReady(this.server, 'the fault suite\'s Temporal dev server', async () => {
+    await waitUntilReady(this.server, "the fault suite's Temporal dev server", async () => {
       if (!(await portAccepts(this.port))) return false;
       const conn = await Connection.connect({ address: this.address, connectTimeout: 2000 });
       try {
@@ -92,7 +112,10 @@ export async function killHard(child: ChildProcess): Promise<void> {
 /** A MinIO of the suite's own, stoppable and startable on the same port and data. */
 export class FaultS3 {
   private server?: ServerProcess;
-  readonly credentials = { accessKeyId: `faults${crypto.randomBytes(5).toString('hex')}`, secretAccessKey: crypto.randomBytes(24).toString('base64url') };
+  readonly credentials = {
+    accessKeyId: `faults${crypto.randomBytes(5).toString('hex')}`,
+    secretAccessKey: crypto.randomBytes(24).toString('base64url'),
+  };
 
   private constructor(
     readonly dataDir: string,
@@ -113,7 +136,11 @@ export class FaultS3 {
 
   /** What a process needs in its environment to reach this server through the SDK's chain. */
   get env(): Record<string, string> {
-    return { AWS_ACCESS_KEY_ID: this.credentials.accessKeyId, AWS_SECRET_ACCESS_KEY: this.credentials.secretAccessKey, AWS_REGION: REGION };
+    return {
+      AWS_ACCESS_KEY_ID: this.credentials.accessKeyId,
+      AWS_SECRET_ACCESS_KEY: this.credentials.secretAccessKey,
+      AWS_REGION: REGION,
+    };
   }
 
   running(): boolean {
@@ -124,10 +151,24 @@ export class FaultS3 {
     if (this.running()) return;
     this.server = startServer(
       requireTool('minio'),
-      ['server', this.dataDir, '--address', `127.0.0.1:${this.port}`, '--console-address', `127.0.0.1:${this.consolePort}`, '--quiet'],
+      [
+        'server',
+        this.dataDir,
+        '--address',
+        `127.0.0.1:${this.port}`,
+        '--console-address',
+        `127.0.0.1:${this.consolePort}`,
+        '--quiet',
+      ],
       {
-        env: { ...process.env, MINIO_ROOT_USER: this.credentials.accessKeyId, MINIO_ROOT_PASSWORD: this.credentials.secretAccessKey,
-          MINIO_SITE_REGION: REGION, MINIO_BROWSER: 'off', MINIO_UPDATE: 'off' },
+        env: {
+          ...process.env,
+          MINIO_ROOT_USER: this.credentials.accessKeyId,
+          MINIO_ROOT_PASSWORD: this.credentials.secretAccessKey,
+          MINIO_SITE_REGION: REGION,
+          MINIO_BROWSER: 'off',
+          MINIO_UPDATE: 'off',
+        },
         logFile: this.logFile,
       },
     );
@@ -140,7 +181,13 @@ export class FaultS3 {
 
   /** A client that talks to MinIO directly (not through the proxy), with the root credentials. */
   client(): S3Client {
-    return new S3Client({ endpoint: this.endpoint, region: REGION, forcePathStyle: true, credentials: this.credentials, maxAttempts: 2 });
+    return new S3Client({
+      endpoint: this.endpoint,
+      region: REGION,
+      forcePathStyle: true,
+      credentials: this.credentials,
+      maxAttempts: 2,
+    });
   }
 
   async createBucket(name: string): Promise<void> {
@@ -159,7 +206,12 @@ export class FaultS3 {
     return fs
       .readdirSync(dir, { withFileTypes: true })
       .filter((d) => d.isDirectory())
-      .flatMap((d) => fs.readdirSync(path.join(dir, d.name)).filter((n) => /^part\.\d+$/.test(n)).map((n) => path.join(dir, d.name, n)));
+      .flatMap((d) =>
+        fs
+          .readdirSync(path.join(dir, d.name))
+          .filter((n) => /^part\.\d+$/.test(n))
+          .map((n) => path.join(dir, d.name, n)),
+      );
   }
 }
 
@@ -484,11 +536,22 @@ export class FaultStack {
   spawnWorker(configFile = this.workerConfig, args: string[] = []): WorkerProcess {
     const log = path.join(this.dir, `worker-${Date.now()}-${crypto.randomBytes(2).toString('hex')}.log`);
     const out = fs.openSync(log, 'a');
-    const child = spawn(process.execPath, [path.join(__dirname, '../../worker/main.js'), '--config', configFile, '--grace', '2', ...args], {
-      stdio: ['ignore', out, out],
-      // Its own credentials for the suite's MinIO, whatever the test process has in its environment.
-      env: { ...process.env, ...this.s3.env, S3_ENDPOINT: '', S3_BUCKET: '', TEMPORAL_ADDRESS: '', TEMPORAL_NAMESPACE: '' },
-    });
+    const child = spawn(
+      process.execPath,
+      [path.join(__dirname, '../../worker/main.js'), '--config', configFile, '--grace', '2', ...args],
+      {
+        stdio: ['ignore', out, out],
+        // Its own credentials for the suite's MinIO, whatever the test process has in its environment.
+        env: {
+          ...process.env,
+          ...this.s3.env,
+          S3_ENDPOINT: '',
+          S3_BUCKET: '',
+          TEMPORAL_ADDRESS: '',
+          TEMPORAL_NAMESPACE: '',
+        },
+      },
+    );
     fs.closeSync(out);
     const exited = new Promise<void>((r) => child.once('exit', () => r()));
     const worker: WorkerProcess = {
@@ -540,7 +603,12 @@ export class FaultStack {
   }
 
   /** Polls the progress until `pick` returns something (Temporal may be down meanwhile). */
-  async waitFor<T>(what: string, build: StartedBuild, pick: (p: LanguageProgress) => T | undefined, timeoutMs = 10 * 60 * 1000): Promise<T> {
+  async waitFor<T>(
+    what: string,
+    build: StartedBuild,
+    pick: (p: LanguageProgress) => T | undefined,
+    timeoutMs = 10 * 60 * 1000,
+  ): Promise<T> {
     const deadline = Date.now() + timeoutMs;
     while (Date.now() < deadline) {
       const p = await this.progress(build);
@@ -553,10 +621,15 @@ export class FaultStack {
 
   /** Resolves when the build waits for the operator: the step that failed and its error. */
   awaitingRetry(build: StartedBuild, timeoutMs?: number): Promise<{ step: string; error: string; attempts: number }> {
-    return this.waitFor(`${build.language} to wait for a retry`, build, (p) => {
-      const s = p.state === 'awaiting-retry' ? p.steps.find((x) => x.state === 'awaiting-retry') : undefined;
-      return s ? { step: s.name, error: s.error ?? '', attempts: s.attempts } : undefined;
-    }, timeoutMs);
+    return this.waitFor(
+      `${build.language} to wait for a retry`,
+      build,
+      (p) => {
+        const s = p.state === 'awaiting-retry' ? p.steps.find((x) => x.state === 'awaiting-retry') : undefined;
+        return s ? { step: s.name, error: s.error ?? '', attempts: s.attempts } : undefined;
+      },
+      timeoutMs,
+    );
   }
 
   /** The workflow's result, tolerating a Temporal server that is down for a while. */

@@ -20,7 +20,10 @@ describe('a failed command says why on its first line', () => {
   it('names the program behind the wrappers the pipeline puts around it', () => {
     const unshare = ['unshare', '--mount', '--propagation', 'private', '--fork', '--kill-child'];
     assert.equal(commandName([...unshare, 'mmdebstrap', '--variant=minbase', 'jammy', '/x']), 'mmdebstrap');
-    assert.equal(commandName(chrootArgv('/tree', ['env', '-i', 'PATH=/bin', 'LC_ALL=C', 'apt-get', 'install', '-y', 'x'])), 'apt-get');
+    assert.equal(
+      commandName(chrootArgv('/tree', ['env', '-i', 'PATH=/bin', 'LC_ALL=C', 'apt-get', 'install', '-y', 'x'])),
+      'apt-get',
+    );
     assert.equal(commandName(['env', '-u', 'HOME', 'A=1', 'sh', '/tmp/install.sh']), 'sh');
     assert.equal(commandName(['chroot', '/tree', 'dpkg-query', '-W']), 'dpkg-query');
     assert.equal(commandName(['/usr/bin/curl', '--fail', 'http://x']), 'curl');
@@ -28,9 +31,17 @@ describe('a failed command says why on its first line', () => {
   });
 
   it('picks the line that names the cause, not the last one', () => {
-    const enospc = ['I: extracting archives...', 'tar: ./usr/lib/x: Cannot write: No space left on device', 'E: extracting failed', 'E: mmdebstrap failed'];
+    const enospc = [
+      'I: extracting archives...',
+      'tar: ./usr/lib/x: Cannot write: No space left on device',
+      'E: extracting failed',
+      'E: mmdebstrap failed',
+    ];
     assert.equal(tellingLine(enospc.join('\n')), 'tar: ./usr/lib/x: Cannot write: No space left on device');
-    assert.equal(tellingLine('Reading package lists...\nE: Unable to locate package nope\n'), 'E: Unable to locate package nope');
+    assert.equal(
+      tellingLine('Reading package lists...\nE: Unable to locate package nope\n'),
+      'E: Unable to locate package nope',
+    );
     const unsigned = 'W: GPG error: NO_PUBKEY 1234\nE: The repository is not signed.\nN: Updating is disabled';
     assert.equal(tellingLine(unsigned), 'E: The repository is not signed.');
     // GNU tar on a full disk does not name the errno.
@@ -40,7 +51,6 @@ describe('a failed command says why on its first line', () => {
     assert.equal(tellingLine(''), '');
   });
 });
-
 
 for (const [name, connect] of TEST_HOSTS) {
   describe(`a full disk is named on the first line, on ${name} @real`, function () {
@@ -78,7 +88,19 @@ describe('a full workspace is named on the first line @real', function () {
     fs.mkdirSync(src);
     fs.writeFileSync(path.join(src, 'big.bin'), crypto.randomBytes(3 << 20));
     fs.writeFileSync(path.join(src, 'small.txt'), 'small');
-    const argv = ['unshare', '--mount', '--propagation', 'private', '--fork', '--kill-child', 'cp', '-v', '-r', `${src}/.`, mnt];
+    const argv = [
+      'unshare',
+      '--mount',
+      '--propagation',
+      'private',
+      '--fork',
+      '--kill-child',
+      'cp',
+      '-v',
+      '-r',
+      `${src}/.`,
+      mnt,
+    ];
     await assert.rejects(check(new LocalHost(), argv), (err: unknown) => {
       assert.ok(err instanceof CommandError);
       const enospc = /^cp: error writing '.*\/mnt\/\.\/(big\.bin|small\.txt)': No space left on device$/;
