@@ -1,11 +1,12 @@
 import type { ActivityOptions, SearchAttributeUpdatePair } from '@temporalio/common';
 import {
+  ActivityFailure,
   ApplicationFailure,
+  ChildWorkflowFailure,
   condition,
   getExternalWorkflowHandle,
   isCancellation,
   proxyActivities,
-  TemporalFailure,
   setCurrentDetails,
   setHandler,
   upsertSearchAttributes,
@@ -27,12 +28,13 @@ import {
 } from './types';
 
 /**
- * The message of the innermost cause, at most `max` characters: an activity or child workflow
- * failure wraps the error that says what went wrong.
+ * The message of the error an activity or child workflow failed with, at most `max` characters:
+ * their failures wrap it. Its own causes are not followed: the error's message is the sentence
+ * written for people, its cause a library's raw error (`connect ECONNREFUSED …`).
  */
 export function shortMessage(err: unknown, max = 600): string {
   let e: unknown = err;
-  while (e instanceof TemporalFailure && e.cause) e = e.cause;
+  while ((e instanceof ActivityFailure || e instanceof ChildWorkflowFailure) && e.cause) e = e.cause;
   const text = e instanceof Error ? e.message : String(e);
   return text.length > max ? `${text.slice(0, max)}…` : text;
 }

@@ -48,7 +48,9 @@ export function tellingLine(tail: string): string {
     .filter(Boolean);
   const found =
     CAUSES.map((re) => lines.filter((l) => re.test(l)).pop()).find((l) => l !== undefined) ?? lines.pop() ?? '';
-  return found.length > 240 ? `${found.slice(0, 240)}…` : found;
+  // Tools name the cause last (`cp: error copying 'LONG PATH' to 'LONG PATH': No space left on
+  // device`): a long line keeps its start and its end.
+  return found.length > 240 ? `${found.slice(0, 80)}…${found.slice(-159)}` : found;
 }
 
 /**

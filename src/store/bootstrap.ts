@@ -71,6 +71,10 @@ export const shellQuote = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`
 export function fallbackBase(url: string): string {
   const shown = JSON.stringify(url).slice(0, 80);
   const refuse = (why: string) => new StoreError('invalid-input', `The fallback source ${shown} ${why}.`);
+  // Credentials first: the URL schema refuses them too, but this says why it matters here.
+  if (URL.canParse(url) && (new URL(url).username || new URL(url).password)) {
+    throw refuse('carries credentials (user:password@), readable by anyone who can read the script');
+  }
   if (!HttpUrl.safeParse(url).success) throw refuse('is not an https URL');
   const u = new URL(url);
   if (u.protocol !== 'https:') {
@@ -78,8 +82,6 @@ export function fallbackBase(url: string): string {
       'is not an https URL: what the script fetches from it is installed on new hosts, so it must not be open to change in transit',
     );
   }
-  if (u.username || u.password)
-    throw refuse('carries credentials (user:password@), readable by anyone who can read the script');
   if (u.search || u.hash)
     throw refuse('has a ?query or #fragment: it must be a base URL that file names are appended to');
   return url.replace(/\/+$/, '');

@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { GetObjectCommand } from '@aws-sdk/client-s3';
 import { DEFAULT_RETRY, send, statObject, withRetry, type StoreContext } from './client';
 import { fileDigest, rememberDigest } from './digest';
-import { StoreError, where } from './errors';
+import { brokeMidway, StoreError, where } from './errors';
 import {
   DEFAULT_LANGUAGE,
   DEFAULT_LINK,
@@ -73,6 +73,21 @@ function removeStaleTemps(dir: string): void {
  * the manifest, and only then renames it over `dest`: a failed or corrupt download never
  * replaces a good local file. `If-Match` pins the object checked, should it change meanwhile.
  */
+/**
+ * The server broke off the transfer of this object (the connection reset while it was asked for
+ * or sent it), although it had just answered for the same object: retried like any broken
+ * transfer, but when it breaks every time, the object itself is the likely cause (a server that
+ * checks its data at rest, as MinIO does, stops sending where the data is damaged).
+ */
+class BodyBrokenOff extends StoreError {
+  constructor(
+    cause: StoreError,
+    readonly received: number,
+  ) {
+    super(cause.kind, cause.userMessage, { bucket: cause.bucket, key: cause.key, transient: cause.transient, cause });
+  }
+}
+
 async function fetchVerified(
   target: StoreContext,
   o: ListedObject,
@@ -128,6 +143,8 @@ async function fetchVerified(
   } catch (err) {
     await writer.close();
     fs.rmSync(tmp, { force: true });
+    if (err instanceof StoreError && brokeMidway(err) && !target.signal?.aborted)
+      throw new BodyBrokenOff(err, received);
     throw err;
   }
 }
@@ -246,6 +263,18 @@ export async function syncDown(ctx: StoreContext, opts: SyncOptions = {}): Promi
       );
       files.push(entry('downloaded', bytes));
     } catch (err) {
+      if (err instanceof BodyBrokenOff) {
+        const kept = fs.existsSync(dest) ? '; the local copy was kept' : '';
+        files.push(
+          entry(
+            'failed',
+            0,
+            `Cannot download ${where(ctx.config, o.key)}: the S3 server broke the transfer off every time it was tried ` +
+              `(last after ${err.received} of ${o.sizeBytes} bytes): the object is likely damaged in the bucket — upload it again${kept}.`,
+          ),
+        );
+        continue;
+      }
       if (
         err instanceof StoreError &&
         ['credentials', 'bad-credentials', 'no-bucket', 'wrong-region', 'unreachable', 'interrupted'].includes(err.kind)

@@ -74,6 +74,12 @@ export function where(config: S3Config, key?: string): string {
   return key ? `s3://${config.bucket}/${key}` : `s3://${config.bucket}`;
 }
 
+/** A connection that was made and then broke (reset, closed early), as opposed to one never made. */
+export function brokeMidway(err: StoreError): boolean {
+  const code = networkCode(err.cause);
+  return err.kind === 'unreachable' && code !== undefined && BROKEN_CODES.has(code);
+}
+
 /** The network error code of a failed request, if it failed below HTTP. */
 export function networkCode(err: unknown): string | undefined {
   const e = err as SdkErrorShape;

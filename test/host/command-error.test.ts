@@ -49,6 +49,10 @@ describe('a failed command says why on its first line', () => {
     assert.equal(tellingLine(tar), 'tar: big.bin: Wrote only 4608 of 10240 bytes');
     assert.equal(tellingLine('some output\nthe last words\n\n'), 'the last words');
     assert.equal(tellingLine(''), '');
+    // A long line keeps its end, where tools name the cause.
+    const long = `cp: error copying '/${'a'.repeat(200)}' to '/${'b'.repeat(200)}': No space left on device`;
+    assert.match(tellingLine(long), /^cp: error copying '\/a+…b+': No space left on device$/);
+    assert.ok(tellingLine(long).length <= 241);
   });
 });
 
