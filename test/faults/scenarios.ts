@@ -6,6 +6,7 @@ import * as path from 'node:path';
 import { ListPartsCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { createClient, uploadImage } from '../../src/store';
 import { freePort } from '../support/process';
+import { sha256File } from '../store/helpers';
 import { fingerprintOfPublicKeyFile, testSshd } from '../support/sshd';
 import {
   activityAttempts,
@@ -274,6 +275,26 @@ async function uploadCaughtMidway(
     250,
   );
   return { build, bucket, parts };
+}
+
+/**
+ * The bash image published to a fresh bucket and synced to a host of its own: the host's good
+ * copy, for the cases that then damage what the bucket holds.
+ */
+async function publishedAndSynced(suite: FaultSuite, name: string) {
+  const { stack } = suite;
+  if (!suite.bashImage) throw new Error('needs the bash image of the worker-kill case');
+  const bucket = await stack.freshBucket(name);
+  const host = path.join(stack.dir, `${name}-host`);
+  const publisher = stack.writeConfig(`${name}-publish`, { languages: BASH, bucket });
+  const reader = stack.writeConfig(`${name}-host`, { languages: BASH, bucket, workspace: host });
+  const env = stack.s3.env;
+  const up = await suite.cli(['-c', publisher, 's3', 'upload-single', 'bash'], env);
+  if (up.code !== 0) throw new Error(`upload-single failed: ${oneLine(up.stderr)}`);
+  const first = await suite.cli(['-c', reader, 's3', 'download'], env);
+  if (first.code !== 0) throw new Error(`the first download failed: ${oneLine(first.stderr)}`);
+  const local = path.join(host, 'images', 'rootfs-bash.ext4');
+  return { bucket, host, publisher, reader, env, local, good: sha256File(local) };
 }
 
 export const SCENARIOS: Scenario[] = [
@@ -705,19 +726,7 @@ export const SCENARIOS: Scenario[] = [
     name: "object corrupted at rest in the bucket (bytes flipped in MinIO's data)",
     async run(suite) {
       const { stack } = suite;
-      if (!suite.bashImage) throw new Error('needs the bash image of the worker-kill case');
-      const bucket = await stack.freshBucket('corrupt');
-      const host = path.join(stack.dir, 'corrupt-host');
-      const publisher = stack.writeConfig('corrupt-publish', { languages: BASH, bucket });
-      const reader = stack.writeConfig('corrupt-host', { languages: BASH, bucket, workspace: host });
-      const env = stack.s3.env;
-      // v1 published and synced to a host: the host's good copy.
-      const up = await suite.cli(['-c', publisher, 's3', 'upload-single', 'bash'], env);
-      if (up.code !== 0) throw new Error(`upload-single failed: ${oneLine(up.stderr)}`);
-      const first = await suite.cli(['-c', reader, 's3', 'download'], env);
-      if (first.code !== 0) throw new Error(`the first download failed: ${oneLine(first.stderr)}`);
-      const local = path.join(host, 'images', 'rootfs-bash.ext4');
-      const good = sha256File(local);
+      const { bucket, host, reader, env, local, good } = await publishedAndSynced(suite, 'corrupt');
       // v2 published, then rotted on the server's disk.
       const v2 = path.join(stack.dir, 'v2', 'images', 'rootfs-bash.ext4');
       fs.mkdirSync(path.dirname(v2), { recursive: true });
@@ -767,18 +776,7 @@ export const SCENARIOS: Scenario[] = [
     name: 'object replaced behind its manifest',
     async run(suite) {
       const { stack } = suite;
-      if (!suite.bashImage) throw new Error('needs the bash image of the worker-kill case');
-      const bucket = await stack.freshBucket('replaced');
-      const host = path.join(stack.dir, 'replaced-host');
-      const publisher = stack.writeConfig('replaced-publish', { languages: BASH, bucket });
-      const reader = stack.writeConfig('replaced-host', { languages: BASH, bucket, workspace: host });
-      const env = stack.s3.env;
-      const up = await suite.cli(['-c', publisher, 's3', 'upload-single', 'bash'], env);
-      if (up.code !== 0) throw new Error(`upload-single failed: ${oneLine(up.stderr)}`);
-      const first = await suite.cli(['-c', reader, 's3', 'download'], env);
-      if (first.code !== 0) throw new Error(`the first download failed: ${oneLine(first.stderr)}`);
-      const local = path.join(host, 'images', 'rootfs-bash.ext4');
-      const good = sha256File(local);
+      const { bucket, host, reader, env, local, good } = await publishedAndSynced(suite, 'replaced');
       // Another writer (a hand-run copy, an old tool) puts other bytes under the key; the manifest stays.
       const client = stack.s3.client();
       try {
@@ -858,18 +856,6 @@ async function countWorkflows(client: Awaited<ReturnType<FaultStack['temporalCli
   let n = 0;
   for await (const _ of client.workflow.list()) n++;
   return n;
-}
-
-function sha256File(file: string): string {
-  const h = crypto.createHash('sha256');
-  const fd = fs.openSync(file, 'r');
-  const buf = Buffer.allocUnsafe(8 * MiB);
-  try {
-    for (let n; (n = fs.readSync(fd, buf)) > 0; ) h.update(buf.subarray(0, n));
-  } finally {
-    fs.closeSync(fd);
-  }
-  return h.digest('hex');
 }
 
 /** The table, in markdown. */
