@@ -101,7 +101,7 @@ describe('CLI rendering', () => {
     assert.match(progressTable([python], T0 + 30_000), /install runtime +running +0:25 so far +2 attempts$/m);
   });
 
-  it('the summary: image, size, digest, versions, and each step ran or reused with its time', () => {
+  it('the summary: image, size, digest, versions, each step ran or reused with its time, and why an image did not finish', () => {
     const text = summaryTable({
       runTag: 'run',
       images: [
@@ -116,7 +116,14 @@ describe('CLI rendering', () => {
           steps: { base: 'reused', runtime: 'ran', upload: 'skipped' },
           durationsMs: { base: 40, runtime: 61_000 },
         },
-        { language: 'rust', workflowId: 'run/rust', state: 'aborted', versions: [], steps: {} },
+        {
+          language: 'rust',
+          workflowId: 'run/rust',
+          state: 'aborted',
+          versions: [],
+          steps: {},
+          error: 'rust: aborted by the operator at step runtime: checksum mismatch\nsecond line',
+        },
       ],
       bucket: { bucket: 'b', objects: 3, totalBytes: 2048 },
     });
@@ -128,7 +135,7 @@ describe('CLI rendering', () => {
         '         go version go1.22.3 linux/amd64',
         '         base reused 0.0 s · runtime ran 61.0 s · upload skipped',
         'rust     -                                   -  -             0 ran, 0 reused',
-        '         aborted',
+        '         aborted: rust: aborted by the operator at step runtime: checksum mismatch',
         'bucket b: 3 objects, 2.0 KiB',
       ].join('\n'),
     );
