@@ -44,6 +44,10 @@ export async function resolveInTree(
     const name = todo.shift()!;
     if (name === '' || name === '.') continue;
     if (name === '..') {
+      // `..` after a name that does not exist: the kernel says ENOENT, and going on would leave
+      // the names after it unchecked for links (`/etc/foo -> /nope/../var/run` reaches /run).
+      if (missing)
+        throw refuse(inside, `a link leads through /${done.join('/')}, which does not exist, and back up with ..`);
       // `done` holds real directories only, so its parent is the lexical one; at the root it stays.
       done.pop();
       continue;
@@ -88,7 +92,9 @@ async function entry(runner: TreeRunner, tree: string, inside: string): Promise<
   const at = path.posix.join(dir, name);
   const st = await runner.host.stat(at);
   if (st?.isDirectory) throw refuse(inside, 'it is a directory in the image');
-  if (st?.isSymbolicLink) await runner.run(['rm', '-f', '--', at]);
+  // A link, a device node or a FIFO (an archive unpacked as root can make them) is replaced, never
+  // opened: writing through it would reach a host file or device, or hang.
+  if (st && !st.isFile) await runner.run(['rm', '-f', '--', at]);
   return at;
 }
 

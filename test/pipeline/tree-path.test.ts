@@ -169,6 +169,34 @@ for (const [name, connect] of TEST_HOSTS) {
       assert.equal(fs.lstatSync(path.join(tree, 'etc/resolv.conf')).isFile(), true);
       assert.equal(outside.fingerprint(), before, 'nothing outside the tree changed');
     });
+
+    it('refuses a link that goes through a missing name and back up with `..` (it would skip the links after it)', async () => {
+      const outside = outsideDir();
+      const before = outside.fingerprint();
+      const { tree } = hostileTree(outside.dir);
+      // With the `..` taken lexically, var/run (a link out of the tree) would not be looked at.
+      fs.symlinkSync('/nope/../var/run', path.join(tree, 'etc/sneaky'));
+      await assert.rejects(
+        writeInTree(new StepRunner(host), tree, '/etc/sneaky/systemd/x', 'x'),
+        refused(
+          /^cannot write \/etc\/sneaky\/systemd into the image tree: a link leads through \/nope, which does not exist/,
+        ),
+      );
+      assert.equal(outside.fingerprint(), before, 'nothing outside the tree changed');
+    });
+
+    it('replaces a device node or a FIFO at the path instead of writing into it', async () => {
+      const { tree } = hostileTree(outsideDir().dir);
+      execFileSync('mknod', [path.join(tree, 'etc/null-device'), 'c', '1', '3']);
+      execFileSync('mkfifo', [path.join(tree, 'etc/a-fifo')]);
+      const runner = new StepRunner(host);
+      await writeInTree(runner, tree, '/etc/null-device', 'data\n');
+      await writeInTree(runner, tree, '/etc/a-fifo', 'data\n');
+      for (const name of ['null-device', 'a-fifo']) {
+        assert.ok(fs.lstatSync(path.join(tree, 'etc', name)).isFile(), `${name} is a plain file now`);
+        assert.equal(fs.readFileSync(path.join(tree, 'etc', name), 'utf8'), 'data\n');
+      }
+    });
   });
 }
 
