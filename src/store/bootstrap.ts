@@ -277,7 +277,11 @@ install_verified() {
     log "error: $4 does not match its checksum (sha256 $actual, expected $3); not installed$kept"
     return 1
   fi
-  mv -f "$1" "$2"
+  if ! mv -fT -- "$1" "$2"; then
+    rm -f "$1"
+    log "error: $4 could not be put in place at $2$kept"
+    return 1
+  fi
   log "downloaded $4 ($(stat -c %s "$2") bytes)"
 }
 
@@ -340,6 +344,11 @@ from_fallback() {
   for name in ${KERNEL_KEY} $(for l in $LANGUAGES; do printf 'rootfs-%s.ext4 ' "$l"; done); do
     dest=$(dest_of "$name")
     expected=\${PINNED[$name]:-}
+    if [[ -n $PINNED_KEYS && -z $expected ]]; then
+      # A pinned script installs exactly what it pins: the fallback's own sums do not stand in.
+      failed "$FALLBACK_URL/$name is not pinned in this script; not installed"
+      continue
+    fi
     if [[ -z $expected ]]; then expected=$(awk -v n="$name" '$2 == n || $2 == "*" n { print tolower($1); exit }' "$sums"); fi
     if [[ ! $expected =~ ^[0-9a-f]{64}$ ]]; then
       failed "$FALLBACK_URL/$name has no sha256 in $FALLBACK_URL/SHA256SUMS$missing, so it cannot be verified; not installed"
@@ -397,6 +406,9 @@ else
 fi
 
 LINK="$WORKSPACE/${DEFAULT_LINK}"
+if [[ ! -f "$WORKSPACE/$LINK_TARGET" ]]; then
+  log "warning: $WORKSPACE/$LINK_TARGET is not there after the sync (the bucket has no such image): $LINK is not made"
+fi
 if [[ -f "$WORKSPACE/$LINK_TARGET" ]]; then
   if [[ -e $LINK && ! -L $LINK ]]; then
     log "warning: $LINK is a file, not a link: left as it is"

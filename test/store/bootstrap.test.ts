@@ -452,12 +452,15 @@ describe('store: the bootstrap script, run with bash @real', function () {
 
       // An empty bucket sends the same script to the fallback, whose own SHA256SUMS vouches for a
       // swapped bash: the pin refuses it, and takes the pinned kernel without any SHA256SUMS line.
-      // (The other configured languages have neither a pin nor a sum there.)
+      // The other configured languages have no pin: a pinned script does not take the fallback's
+      // SHA256SUMS instead, even when it lists them.
       const empty = await s3.freshBucket();
       const fakeBash = crypto.randomBytes(MiB);
       tls.serve('/pinned/vmlinux', fs.readFileSync(path.join(published, 'vmlinux')));
       tls.serve('/pinned/rootfs-bash.ext4', fakeBash);
-      tls.serve('/pinned/SHA256SUMS', `${sum(fakeBash)}  rootfs-bash.ext4\n`);
+      const fakePython = crypto.randomBytes(MiB);
+      tls.serve('/pinned/rootfs-python.ext4', fakePython);
+      tls.serve('/pinned/SHA256SUMS', `${sum(fakeBash)}  rootfs-bash.ext4\n${sum(fakePython)}  rootfs-python.ext4\n`);
       const fromFallback = tempDir('boot-pin-fallback');
       const fb = await runScript(script, {
         ...s3.env,
@@ -471,10 +474,7 @@ describe('store: the bootstrap script, run with bash @real', function () {
         /error: \S+\/pinned\/rootfs-bash\.ext4 does not match its checksum \(sha256 \w{64}, expected \w{64}\); not installed$/m,
       );
       assert.match(fb.log, /error: \S+\/pinned\/rootfs-go\.ext4 could not be fetched$/m);
-      assert.match(
-        fb.log,
-        /error: \S+\/pinned\/rootfs-python\.ext4 has no sha256 in \S+\/pinned\/SHA256SUMS, so it cannot be verified; not installed$/m,
-      );
+      assert.match(fb.log, /error: \S+\/pinned\/rootfs-python\.ext4 is not pinned in this script; not installed$/m);
       assert.match(fb.log, /done: 1 downloaded, 0 up to date, 5 failed$/m);
       assert.equal(sha256File(path.join(fromFallback, 'vmlinux')), shaOf('vmlinux'));
       assert.deepEqual(fs.readdirSync(path.join(fromFallback, 'images')), []);
