@@ -11,7 +11,7 @@ import {
 } from '@temporalio/workflow';
 import type { BuildActivities } from '../activities';
 import type { BuildSpec } from '../src/pipeline/build-spec';
-import { createRootfs, shortMessage } from './create-rootfs';
+import { createRootfs, refuseOtherBuildHost, shortMessage } from './create-rootfs';
 import { childProgressSignal, progressQuery, replaceSpecUpdate, specQuery } from './messages';
 import {
   childWorkflowId,
@@ -21,6 +21,15 @@ import {
   type ImageSummary,
   type LanguageProgress,
 } from './types';
+
+/**
+ * A failed child's reason for the parent's summary: the first line of its error, which names the
+ * cause; a long one keeps its end, where the cause is ("… exited with 1: … No space left on device").
+ */
+function reasonLine(err: unknown): string {
+  const line = shortMessage(err, 4000).split('\n')[0] ?? '';
+  return line.length > 300 ? `${line.slice(0, 100)}…${line.slice(-199)}` : line;
+}
 
 /** Builds every language image as a child workflow, a few at a time, then lists the bucket. */
 export async function createAllRootfs(input: CreateAllRootfsInput): Promise<CreateAllSummary> {
@@ -88,6 +97,7 @@ export async function createAllRootfs(input: CreateAllRootfsInput): Promise<Crea
           throw new Error(
             `the new configuration has no ${missing.join(', ')}: a build's languages stay those it started with`,
           );
+        refuseOtherBuildHost(spec, next);
       },
     },
   );
@@ -120,7 +130,7 @@ export async function createAllRootfs(input: CreateAllRootfsInput): Promise<Crea
         state: p.state,
         versions: [],
         steps: {},
-        error: shortMessage(err, 300),
+        error: reasonLine(err),
       });
     } finally {
       running--;

@@ -53,6 +53,20 @@ function detailsTable(p: LanguageProgress): string {
   ].join('\n');
 }
 
+/**
+ * A reload may change what a build builds, not where: its steps go to the task queue of the build
+ * host it was started for, whose worker refuses a spec for another host.
+ */
+export function refuseOtherBuildHost(current: BuildSpec, next: BuildSpec): void {
+  const describe = (h: BuildSpec['buildHost']) =>
+    h.kind === 'local' ? h.alias : `${h.alias} (${h.user}@${h.host}:${h.port}, ${h.hostKeySha256})`;
+  if (describe(current.buildHost) !== describe(next.buildHost)) {
+    throw new Error(
+      `a build stays on the build host it was started for (${describe(current.buildHost)}), not ${describe(next.buildHost)}: start a new build there`,
+    );
+  }
+}
+
 /** Thrown inside the workflow when a retry brings a new spec: the steps start over with it. */
 class SpecReloaded {}
 
@@ -61,6 +75,7 @@ export async function createRootfs(input: CreateRootfsInput): Promise<ImageSumma
   const { language, options } = input;
   let spec: BuildSpec | undefined = input.spec;
   let reloaded: BuildSpec | undefined;
+  let archiveSnapshot = options.archive;
   const info = workflowInfo();
   const progress: LanguageProgress = {
     language,
@@ -94,6 +109,7 @@ export async function createRootfs(input: CreateRootfsInput): Promise<ImageSumma
           const names = Object.keys(req.spec.languages ?? {});
           if (names.length !== 1 || names[0] !== language)
             throw new Error(`the new configuration must be for ${language} alone, not ${names.join(', ') || 'none'}`);
+          refuseOtherBuildHost(spec, req.spec);
         }
       },
     },
@@ -187,6 +203,8 @@ export async function createRootfs(input: CreateRootfsInput): Promise<ImageSumma
           );
         }
         if (reloaded) {
+          // The archive state was read for the old base: with another base (a mirror, a suite), read it again.
+          if (spec && JSON.stringify(spec.base) !== JSON.stringify(reloaded.base)) archiveSnapshot = undefined;
           spec = reloaded;
           reloaded = undefined;
           throw new SpecReloaded();
@@ -199,7 +217,7 @@ export async function createRootfs(input: CreateRootfsInput): Promise<ImageSumma
   async function steps() {
     const pinned = spec ? { spec } : {};
     const { operatorSha256 } = await runStep('allocate', acts.allocate, () => ({ language, ...pinned }));
-    const archive = options.archive ? { archive: options.archive } : {};
+    const archive = archiveSnapshot ? { archive: archiveSnapshot } : {};
     const base = await runStep('base', acts.base, () => ({ language, ...archive, ...pinned }));
     const runtime = await runStep('runtime', acts.runtime, () => ({
       language,

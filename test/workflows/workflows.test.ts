@@ -173,6 +173,11 @@ describe('workflows with fake activities', function () {
       handle.executeUpdate(retryStepUpdate, { args: [{ step: 'base' }] }),
       /waiting on step runtime, not base/,
     );
+    const elsewhere = { ...spec(), buildHost: { kind: 'local' as const, alias: 'builder-9' } };
+    await rejectsUpdate(
+      handle.executeUpdate(retryStepUpdate, { args: [{ spec: elsewhere }] }),
+      /^a build stays on the build host it was started for \(local\), not builder-9: start a new build there$/,
+    );
     await rejectsUpdate(
       handle.executeUpdate(retryStepUpdate, { args: [{ spec: spec([], ['go']) }] }),
       /must be for python alone, not go/,
