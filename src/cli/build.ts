@@ -1,5 +1,5 @@
 import * as path from 'node:path';
-import { WorkflowNotFoundError, type Client, type WorkflowHandle } from '@temporalio/client';
+import { WorkflowNotFoundError, WorkflowUpdateFailedError, type Client, type WorkflowHandle } from '@temporalio/client';
 import { hostTaskQueue, ORCHESTRATOR_TASK_QUEUE, runWorkers } from '../../worker';
 import { createAllRootfs } from '../../workflows';
 import { abortUpdate, progressQuery, replaceSpecUpdate, retryStepUpdate, specQuery } from '../../workflows/messages';
@@ -301,50 +301,61 @@ export async function resumeCommand(rt: CliRuntime, workflowId: string, opts: Re
     }
     const target = client.workflow.getHandle(workflowId);
     const pinned = opts.abort ? undefined : await specOf(target);
-    let next: BuildSpec | undefined;
-    if (pinned) {
-      const now = buildSpecOf(rt.loaded, Object.keys(pinned.languages));
-      const changes = specChanges(pinned, now);
-      if (opts.reloadConfig) {
-        if (changes.length) {
-          console.error(
-            `reloading the config (${now.source}); what changes for ${workflowId}:\n${changeLines(changes)}`,
-          );
-          next = now;
-        } else {
-          console.error(`the config is as ${workflowId} started with: nothing to reload`);
-        }
-      } else if (changes.length) {
-        console.error(
-          `note: the config differs from the settings ${workflowId} started with (${changes.length} change${changes.length > 1 ? 's' : ''}); ` +
-            `this retry uses the build's own. To apply the config: rootfs resume ${workflowId} --reload-config\n${changeLines(changes, 5)}`,
-        );
-      }
-    } else if (opts.reloadConfig) {
+    if (!pinned && opts.reloadConfig) {
       console.error(
         `${workflowId} holds no pinned configuration (started by an older version): start it again instead`,
       );
       return 1;
     }
-    // A parent starts its remaining children with the new spec, and lists the new bucket at the end.
-    if (next && (await target.describe()).type === 'createAllRootfs')
-      await target.executeUpdate(replaceSpecUpdate, { args: [next] });
+    const now = pinned ? buildSpecOf(rt.loaded, Object.keys(pinned.languages)) : undefined;
+    const changes = pinned && now ? specChanges(pinned, now) : [];
+    if (opts.reloadConfig && now) {
+      console.error(
+        changes.length
+          ? `reloading the config (${now.source}); what changes for ${workflowId}:\n${changeLines(changes)}`
+          : `the config is as ${workflowId} holds it`,
+      );
+      // A parent starts its remaining children with the new spec, and lists the new bucket at the end.
+      if (changes.length && (await target.describe()).type === 'createAllRootfs') {
+        await target.executeUpdate(replaceSpecUpdate, { args: [now] });
+      }
+    } else if (changes.length) {
+      console.error(
+        `note: the config differs from the settings ${workflowId} started with (${changes.length} change${changes.length > 1 ? 's' : ''}); ` +
+          `this retry uses the build's own. To apply the config: rootfs resume ${workflowId} --reload-config\n${changeLines(changes, 5)}`,
+      );
+    }
+    let failed = 0;
     for (const p of waiting) {
       const handle = client.workflow.getHandle(p.workflowId);
-      if (opts.abort) {
-        await handle.executeUpdate(abortUpdate);
-        console.log(`${p.language}: aborted`);
-      } else {
-        const spec = next ? languageSpec(next, p.language) : undefined;
+      try {
+        if (opts.abort) {
+          await handle.executeUpdate(abortUpdate);
+          console.log(`${p.language}: aborted`);
+          continue;
+        }
+        // Each child against its own spec: one that was running at an earlier reload still has the old one.
+        let spec: BuildSpec | undefined;
+        if (opts.reloadConfig && now) {
+          const own = p.workflowId === workflowId ? pinned : await specOf(handle);
+          const wanted = languageSpec(now, p.language);
+          if (own && specChanges(own, wanted).length) spec = wanted;
+        }
         const ack = await handle.executeUpdate(retryStepUpdate, {
           args: [{ step: opts.step, ...(spec ? { spec } : {}) }],
         });
         console.log(
-          `${p.language}: ${spec ? `starting over with the new config (finished steps whose inputs did not change are reused)` : `retrying ${ack.step}`}`,
+          `${p.language}: ${spec ? 'starting over with the new config (finished steps whose inputs did not change are reused)' : `retrying ${ack.step}`}`,
         );
+      } catch (err) {
+        // A refused update says why in its cause; the other images are still resumed.
+        failed++;
+        const why =
+          err instanceof WorkflowUpdateFailedError ? (err.cause?.message ?? err.message) : (err as Error).message;
+        console.error(`${p.language}: not ${opts.abort ? 'aborted' : 'resumed'}: ${why}`);
       }
     }
-    return 0;
+    return failed ? 1 : 0;
   } finally {
     await close();
   }

@@ -141,6 +141,19 @@ describe('a build keeps the configuration it was started with @real @builds', fu
         );
       assert.match((await awaiting(1)).error ?? '', /rootfs-no-such-package/);
 
+      // A refused retry says why (the update's own reason), and exits 1.
+      const wrongStep = await rootfs([
+        '--config',
+        fixable,
+        'resume',
+        parentWorkflowId(runTag),
+        '--step',
+        'base',
+        '--no-worker',
+      ]);
+      assert.equal(wrongStep.code, 1, wrongStep.stderr);
+      assert.match(wrongStep.stderr, /^python: not resumed: python is waiting on step runtime, not base$/m);
+
       // The config is fixed, but a plain resume keeps the build's own settings, and says so.
       writeVariant(fixable, ['python3-venv']);
       const plain = await rootfs(['--config', fixable, 'resume', parentWorkflowId(runTag), '--no-worker']);

@@ -88,9 +88,11 @@ export function registerBuildCommands(ctx: CommandContext): void {
     .option('--no-worker', 'do not start the background worker for this build host')
     .addOption(ctx.sshOption())
     .addHelpText('after', '\nExample:\n  rootfs resume build-20261123/all --reload-config')
+    // S3 resolved as for create (the embedded server's endpoint included), or the config resume
+    // compares with the build's spec would differ from it in the endpoint alone.
     .action(async (id: string, opts: { step?: string; worker: boolean; ssh?: string; reloadConfig?: boolean }) =>
       ctx.setExit(
-        await resumeCommand(await ctx.runtime(opts.worker, opts.ssh), id, {
+        await resumeCommand(await ctx.runtime(true, opts.ssh), id, {
           step: opts.step,
           abort: false,
           worker: opts.worker,
