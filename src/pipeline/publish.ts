@@ -23,7 +23,7 @@ export async function publishedManifest(runner: StepRunner, dest: string): Promi
 }
 
 /**
- * Copies the image `source` (inside the artifact `key`) to `dest`, sparse, by rename, and writes
+ * Copies the image `source` (inside the artifact `key`) to `dest`, sparse, by rename, then writes
  * the manifest beside it. A copy, not a link: a VM writing to its rootfs must not change the
  * artifact. A marker file remembers which artifact the copy is of, so an unchanged image is not
  * copied again.
@@ -35,19 +35,33 @@ export async function publishImage(
   key: string,
   manifest: Record<string, unknown>,
 ): Promise<void> {
-  // What the build knows about the image, beside it: the S3 upload publishes it as the manifest.
-  await runner.host.writeFile(`${dest}.manifest.json`, JSON.stringify(manifest, null, 2) + '\n');
   const marker = path.posix.join(path.posix.dirname(dest), `.${path.posix.basename(dest)}.source`);
   const current = async () => `${key} ${(await runner.read(['stat', '-c', '%s %Y %i', dest]).catch(() => '')).trim()}`;
-  if ((await runner.host.stat(marker)) && (await runner.host.readFile(marker)).toString('utf8') === (await current()))
-    return;
-  runner.phase(`publishing ${dest}`);
-  const tmp = `${dest}.${crypto.randomBytes(4).toString('hex')}.tmp`;
+  const published =
+    (await runner.host.stat(marker)) && (await runner.host.readFile(marker)).toString('utf8') === (await current());
+  if (!published) {
+    runner.phase(`publishing ${dest}`);
+    await replaceAtomically(runner, dest, (tmp) => runner.run(['cp', '--sparse=always', source, tmp]));
+    await runner.host.writeFile(marker, await current());
+  }
+  // What the build knows about the image, beside it (the S3 upload publishes it as the manifest):
+  // written after the image and by rename, so a reader finds the image with this manifest or the
+  // previous pair, never a manifest without its image.
+  const text = JSON.stringify(manifest, null, 2) + '\n';
+  await replaceAtomically(runner, `${dest}.manifest.json`, (tmp) => runner.host.writeFile(tmp, text));
+}
+
+/** Makes `file` anew through a temp name beside it and one rename. */
+async function replaceAtomically(
+  runner: StepRunner,
+  file: string,
+  make: (tmp: string) => Promise<void>,
+): Promise<void> {
+  const tmp = `${file}.${crypto.randomBytes(4).toString('hex')}.tmp`;
   try {
-    await runner.run(['cp', '--sparse=always', source, tmp]);
-    await runner.run(['mv', '-f', tmp, dest]);
+    await make(tmp);
+    await runner.run(['mv', '-f', tmp, file]);
   } finally {
     await runner.run(['rm', '-f', tmp]);
   }
-  await runner.host.writeFile(marker, await current());
 }

@@ -84,8 +84,15 @@ export function s3StoreDeps(): Pick<ActivityDeps, 'upload' | 'listBucket'> {
               };
             }
           }
-          file = path.join(stagingDir(buildHost.alias), imageKey(language));
+          // One copy per artifact: two builds of a language at once must not swap images under
+          // each other's manifests. Copies of the language's older artifacts go once this one is in.
+          const languageDir = path.join(stagingDir(buildHost.alias), language);
+          file = path.join(languageDir, `${facts.artifactKey}.ext4`);
           await pullImage(host, artifactImagePath, file, sha256, signal);
+          for (const name of fs.readdirSync(languageDir)) {
+            if (name.endsWith('.ext4') && name !== path.basename(file))
+              fs.rmSync(path.join(languageDir, name), { force: true });
+          }
           // The local store keeps its resumable-upload state beside the staging copy, not at the remote's path.
           ctx.workspace = stagingDir(buildHost.alias);
         }

@@ -78,7 +78,6 @@ describe('build host over SSH @real @builds', function () {
     // the image from the build host into a staging cache first: a temp one for this test.
     options = { ...env.options, hostTaskQueue: hostTaskQueue(alias) };
     process.env.XDG_CACHE_HOME = tempDir('ssh-cache');
-    staged = path.join(stagingDir(alias), 'rootfs-bash.ext4');
     await env.startWorker({ configOptions: { file: env.configFile, sshHost: alias } });
   });
 
@@ -93,6 +92,8 @@ describe('build host over SSH @real @builds', function () {
       args: [{ language: 'bash', runTag, options, spec: env.spec(['bash'], alias) }],
     });
     const seconds = ((Date.now() - started) / 1000).toFixed(0);
+    // The staging copy is kept per artifact, so two builds of bash at once cannot swap images.
+    staged = path.join(stagingDir(alias), 'bash', `${result.imageKey}.ext4`);
 
     assert.equal(result.state, 'done');
     assert.deepEqual(result.steps, {
