@@ -106,7 +106,7 @@ describe('rootfs CLI', function () {
     assert.match(missing.stderr, /rootfs-bash\.ext4 does not exist: build it first/);
   });
 
-  it('@real @builds create builds in a background worker; Ctrl-C on the live view detaches, status --follow re-attaches', async () => {
+  it('@real @heavy create builds in a background worker; Ctrl-C on the live view detaches, status --follow re-attaches', async () => {
     const temporal = await testTemporal();
     const s3 = await testS3();
     const bucket = await s3.freshBucket();

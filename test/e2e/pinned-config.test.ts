@@ -37,7 +37,7 @@ async function objectSha256(s3: S3Config, key: string): Promise<string | undefin
 }
 
 /** Issue 9's reproduction: a second config on the same machine, the same build host, the same workspace. */
-describe('a build keeps the configuration it was started with @real @builds', function () {
+describe('a build keeps the configuration it was started with @real @heavy', function () {
   this.timeout(40 * 60 * 1000);
   let env: BuildEnv;
   let venvBucket: S3Config;

@@ -46,7 +46,7 @@ function assertBootable(image: ImageSummary, language: string): void {
   assert.equal(statInImage(file, '/usr/sbin/policy-rc.d'), null);
 }
 
-describe('pipeline @real @builds', function () {
+describe('pipeline @real @heavy', function () {
   this.timeout(45 * 60 * 1000);
   let env: BuildEnv;
   let fixture: FixtureServer;

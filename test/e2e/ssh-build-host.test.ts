@@ -47,7 +47,7 @@ function sshdConnections(sshd: TestSshd, from: number): Array<{ port: number; co
 
 const sshdLogSize = (sshd: TestSshd) => fs.statSync(path.join(sshd.dir, 'sshd.log')).size;
 
-describe('build host over SSH @real @builds', function () {
+describe('build host over SSH @real @heavy', function () {
   this.timeout(40 * 60 * 1000);
   let sshd: TestSshd;
   let env: BuildEnv;

@@ -11,7 +11,7 @@ import { activityRuns, waitForRunningStep } from '../support/history';
 import { e2fsckStatus } from '../support/image';
 import { testTemporal } from '../support/temporal';
 
-describe('worker crash @real @builds', function () {
+describe('worker crash @real @heavy', function () {
   this.timeout(30 * 60 * 1000);
   let env: Awaited<ReturnType<typeof createBuildEnv>>;
 

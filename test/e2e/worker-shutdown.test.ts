@@ -24,7 +24,7 @@ async function completedAt(handle: WorkflowHandle, type: string): Promise<number
   return time ? Number(time.seconds) * 1000 + Math.floor((time.nanos ?? 0) / 1e6) : undefined;
 }
 
-describe('worker shutdown @real @builds', function () {
+describe('worker shutdown @real @heavy', function () {
   this.timeout(30 * 60 * 1000);
 
   it('SIGTERM lets a running step finish within the grace period, cancels it after, and the next worker resumes without repeating steps', async () => {

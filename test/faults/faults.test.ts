@@ -9,7 +9,7 @@ import { FaultSuite, formatTable, rememberBashImage, SCENARIOS, type Row } from 
  * resume or a clear error, 0 finished steps redone, 0 corrupt or partial objects, nothing left
  * behind). The table of the run is printed at the end and kept in test-artifacts/faults.md.
  */
-describe('fault suite @real @builds', function () {
+describe('fault suite @real @heavy', function () {
   this.timeout(15 * 60 * 1000);
   let suite: FaultSuite;
   const rows: Row[] = [];

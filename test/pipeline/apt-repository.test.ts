@@ -98,7 +98,7 @@ function signedRepository(): { files: Record<string, Buffer>; key: Buffer; stran
   };
 }
 
-describe('apt source with a vendor repository @real @builds', function () {
+describe('apt source with a vendor repository @real @heavy', function () {
   this.timeout(15 * 60 * 1000);
   let fixture: FixtureServer;
   let repo: ReturnType<typeof signedRepository>;

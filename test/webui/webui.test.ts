@@ -54,7 +54,7 @@ async function renderedMarkdown(page: Page, heading: string, expected: string): 
   return frame.locator('body').innerText();
 }
 
-describe('Temporal Web UI @real @builds', function () {
+describe('Temporal Web UI @real @heavy', function () {
   this.timeout(10 * 60 * 1000);
 
   it('shows a finished bash build: the child on the parent page, step summaries and details on the child page', async () => {
