@@ -1,5 +1,4 @@
 import { strict as assert } from 'node:assert';
-import { execFileSync } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -8,18 +7,9 @@ import { installSource, type SourceContext } from '../../src/pipeline/sources';
 import { CommandError, LocalHost } from '../../src/host';
 import { startFixtureServer, type FixtureServer } from '../support/fixture-server';
 import { tempDir } from '../support/process';
-import { busyboxTree } from '../support/trees';
+import { busyboxTree, tarball } from '../support/trees';
 
 const sha256 = (b: Buffer) => crypto.createHash('sha256').update(b).digest('hex');
-
-function tarball(files: Record<string, string>): Buffer {
-  const dir = tempDir('tarball');
-  for (const [name, content] of Object.entries(files)) {
-    fs.mkdirSync(path.dirname(path.join(dir, name)), { recursive: true });
-    fs.writeFileSync(path.join(dir, name), content);
-  }
-  return execFileSync('tar', ['-cz', '-C', dir, '.']);
-}
 
 describe('runtime sources @real', function () {
   this.timeout(300_000);

@@ -11,7 +11,7 @@ import { Config } from '../../src/config/schema';
 import { LocalHost, type Host } from '../../src/host';
 import { startFixtureServer, type FixtureServer } from '../support/fixture-server';
 import { onCleanup, tempDir } from '../support/process';
-import { busyboxTree } from '../support/trees';
+import { busyboxTree, tarball } from '../support/trees';
 import { TEST_HOSTS } from '../support/hosts';
 
 const sha256 = (b: Buffer | string) => crypto.createHash('sha256').update(b).digest('hex');
@@ -83,15 +83,6 @@ function hostileTree(outside: string): { tree: string; inTree: (p: string) => st
   fs.writeFileSync(inTree('apt-lib/lists/image-list'), 'an index apt fetched\n');
   fs.mkdirSync(path.join(tree, 'var/cache/apt/archives'), { recursive: true });
   return { tree, inTree };
-}
-
-function tarball(files: Record<string, string>): Buffer {
-  const dir = tempDir('tarball');
-  for (const [name, content] of Object.entries(files)) {
-    fs.mkdirSync(path.dirname(path.join(dir, name)), { recursive: true });
-    fs.writeFileSync(path.join(dir, name), content);
-  }
-  return execFileSync('tar', ['-cz', '-C', dir, '.']);
 }
 
 const refused = (pattern: RegExp) => (err: unknown) => {
