@@ -10,7 +10,7 @@ import { fileDigest } from './digest';
 import { imageKey } from './layout';
 import { listBucket, readManifest, summarize } from './list';
 import { statObject } from './client';
-import { uploadImage } from './upload';
+import { uploadImage, uploadKernel, uploadKernelConfig } from './upload';
 
 /**
  * The S3 side of the build: the upload step and the closing bucket listing. Credentials come
@@ -61,7 +61,7 @@ async function pullImage(
   }
 }
 
-export function s3StoreDeps(): Pick<ActivityDeps, 'upload' | 'listBucket'> {
+export function s3StoreDeps(): Pick<ActivityDeps, 'upload' | 'uploadKernel' | 'listBucket'> {
   return {
     async upload({ spec, language, artifactImagePath, host, image, signal }) {
       const client = createClient({ config: spec.s3 });
@@ -99,6 +99,45 @@ export function s3StoreDeps(): Pick<ActivityDeps, 'upload' | 'listBucket'> {
         const outcome = await uploadImage(ctx, language, file, facts);
         return {
           key: facts.artifactKey,
+          reused: outcome.status === 'unchanged',
+          data: { s3Key: outcome.key, bucket: spec.s3.bucket, bytesSent: outcome.bytesSent, sha256: outcome.sha256 },
+        };
+      } finally {
+        client.destroy();
+      }
+    },
+    async uploadKernel({ spec, host, artifactDir, kernel, signal }) {
+      const client = createClient({ config: spec.s3 });
+      const ctx: StoreContext = { client, config: spec.s3, workspace: spec.workspace, signal };
+      try {
+        let dir = artifactDir;
+        const { buildHost } = spec;
+        if (buildHost.kind !== 'local') {
+          // One copy per artifact, as for images; the config is small and checked by its sha256 too.
+          dir = path.join(stagingDir(buildHost.alias), 'kernel', kernel.artifactKey);
+          await pullImage(
+            host,
+            path.posix.join(artifactDir, 'vmlinux'),
+            path.join(dir, 'vmlinux'),
+            kernel.sha256,
+            signal,
+          );
+          await pullImage(
+            host,
+            path.posix.join(artifactDir, 'config'),
+            path.join(dir, 'config'),
+            kernel.configSha256,
+            signal,
+          );
+          ctx.workspace = stagingDir(buildHost.alias);
+        }
+        await uploadKernelConfig(ctx, path.join(dir, 'config'));
+        const outcome = await uploadKernel(ctx, path.join(dir, 'vmlinux'), {
+          versions: kernel.versions,
+          artifactKey: kernel.artifactKey,
+        });
+        return {
+          key: kernel.artifactKey,
           reused: outcome.status === 'unchanged',
           data: { s3Key: outcome.key, bucket: spec.s3.bucket, bytesSent: outcome.bytesSent, sha256: outcome.sha256 },
         };

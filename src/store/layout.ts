@@ -7,6 +7,7 @@ import { NAME_PATTERN, Sha256Hex } from '../config/schema';
  *
  *   vmlinux                               the kernel
  *   vmlinux.manifest.json                 its manifest
+ *   vmlinux.config                        the .config it was built with
  *   rootfs-<lang>.ext4                    one image per language
  *   rootfs-<lang>.ext4.manifest.json      its manifest
  *
@@ -29,6 +30,7 @@ import { NAME_PATTERN, Sha256Hex } from '../config/schema';
  */
 
 export const KERNEL_KEY = 'vmlinux';
+export const KERNEL_CONFIG_KEY = 'vmlinux.config';
 export const MANIFEST_SUFFIX = '.manifest.json';
 export const DEFAULT_LANGUAGE = 'python';
 /** The default link, in the workspace itself. */
@@ -51,6 +53,7 @@ export const manifestKey = (key: string): string => `${key}${MANIFEST_SUFFIX}`;
 /** Keys this tool writes (and may abort uploads of): the kernel, images and their manifests. */
 export const isStoreKey = (key: string): boolean =>
   key === KERNEL_KEY ||
+  key === KERNEL_CONFIG_KEY ||
   IMAGE_KEY_PATTERN.test(key) ||
   (key.endsWith(MANIFEST_SUFFIX) && isStoreKey(key.slice(0, -MANIFEST_SUFFIX.length)));
 

@@ -7,7 +7,7 @@ import {
 import type { S3Config } from '../config/schema';
 import { send, type S3Access } from './client';
 import { StoreError } from './errors';
-import { KERNEL_KEY, MANIFEST_SUFFIX } from './layout';
+import { KERNEL_CONFIG_KEY, KERNEL_KEY, MANIFEST_SUFFIX } from './layout';
 
 export interface IamStatement {
   Sid: string;
@@ -49,6 +49,7 @@ export function iamPolicy(config: Pick<S3Config, 'bucket'> | string, opts: Polic
   const objectArns = [
     KERNEL_KEY,
     `${KERNEL_KEY}${MANIFEST_SUFFIX}`,
+    KERNEL_CONFIG_KEY,
     'rootfs-*.ext4',
     `rootfs-*.ext4${MANIFEST_SUFFIX}`,
   ].map((k) => `${bucketArn}/${k}`);

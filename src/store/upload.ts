@@ -1,3 +1,4 @@
+import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
@@ -11,6 +12,7 @@ import {
   IMAGE_KEY_PATTERN,
   imageKey,
   imagesDir,
+  KERNEL_CONFIG_KEY,
   KERNEL_KEY,
   kernelPath,
   Manifest,
@@ -165,8 +167,34 @@ export async function uploadImage(
 }
 
 /** Uploads the kernel as `vmlinux`, then its manifest. */
-export async function uploadKernel(ctx: StoreContext, file: string): Promise<UploadResult> {
-  return publish(ctx, { file, key: KERNEL_KEY, kind: 'kernel' });
+export async function uploadKernel(ctx: StoreContext, file: string, facts?: ImageFacts): Promise<UploadResult> {
+  return publish(ctx, { file, key: KERNEL_KEY, kind: 'kernel', facts });
+}
+
+/**
+ * Puts the kernel's .config as `vmlinux.config` (a few KiB: one request, with its CRC32 checked by
+ * S3 and its sha256 in the metadata), unless the object already holds it. Written before the
+ * kernel, so a manifest never names a kernel whose config is not there yet.
+ */
+export async function uploadKernelConfig(ctx: StoreContext, file: string): Promise<{ key: string; written: boolean }> {
+  const body = fs.readFileSync(file);
+  const sha256 = crypto.createHash('sha256').update(body).digest('hex');
+  const remote = await statObject(ctx, KERNEL_CONFIG_KEY);
+  if (remote?.sha256 === sha256 && remote.sizeBytes === body.length) return { key: KERNEL_CONFIG_KEY, written: false };
+  await send(ctx, { key: KERNEL_CONFIG_KEY, verb: 'upload', action: 's3:PutObject' }, (c) =>
+    c.send(
+      new PutObjectCommand({
+        Bucket: ctx.config.bucket,
+        Key: KERNEL_CONFIG_KEY,
+        Body: body,
+        ContentType: 'text/plain',
+        ChecksumCRC32: crc32Of(body),
+        Metadata: { sha256 },
+      }),
+      { abortSignal: ctx.signal },
+    ),
+  );
+  return { key: KERNEL_CONFIG_KEY, written: true };
 }
 
 /**
@@ -177,6 +205,7 @@ export async function uploadKernel(ctx: StoreContext, file: string): Promise<Upl
 export async function uploadAll(ctx: StoreContext, opts: UploadOptions = {}): Promise<UploadResult[]> {
   const results: UploadResult[] = [];
   const kernel = kernelPath(ctx.workspace);
+  if (fs.existsSync(`${kernel}.config`)) await uploadKernelConfig(ctx, `${kernel}.config`);
   if (fs.existsSync(kernel)) results.push(await uploadKernel(ctx, kernel));
   const dir = imagesDir(ctx.workspace);
   const names = fs.existsSync(dir)

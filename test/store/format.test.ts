@@ -289,6 +289,7 @@ describe('store: names, policy, part sizes and the bootstrap script', () => {
     assert.deepEqual(objectStatement.Resource, [
       'arn:aws:s3:::llm-infra-operator-rootfs/vmlinux',
       'arn:aws:s3:::llm-infra-operator-rootfs/vmlinux.manifest.json',
+      'arn:aws:s3:::llm-infra-operator-rootfs/vmlinux.config',
       'arn:aws:s3:::llm-infra-operator-rootfs/rootfs-*.ext4',
       'arn:aws:s3:::llm-infra-operator-rootfs/rootfs-*.ext4.manifest.json',
     ]);

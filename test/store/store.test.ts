@@ -20,6 +20,7 @@ import {
   syncDown,
   uploadAll,
   uploadImage,
+  uploadKernelConfig,
   uploadSingle,
   type StoreContext,
   type TransferStatus,
@@ -129,6 +130,33 @@ describe('store: upload, list and sync with a real S3 @real', function () {
       fs.readdirSync(path.join(mirror, 'images')).filter((n) => n.endsWith('.partial')),
       [],
     );
+  });
+
+  it("the kernel's .config goes up beside vmlinux, before it, and only when it changed", async () => {
+    const ws = workspace('kernel');
+    const bucket = await s3.freshBucket();
+    randomFile(path.join(ws, 'vmlinux'), 2 * MiB);
+    fs.writeFileSync(path.join(ws, 'vmlinux.config'), 'CONFIG_64BIT=y\nCONFIG_VIRTIO_BLK=y\n');
+    const first = await uploadAll({ ...ctx(ws), config: bucket });
+    assert.deepEqual(
+      first.map((u) => [u.key, u.status]),
+      [['vmlinux', 'uploaded']],
+    );
+    assert.equal(await objectText(client, bucket.bucket, 'vmlinux.config'), 'CONFIG_64BIT=y\nCONFIG_VIRTIO_BLK=y\n');
+    const stored = async () =>
+      (await client.send(new GetObjectCommand({ Bucket: bucket.bucket, Key: 'vmlinux.config' }))).LastModified;
+    const before = await stored();
+    assert.deepEqual(await uploadKernelConfig({ ...ctx(ws), config: bucket }, path.join(ws, 'vmlinux.config')), {
+      key: 'vmlinux.config',
+      written: false,
+    });
+    assert.deepEqual(await stored(), before, 'an unchanged config is not written again');
+    fs.appendFileSync(path.join(ws, 'vmlinux.config'), 'CONFIG_EXT4_FS=y\n');
+    assert.equal(
+      (await uploadKernelConfig({ ...ctx(ws), config: bucket }, path.join(ws, 'vmlinux.config'))).written,
+      true,
+    );
+    assert.match(await objectText(client, bucket.bucket, 'vmlinux.config'), /CONFIG_EXT4_FS=y\n$/);
   });
 
   it('a 2 GiB sparse image goes up in 128 parts with progress, and comes down sparse @heavy', async () => {
