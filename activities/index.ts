@@ -9,6 +9,12 @@ import { Pipeline, type ArchiveSnapshot } from '../src/pipeline/pipeline';
 import { ImageArtifactData } from '../src/pipeline/step-data';
 import { uploadKeyInput } from '../src/pipeline/step-keys';
 import { HostKeyMismatchError, type Host } from '../src/host';
+import {
+  KernelBuildData,
+  KernelPipeline,
+  type KernelConfigData,
+  type KernelSourceData,
+} from '../src/kernel/kernel-pipeline';
 import type { BucketListing, ImageData, StepResult, UploadData, VerifyData } from '../workflows/types';
 
 /**
@@ -31,6 +37,15 @@ export interface ActivityDeps {
     host: Host;
     /** What the build knows of the image: the uploaded manifest is made from it. */
     image: { versions: string[]; artifactKey: string; sha256: string; sizeBytes: number };
+    signal?: AbortSignal;
+  }): Promise<StepResult<UploadData>>;
+  /** Uploads a built kernel (`vmlinux`, its .config and manifest); absent when no store is configured. */
+  uploadKernel?(args: {
+    spec: BuildSpec;
+    /** The kernel's artifact directory on the build host (vmlinux and config). */
+    artifactDir: string;
+    host: Host;
+    kernel: { artifactKey: string; sha256: string; configSha256: string; versions: string[] };
     signal?: AbortSignal;
   }): Promise<StepResult<UploadData>>;
   listBucket?(s3: S3Config): Promise<BucketListing>;
@@ -68,6 +83,10 @@ const UploadInput = z.strictObject({
   ...Pinned,
 });
 
+const KernelConfigInput = z.strictObject({ sourceKey: Key, ...Pinned });
+const KernelBuildInput = z.strictObject({ sourceKey: Key, configKey: Key, ...Pinned });
+const KernelUploadInput = z.strictObject({ buildKey: Key, ...Pinned });
+
 function toFailure(err: unknown): unknown {
   if (err instanceof BuildError)
     return ApplicationFailure.create({ message: err.message, type: err.type, nonRetryable: true });
@@ -90,13 +109,13 @@ function toFailure(err: unknown): unknown {
 
 export function createActivities(deps: ActivityDeps) {
   /**
-   * Runs `fn` with a pipeline for the build's spec, on this worker's build host, whose commands
+   * Runs `fn` on this worker's build host for the build's spec, with a runner whose commands
    * heartbeat and stop when the activity is cancelled.
    */
-  async function withPipeline<I extends { spec?: BuildSpec }, T>(
+  async function withStep<I extends { spec?: BuildSpec }, T>(
     schema: z.ZodType<I>,
     input: unknown,
-    fn: (pipeline: Pipeline, args: I & { spec: BuildSpec }) => Promise<T>,
+    fn: (runner: StepRunner, args: I & { spec: BuildSpec }) => Promise<T>,
   ): Promise<T> {
     const ctx = Context.current();
     let latest: Progress = { phase: 'starting' };
@@ -108,14 +127,35 @@ export function createActivities(deps: ActivityDeps) {
       const spec = pinnedSpec(args.spec);
       checkBuildHost(spec, deps.worker);
       const runner = new StepRunner(await deps.host(), (p) => (latest = p), ctx.cancellationSignal);
-      const pipeline = new Pipeline(runner, { config: spec, ...localInputs(spec, deps.worker) });
-      return await fn(pipeline, { ...args, spec });
+      return await fn(runner, { ...args, spec });
     } catch (err) {
       throw toFailure(err);
     } finally {
       clearInterval(timer);
     }
   }
+
+  /** `withStep` with the image pipeline for the build's spec. */
+  const withPipeline = <I extends { spec?: BuildSpec }, T>(
+    schema: z.ZodType<I>,
+    input: unknown,
+    fn: (pipeline: Pipeline, args: I & { spec: BuildSpec }) => Promise<T>,
+  ): Promise<T> =>
+    withStep(schema, input, (runner, args) =>
+      fn(new Pipeline(runner, { config: args.spec, ...localInputs(args.spec, deps.worker) }), args),
+    );
+
+  /** `withStep` with the kernel pipeline for the build's spec. */
+  const withKernel = <I extends { spec?: BuildSpec }, T>(
+    schema: z.ZodType<I>,
+    input: unknown,
+    fn: (kernel: KernelPipeline, args: I & { spec: BuildSpec }) => Promise<T>,
+  ): Promise<T> =>
+    withStep(schema, input, (runner, args) => {
+      if (!args.spec.kernel)
+        throw new BuildError('this build was started without a kernel in its configuration', 'InvalidInput');
+      return fn(new KernelPipeline(runner, args.spec.workspace, args.spec.kernel), args);
+    });
 
   return {
     /** Builds started before specs existed asked the worker for the languages; they are refused now. */
@@ -177,6 +217,40 @@ export function createActivities(deps: ActivityDeps) {
           image: { versions, artifactKey: imageKey, sha256: artifact.sha256, sizeBytes: artifact.sizeBytes },
         });
         return { ...result, key: stepKey('upload', imageKey, uploadKeyInput({ s3: spec.s3 })) };
+      });
+    },
+
+    async kernelSource(input: z.input<typeof ArchiveInput>): Promise<StepResult<KernelSourceData>> {
+      return withKernel(ArchiveInput, input, (k) => k.source());
+    },
+
+    async kernelConfig(input: z.input<typeof KernelConfigInput>): Promise<StepResult<KernelConfigData>> {
+      return withKernel(KernelConfigInput, input, (k, { sourceKey }) => k.configure(sourceKey));
+    },
+
+    async kernelBuild(input: z.input<typeof KernelBuildInput>): Promise<StepResult<KernelBuildData>> {
+      return withKernel(KernelBuildInput, input, (k, { sourceKey, configKey }) => k.build(sourceKey, configKey));
+    },
+
+    async kernelUpload(input: z.input<typeof KernelUploadInput>): Promise<StepResult<UploadData>> {
+      return withKernel(KernelUploadInput, input, async (k, { buildKey, spec }) => {
+        const meta = await k.store.lookup(buildKey);
+        if (!meta) throw new BuildError(`kernel artifact ${buildKey} is gone from the build host`, 'InvalidInput');
+        const built = KernelBuildData.parse(meta.data);
+        if (!deps.uploadKernel) throw new BuildError('no image store is configured for uploads', 'InvalidInput');
+        const result = await deps.uploadKernel({
+          spec,
+          artifactDir: k.store.dir(buildKey),
+          host: await deps.host(),
+          signal: Context.current().cancellationSignal,
+          kernel: {
+            artifactKey: buildKey,
+            sha256: built.sha256,
+            configSha256: built.configSha256,
+            versions: [`Linux ${built.release} (${built.source})`],
+          },
+        });
+        return { ...result, key: stepKey('kernel-upload', buildKey, uploadKeyInput({ s3: spec.s3 })) };
       });
     },
 

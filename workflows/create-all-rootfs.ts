@@ -11,14 +11,18 @@ import {
 } from '@temporalio/workflow';
 import type { BuildActivities } from '../activities';
 import type { BuildSpec } from '../src/pipeline/build-spec';
+import { createKernel } from './create-kernel';
 import { createRootfs, refuseOtherBuildHost, shortMessage } from './create-rootfs';
 import { childProgressSignal, progressQuery, replaceSpecUpdate, specQuery } from './messages';
 import {
   childWorkflowId,
+  KERNEL,
+  KERNEL_STEPS,
   STEPS,
   type CreateAllRootfsInput,
   type CreateAllSummary,
   type ImageSummary,
+  type KernelSummary,
   type LanguageProgress,
 } from './types';
 
@@ -55,14 +59,21 @@ export async function createAllRootfs(input: CreateAllRootfsInput): Promise<Crea
     const archive = await light.archiveSnapshot(pinned()).catch(() => undefined);
     if (archive) childOptions = { ...options, archive };
   }
+  // The kernel is built beside the images when the spec has one (every build started since the
+  // pipeline builds its kernel; older histories have none and replay without it).
+  const withKernel = !!spec?.kernel;
   const progress = new Map<string, LanguageProgress>(
-    languages.map((language) => [
-      language,
+    [...(withKernel ? [KERNEL] : []), ...languages].map((name) => [
+      name,
       {
-        language,
-        workflowId: childWorkflowId(runTag, language),
+        language: name,
+        workflowId: childWorkflowId(runTag, name),
         state: 'pending',
-        steps: STEPS.map((name) => ({ name, state: 'pending' as const, attempts: 0 })),
+        steps: (name === KERNEL ? KERNEL_STEPS : STEPS).map((step) => ({
+          name: step,
+          state: 'pending' as const,
+          attempts: 0,
+        })),
       },
     ]),
   );
@@ -136,17 +147,38 @@ export async function createAllRootfs(input: CreateAllRootfsInput): Promise<Crea
       running--;
     }
   };
-  await Promise.all(languages.map(buildOne));
+  let kernel: KernelSummary | undefined;
+  const buildKernel = async () => {
+    try {
+      const child = await startChild(createKernel, {
+        workflowId: childWorkflowId(runTag, KERNEL),
+        args: [{ runTag, options: childOptions, spec: { ...spec!, languages: {} } }],
+        staticSummary: 'guest kernel',
+        parentClosePolicy: ParentClosePolicy.REQUEST_CANCEL,
+      });
+      kernel = await child.result();
+    } catch (err) {
+      const p = progress.get(KERNEL)!;
+      if (p.state !== 'aborted') p.state = 'failed';
+      render();
+      kernel = { workflowId: childWorkflowId(runTag, KERNEL), state: p.state, steps: {}, error: reasonLine(err) };
+    }
+  };
+  // The kernel does not count against the image concurrency: its build is one long make.
+  await Promise.all([...(withKernel ? [buildKernel()] : []), ...languages.map(buildOne)]);
 
   const bucket = (options.upload ?? true) ? await light.listBucket(pinned()) : undefined;
   const images = languages.map((l) => results.find((r) => r.language === l)!);
-  const failed = images.filter((i) => i.state !== 'done');
+  const failed = [
+    ...(kernel && kernel.state !== 'done' ? [{ language: KERNEL, state: kernel.state, error: kernel.error }] : []),
+    ...images.filter((i) => i.state !== 'done'),
+  ];
   if (failed.length) {
     throw ApplicationFailure.nonRetryable(
       `${failed.map((f) => `${f.language} ${f.state}${f.error ? ` (${f.error})` : ''}`).join(', ')} (run ${runTag}, ${workflowInfo().workflowId})`,
       'BuildsNotDone',
-      { runTag, images, bucket },
+      { runTag, images, bucket, ...(kernel ? { kernel } : {}) },
     );
   }
-  return { runTag, images, bucket };
+  return { runTag, images, bucket, ...(kernel ? { kernel } : {}) };
 }

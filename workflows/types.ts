@@ -6,7 +6,16 @@ import type { BuildSpec } from '../src/pipeline/build-spec';
 
 /** The steps of one image, in order. `allocate` checks inputs and prepares the workspace. */
 export const STEPS = ['allocate', 'base', 'runtime', 'operator', 'verify', 'image', 'upload'] as const;
-export type Step = (typeof STEPS)[number];
+export type ImageStep = (typeof STEPS)[number];
+
+/** The steps of the guest kernel, in order (the `createKernel` workflow). */
+export const KERNEL_STEPS = ['kernel-source', 'kernel-config', 'kernel-build', 'kernel-upload'] as const;
+export type KernelStep = (typeof KERNEL_STEPS)[number];
+
+export type Step = ImageStep | KernelStep;
+
+/** The name the kernel goes by where languages are listed (progress, child workflow IDs). */
+export const KERNEL = 'kernel';
 
 export const STEP_TITLES: Record<Step, string> = {
   allocate: 'allocate workspace',
@@ -16,6 +25,10 @@ export const STEP_TITLES: Record<Step, string> = {
   verify: 'verify versions',
   image: 'make ext4 image',
   upload: 'upload',
+  'kernel-source': 'kernel source package',
+  'kernel-config': 'configure kernel',
+  'kernel-build': 'build vmlinux',
+  'kernel-upload': 'upload kernel',
 };
 
 /**
@@ -102,6 +115,30 @@ export interface ImageSummary {
   error?: string;
 }
 
+export interface CreateKernelInput {
+  runTag: string;
+  options: BuildOptions;
+  /** The build's spec (with its kernel; no languages). */
+  spec: BuildSpec;
+}
+
+export interface KernelSummary {
+  workflowId: string;
+  state: BuildState;
+  kernelKey?: string;
+  sha256?: string;
+  sizeBytes?: number;
+  /** `make kernelrelease`, e.g. 6.1.192. */
+  release?: string;
+  /** The package and version it was built from. */
+  source?: string;
+  steps: Partial<Record<Step, 'ran' | 'reused' | 'skipped'>>;
+  durationsMs?: Partial<Record<Step, number>>;
+  s3Key?: string;
+  /** Why it did not finish. */
+  error?: string;
+}
+
 export interface CreateAllRootfsInput {
   runTag: string;
   /** Default: every configured language, in the configured order. */
@@ -122,6 +159,8 @@ export interface BucketListing {
 export interface CreateAllSummary {
   runTag: string;
   images: ImageSummary[];
+  /** The guest kernel, when the build's spec has one. */
+  kernel?: KernelSummary;
   bucket?: BucketListing;
 }
 

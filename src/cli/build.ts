@@ -4,6 +4,7 @@ import { hostTaskQueue, ORCHESTRATOR_TASK_QUEUE, runWorkers } from '../../worker
 import { createAllRootfs } from '../../workflows';
 import { abortUpdate, progressQuery, replaceSpecUpdate, retryStepUpdate, specQuery } from '../../workflows/messages';
 import {
+  KERNEL_STEPS,
   parentWorkflowId,
   STEP_TITLES,
   STEPS,
@@ -65,6 +66,17 @@ export function summaryTable(summary: CreateAllSummary): string {
       ].join('\n');
     }),
   ];
+  const k = summary.kernel;
+  if (k) {
+    const steps = KERNEL_STEPS.filter((s) => k.steps[s]).map(
+      (s) =>
+        `${s.replace('kernel-', '')} ${k.steps[s]}${k.durationsMs?.[s] !== undefined ? ` ${seconds(k.durationsMs[s])}` : ''}`,
+    );
+    lines.push(
+      `${'kernel'.padEnd(8)} ${'vmlinux'.padEnd(26)} ${(k.sizeBytes ? humanSize(k.sizeBytes) : '-').padStart(10)}  ${(k.sha256 ?? '-').slice(0, 12).padEnd(12)}  ${k.release ? `Linux ${k.release} (${k.source})` : ''}`.trimEnd(),
+      `${' '.repeat(9)}${steps.length ? steps.join(' · ') : `${k.state}${k.error ? `: ${firstLine(k.error)}` : ''}`}`,
+    );
+  }
   if (summary.bucket)
     lines.push(
       `bucket ${summary.bucket.bucket}: ${summary.bucket.objects} objects, ${humanSize(summary.bucket.totalBytes)}`,

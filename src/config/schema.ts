@@ -209,6 +209,29 @@ export const Image = z.strictObject({
   headroomMiB: z.int().min(0).max(65536).default(512),
 });
 
+/**
+ * The guest kernel: Debian's kernel source package (as the build host's apt knows it, so its
+ * signature is checked) at an exact version, configured from `allnoconfig` plus a fragment.
+ */
+export const Kernel = z.strictObject({
+  package: z.string().regex(/^linux-source-\d+\.\d+$/, { error: 'expected a package like linux-source-6.1' }),
+  version: z.string().regex(/^[0-9][A-Za-z0-9.+~:-]{0,63}$/, { error: 'expected a Debian version like 6.1.192-2' }),
+  /** Kconfig fragment file; absent means the microVM fragment kept in this repository. */
+  fragment: z.string().min(1).optional(),
+});
+
+/** The microVM every image boots in before it is published (the boot step, `rootfs boot`). */
+export const Boot = z.strictObject({
+  /** `auto`: KVM when /dev/kvm answers, else TCG (emulation: slower, but it boots anywhere). */
+  accelerator: z.enum(['auto', 'kvm', 'tcg']).default('auto'),
+  memoryMiB: z.int().min(128).max(65536).default(1024),
+  vcpus: z.int().min(1).max(32).default(2),
+  /** How long the guest may take to answer GET /health. */
+  timeoutSeconds: z.int().min(10).max(3600).default(180),
+});
+
+export const DEFAULT_KERNEL = { package: 'linux-source-6.1', version: '6.1.192-2' } as const;
+
 export const Temporal = z.strictObject({
   address: z
     .string()
@@ -228,12 +251,19 @@ export const DEFAULT_OPERATOR_PATH = './infra.operator-linux';
 export const Config = z.strictObject({
   profile: z.enum(['default', 'upstream']).default('default'),
   base: Base.default(Base.parse({})),
-  languages: z.record(Name, Language),
+  languages: z.record(
+    Name.refine((n) => n !== 'kernel', {
+      error: "kernel is the guest kernel's name in a build: give the language another",
+    }),
+    Language,
+  ),
   buildHost: BuildHost.default({ kind: 'local', alias: 'local' }),
   sshHosts: SshHosts.default({}),
   workspace: AbsolutePath.default('/srv/firecracker'),
   s3: S3.default(S3.parse({})),
   image: Image.default(Image.parse({})),
+  kernel: Kernel.default(Kernel.parse(DEFAULT_KERNEL)),
+  boot: Boot.default(Boot.parse({})),
   /** The guest operator binary; the default falls back to the reference operator when absent. */
   operator: z
     .strictObject({ path: z.string().min(1).default(DEFAULT_OPERATOR_PATH) })
@@ -249,4 +279,6 @@ export type RuntimeSource = z.infer<typeof RuntimeSource>;
 export type BaseSpec = z.infer<typeof Base>;
 export type BuildHostConfig = z.infer<typeof BuildHost>;
 export type S3Config = z.infer<typeof S3>;
+export type KernelConfig = z.infer<typeof Kernel>;
+export type BootConfig = z.infer<typeof Boot>;
 export type TemporalConfig = z.infer<typeof Temporal>;

@@ -5,8 +5,10 @@ import { z } from 'zod';
 import {
   AbsolutePath,
   Base,
+  Boot,
   DEFAULT_OPERATOR_PATH,
   Image,
+  Kernel,
   Language,
   Name,
   resolveConfigPath,
@@ -16,7 +18,10 @@ import {
 } from '../config';
 import { toolPaths } from '../setup/tools';
 import { userCacheDir } from '../util/paths';
+import { KERNEL } from '../../workflows/types';
 import { canonicalJson } from './keys';
+import { parseFragment } from '../kernel/fragment';
+import { projectRoot } from '../util/paths';
 
 /**
  * What a build builds, fixed when it starts. The CLI resolves the config into a BuildSpec and puts
@@ -40,6 +45,24 @@ export const BuildHostIdentity = z.discriminatedUnion('kind', [
 ]);
 export type BuildHostIdentity = z.infer<typeof BuildHostIdentity>;
 
+/** The guest kernel a build makes and boots its images with; the fragment travels as its text. */
+export const KernelSpec = z.strictObject({
+  package: Kernel.shape.package,
+  version: Kernel.shape.version,
+  fragment: z.strictObject({
+    /** Where it was read from, for people reading the history. */
+    name: z.string().max(300),
+    content: z.string().superRefine((text, ctx) => {
+      try {
+        parseFragment(text);
+      } catch (err) {
+        ctx.addIssue({ code: 'custom', message: (err as Error).message });
+      }
+    }),
+  }),
+});
+export type KernelSpec = z.infer<typeof KernelSpec>;
+
 export const BuildSpec = z.strictObject({
   /** The config file it came from, for people reading the history (the file itself may change later). */
   source: z.string().max(300),
@@ -52,6 +75,10 @@ export const BuildSpec = z.strictObject({
   workspace: AbsolutePath,
   s3: S3,
   buildHost: BuildHostIdentity,
+  /** Absent only in builds started before the pipeline built its kernel. */
+  kernel: KernelSpec.optional(),
+  /** The microVM the boot step boots each image in; absent in builds from before the boot step. */
+  boot: Boot.optional(),
 });
 export type BuildSpec = z.infer<typeof BuildSpec>;
 
@@ -127,11 +154,36 @@ export function buildSpecOf(loaded: LoadedConfig, languages?: string[]): BuildSp
     workspace: config.workspace,
     s3: config.s3,
     buildHost: hostIdentity(loaded),
+    kernel: kernelSpecOf(loaded),
+    boot: config.boot,
   });
 }
 
-/** The spec of one language's child build. */
+/** The repository's microVM kernel fragment: the default. */
+export const defaultKernelFragment = (): string => path.join(projectRoot(), 'guest', 'kernel', 'microvm-x86_64.config');
+
+function kernelSpecOf(loaded: LoadedConfig): KernelSpec {
+  const { package: pkg, version, fragment } = loaded.config.kernel;
+  const file = fragment ? resolveConfigPath(loaded, fragment) : defaultKernelFragment();
+  let content: string;
+  try {
+    content = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new Error(
+      `the kernel config fragment ${file} cannot be read (${(err as NodeJS.ErrnoException).code ?? String(err)}): fix kernel.fragment in the config`,
+    );
+  }
+  try {
+    parseFragment(content);
+  } catch (err) {
+    throw new Error(`the kernel config fragment ${file}: ${(err as Error).message}`);
+  }
+  return { package: pkg, version, fragment: { name: fragment ?? 'guest/kernel/microvm-x86_64.config', content } };
+}
+
+/** The spec of one language's child build; the kernel's child has no language. */
 export function languageSpec(spec: BuildSpec, language: string): BuildSpec {
+  if (language === KERNEL) return { ...spec, languages: {} };
   const lang = spec.languages[language];
   if (!lang) throw new Error(`${language} is not part of this build`);
   return { ...spec, languages: { [language]: lang } };

@@ -1,5 +1,5 @@
 import * as crypto from 'node:crypto';
-import { STEPS, type Step } from '../../workflows/types';
+import { KERNEL_STEPS, STEPS, type ImageStep, type KernelStep } from '../../workflows/types';
 
 /**
  * Content addresses of build steps. A step's key hashes the previous step's key and everything
@@ -7,11 +7,12 @@ import { STEPS, type Step } from '../../workflows/types';
  * always give the identical key: looking a key up is both "resume" and "nothing changed".
  */
 
-/** Steps that make an artifact: every step of a build but allocate, and `rootfs customize`. */
-export type StepName = Exclude<Step, 'allocate'> | 'customize';
+/** Steps that make an artifact: every step of a build but allocate, `rootfs customize`, the kernel's. */
+export type StepName = Exclude<ImageStep, 'allocate'> | 'customize' | KernelStep;
 export const STEP_NAMES: readonly StepName[] = [
-  ...STEPS.filter((s): s is Exclude<Step, 'allocate'> => s !== 'allocate'),
+  ...STEPS.filter((s): s is Exclude<ImageStep, 'allocate'> => s !== 'allocate'),
   'customize',
+  ...KERNEL_STEPS,
 ];
 
 export const KEY_PATTERN = new RegExp(`^(${STEP_NAMES.join('|')})-[0-9a-f]{32}$`);

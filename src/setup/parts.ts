@@ -25,7 +25,15 @@ export const APT_PACKAGES = [
   'bubblewrap', // the sandbox that runs an image's programs (rootfs verify)
   'openssh-server', // the test bed's sshd
   'openssh-client', // ssh-keygen for the test bed
-  'qemu-system-x86', // boot tests of finished images
+  'qemu-system-x86', // the boot step: every image boots in a microVM before it is published
+  // The guest kernel's build (linux-source comes by `apt-get download` in the kernel step itself).
+  'make',
+  'gcc',
+  'flex',
+  'bison',
+  'bc',
+  'libelf-dev',
+  'xz-utils',
   'zstd',
   'curl', // the new-host bootstrap script
   'ca-certificates',

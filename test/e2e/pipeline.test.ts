@@ -19,6 +19,7 @@ import { startFixtureServer, type FixtureServer } from '../support/fixture-serve
 import { catInImage, e2fsckStatus, lsInImage, statInImage } from '../support/image';
 import { activityResult, activityRuns, waitFor } from '../support/history';
 import { recordHistory } from '../support/record';
+import { testKernelBuild } from '../support/kernel';
 import { testTemporal } from '../support/temporal';
 
 function assertBootable(image: ImageSummary, language: string): void {
@@ -66,17 +67,22 @@ describe('pipeline @real @heavy', function () {
       sha256: crypto.createHash('sha256').update(tarball).digest('hex'),
       tarball,
     };
-    env = await createBuildEnv('e2e', {
-      languages: {
-        rust: {
-          // First, so that the failing attempts fail fast.
-          runtime: [
-            { kind: 'archive', url: rustExtra.url, sha256: rustExtra.sha256, dest: '/opt', stripComponents: 0 },
-            ...PROFILES.default.rust!.runtime!,
-          ],
+    // From an empty artifact store: this build makes its own kernel.
+    env = await createBuildEnv(
+      'e2e',
+      {
+        languages: {
+          rust: {
+            // First, so that the failing attempts fail fast.
+            runtime: [
+              { kind: 'archive', url: rustExtra.url, sha256: rustExtra.sha256, dest: '/opt', stripComponents: 0 },
+              ...PROFILES.default.rust!.runtime!,
+            ],
+          },
         },
       },
-    });
+      { kernel: 'build' },
+    );
     await env.startWorker();
   });
 
@@ -123,6 +129,7 @@ describe('pipeline @real @heavy', function () {
     first = await handle.result();
     await recordHistory(handle, 'createAllRootfs-five-languages');
     await recordHistory(rustHandle, 'createRootfs-rust-resumed');
+    await recordHistory(client.workflow.getHandle(childWorkflowId(runTag, 'kernel')), 'createKernel-built');
 
     assert.deepEqual(
       first.images.map((i) => i.language),
@@ -134,7 +141,15 @@ describe('pipeline @real @heavy', function () {
       first.images.map((i) => `rootfs-${i.language}.ext4`),
     );
     assert.equal(first.bucket?.bucket, env.s3.bucket);
-    assert.equal(first.bucket?.objects, 10);
+    // Five images and the kernel, each with its manifest, and the kernel's .config.
+    assert.equal(first.bucket?.objects, 13);
+    const kernel = first.kernel!;
+    assert.equal(kernel.state, 'done', kernel.error);
+    assert.equal(kernel.s3Key, 'vmlinux');
+    assert.deepEqual(Object.values(kernel.steps), ['ran', 'ran', 'ran', 'ran']);
+    assert.ok(fs.existsSync(path.join(env.workspace, 'vmlinux')), 'published in the workspace as the seed lays it out');
+    // Same source, fragment and recipe in another workspace (test/support/kernel.ts): same bytes.
+    assert.equal(kernel.sha256, (await testKernelBuild()).sha256, 'the kernel build is reproducible');
     for (const image of first.images) {
       assert.equal(image.state, 'done');
       assertBootable(image, image.language);
@@ -191,6 +206,8 @@ describe('pipeline @real @heavy', function () {
       assert.equal(image.sha256, before.sha256);
       assert.equal(image.imageKey, before.imageKey);
     }
+    assert.deepEqual(Object.values(again.kernel!.steps), ['reused', 'reused', 'reused', 'reused']);
+    assert.equal(again.kernel!.sha256, first.kernel!.sha256);
     assert.ok(seconds < 60, `took ${seconds} s`);
   });
 });

@@ -15,6 +15,7 @@ import { hostTaskQueue, ORCHESTRATOR_TASK_QUEUE } from '../../worker';
 import { createRootfs } from '../../workflows';
 import { abortUpdate, progressQuery, retryStepUpdate } from '../../workflows/messages';
 import { childWorkflowId, type BuildOptions, type ImageSummary, type LanguageProgress } from '../../workflows/types';
+import { seedKernel } from '../support/kernel';
 import {
   freePort,
   onCleanup,
@@ -475,6 +476,8 @@ export class FaultStack {
     const downloads = await DownloadServer.start();
     // Room for the base, three images' trees and their images, with margin; tmpfs takes only what is used.
     const workspace = TmpfsWorkspace.mount(path.join(dir, 'workspace'), 8192);
+    // The faults are about images: the kernel steps are reused from this run's one kernel build.
+    await seedKernel(workspace.dir);
     const stack = new FaultStack(dir, temporal, s3, proxy, downloads, workspace, log);
     onCleanup(() => stack.stopWorkers());
     return stack;

@@ -9,6 +9,7 @@ import { loadConfig, type S3Config } from '../../src/config';
 import { requireTool } from '../../src/setup/tools';
 import { hostTaskQueue, runWorkers, type WorkerOptions } from '../../worker';
 import type { BuildOptions } from '../../workflows/types';
+import { seedKernel } from './kernel';
 import { onCleanup, tempDir } from './process';
 import { testS3 } from './s3';
 import { testTemporal, workflowBundle } from './temporal';
@@ -34,7 +35,21 @@ export interface BuildEnv {
   spawnWorker(args?: string[]): Promise<ChildProcess>;
 }
 
-export async function createBuildEnv(name: string, extra: Record<string, unknown> = {}): Promise<BuildEnv> {
+export interface BuildEnvOptions {
+  /**
+   * `prebuilt` (default): the workspace starts with the artifacts of this run's one kernel build
+   * (test/support/kernel.ts), so that tests about other things do not each spend minutes building
+   * the same kernel; its steps are then reused, as in any workspace that built it before.
+   * `build`: an empty artifact store, the kernel included.
+   */
+  kernel?: 'prebuilt' | 'build';
+}
+
+export async function createBuildEnv(
+  name: string,
+  extra: Record<string, unknown> = {},
+  opts: BuildEnvOptions = {},
+): Promise<BuildEnv> {
   const temporal = await testTemporal();
   const s3 = await testS3();
   const s3Config = await s3.freshBucket();
@@ -57,6 +72,7 @@ export async function createBuildEnv(name: string, extra: Record<string, unknown
     fs.renameSync(`${configFile}.tmp`, configFile);
   };
   writeConfig(extra);
+  if ((opts.kernel ?? 'prebuilt') === 'prebuilt') await seedKernel(workspace);
   const options: BuildOptions = {
     hostTaskQueue: hostTaskQueue(alias),
     maxAttempts: 2,

@@ -26,8 +26,15 @@ import { testTemporal, workflowBundle } from '../support/temporal';
 
 type Call = { activity: string; input: Record<string, unknown> };
 
-const spec = (packages: string[] = [], languages = ['python']) =>
+const KERNEL_SPEC = {
+  package: 'linux-source-6.1',
+  version: '6.1.192-2',
+  fragment: { name: 'test.config', content: 'CONFIG_64BIT=y\n' },
+};
+
+const spec = (packages: string[] = [], languages = ['python'], kernel = false) =>
   BuildSpec.parse({
+    ...(kernel ? { kernel: KERNEL_SPEC } : {}),
     source: 'test',
     base: {},
     keyringSha256: '1'.repeat(64),
@@ -46,8 +53,9 @@ const spec = (packages: string[] = [], languages = ['python']) =>
 function fakeActivities(calls: Call[], failing: Map<string, string>, held: Set<string>): BuildActivities {
   const step = (activity: string) => async (input: Record<string, unknown>) => {
     calls.push({ activity, input });
-    while (held.has(`${String(input.language)}/${activity}`)) await new Promise((r) => setTimeout(r, 50));
-    const reason = failing.get(`${String(input.language)}/${activity}`);
+    const who = String(input.language ?? 'kernel');
+    while (held.has(`${who}/${activity}`)) await new Promise((r) => setTimeout(r, 50));
+    const reason = failing.get(`${who}/${activity}`);
     if (reason) throw ApplicationFailure.nonRetryable(reason, 'VerificationFailed');
     const key = `${activity}-${crypto.createHash('sha256').update(JSON.stringify(input)).digest('hex').slice(0, 32)}`;
     const data =
@@ -57,7 +65,11 @@ function fakeActivities(calls: Call[], failing: Map<string, string>, held: Set<s
           ? { versions: ['Python 3.10.12'] }
           : activity === 'upload'
             ? { s3Key: `rootfs-${String(input.language)}.ext4` }
-            : {};
+            : activity === 'kernelBuild'
+              ? { sha256: 'b'.repeat(64), sizeBytes: 4096, release: '6.1.192', source: 'linux-source-6.1 6.1.192-2' }
+              : activity === 'kernelUpload'
+                ? { s3Key: 'vmlinux' }
+                : {};
     return { key, reused: activity === 'base', data };
   };
   return {
@@ -73,6 +85,10 @@ function fakeActivities(calls: Call[], failing: Map<string, string>, held: Set<s
     verify: step('verify'),
     image: step('image'),
     upload: step('upload'),
+    kernelSource: step('kernelSource'),
+    kernelConfig: step('kernelConfig'),
+    kernelBuild: step('kernelBuild'),
+    kernelUpload: step('kernelUpload'),
     listBucket: async (input: Record<string, unknown>) => ({
       bucket: (input as { spec?: BuildSpec }).spec?.s3.bucket ?? '?',
       objects: 2,
@@ -278,5 +294,54 @@ describe('workflows with fake activities', function () {
       'go',
       'python',
     ]);
+  });
+
+  it('a build with a kernel runs its child beside the images; a failed kernel step waits, and the summary has the kernel', async () => {
+    failing.set('kernel/kernelBuild', 'the kernel config does not honour CONFIG_X');
+    const runTag = tag();
+    const parent = await (
+      await client()
+    ).workflow.start(createAllRootfs, {
+      taskQueue: queue,
+      workflowId: parentWorkflowId(runTag),
+      args: [{ runTag, options, spec: spec([], ['python'], true) }],
+    });
+    const kernel = (await client()).workflow.getHandle(childWorkflowId(runTag, 'kernel'));
+    await waiting(kernel, 'kernel-build');
+    await waitFor(
+      'python to finish while the kernel waits',
+      async () => {
+        const all: LanguageProgress[] = await parent.query(progressQuery);
+        return all.find((p) => p.language === 'python')?.state === 'done' ? all : undefined;
+      },
+      30_000,
+    );
+    const sourceCalls = calls.filter((c) => c.activity === 'kernelSource').length;
+    failing.clear();
+    const ack = await kernel.executeUpdate(retryStepUpdate, { args: [{}] });
+    assert.deepEqual(ack, { language: 'kernel', step: 'kernel-build' });
+    const summary = await parent.result();
+    assert.equal(summary.kernel?.state, 'done');
+    assert.equal(summary.kernel?.release, '6.1.192');
+    assert.deepEqual(summary.kernel?.steps, {
+      'kernel-source': 'ran',
+      'kernel-config': 'ran',
+      'kernel-build': 'ran',
+      'kernel-upload': 'ran',
+    });
+    assert.equal(summary.kernel?.s3Key, 'vmlinux');
+    assert.equal(
+      calls.filter((c) => c.activity === 'kernelSource').length,
+      sourceCalls,
+      'the source step did not run again',
+    );
+    // The kernel's child holds no language, and every kernel step got the kernel spec.
+    const kernelCalls = calls.filter((c) => c.activity.startsWith('kernel'));
+    assert.ok(kernelCalls.every((c) => Object.keys((c.input.spec as BuildSpec).languages).length === 0));
+    assert.ok(kernelCalls.every((c) => (c.input.spec as BuildSpec).kernel?.version === '6.1.192-2'));
+    assert.deepEqual(
+      (await parent.query(progressQuery)).map((p) => `${p.language} ${p.state}`),
+      ['kernel done', 'python done'],
+    );
   });
 });
