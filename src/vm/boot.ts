@@ -313,8 +313,18 @@ export async function bootAndCheck(req: BootRequest): Promise<BootResult> {
       aborted();
       if (exit) fail(`${exitHow()} before the operator answered /health (${accel})${exitSaid()}`);
       const waited = Date.now() - running.startedAt;
-      if (waited > bootTimeoutMs)
-        fail(`the guest did not answer /health within ${Math.round(bootTimeoutMs / 1000)} s (${accel})`);
+      if (waited > bootTimeoutMs) {
+        // QEMU itself may have said why (a paused VM: "KVM internal error").
+        const said = running
+          .stderr()
+          .split('\n')
+          .find((l) => l.trim())
+          ?.trim();
+        fail(
+          `the guest did not answer /health within ${Math.round(bootTimeoutMs / 1000)} s (${accel})` +
+            (said ? `; QEMU said: ${said.slice(0, 300)}` : ''),
+        );
+      }
       report(`waiting for /health (${Math.round(waited / 1000)} s)`);
       const probe = await collect(req.host, healthArgv(running.hostPort), { signal: req.signal, maxBytes: 4096 });
       if (probe.code === 0) bootMs = Date.now() - running.startedAt;
