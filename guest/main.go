@@ -1,8 +1,10 @@
 // Command infra.operator is the reference guest operator baked into every rootfs image.
 //
 // systemd starts it as `infra.operator guest --port 5000`. It serves GET /health so a host
-// can tell that the image booted and the unit started. Real deployments configure their own
-// operator binary; this one exists so the pipeline can be built and tested end to end.
+// can tell that the image booted and the unit started, and POST /exec so the pipeline's boot
+// check can run a program inside the booted guest (argv, no shell, an exact environment) and
+// read what it printed. Real deployments configure their own operator binary; this one exists
+// so the pipeline can be built and tested end to end.
 package main
 
 import (
@@ -26,7 +28,7 @@ import (
 var version = "dev"
 
 const usage = `usage:
-  infra.operator guest --port N [--listen ADDR]   serve GET /health
+  infra.operator guest --port N [--listen ADDR]   serve GET /health and POST /exec
   infra.operator version                          print the version
 `
 
@@ -99,6 +101,22 @@ func handler(started time.Time, logger *log.Logger) http.Handler {
 			"hostname":      hostname,
 			"uptimeSeconds": int64(time.Since(started).Seconds()),
 		})
+	})
+	mux.HandleFunc("/exec", func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost {
+			w.Header().Set("Allow", http.MethodPost)
+			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+			return
+		}
+		req, err := parseExecRequest(http.MaxBytesReader(w, r.Body, maxExecRequest))
+		if err != nil {
+			http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		res := runExec(r.Context(), req)
+		logger.Printf("exec %q: code %d", req.Argv[0], res.Code)
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(res)
 	})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		logger.Printf("%s %s %s", r.RemoteAddr, r.Method, r.URL.Path)

@@ -12,7 +12,7 @@ describe('reference guest operator @real', () => {
     execFileSync('go', ['test', './...'], { cwd: path.join(projectRoot(), 'guest'), stdio: 'pipe', env: { ...process.env, CGO_ENABLED: '0' } });
   });
 
-  it('is a static binary that serves /health and stops cleanly on SIGTERM', async () => {
+  it('is a static binary that serves /health and /exec, and stops cleanly on SIGTERM', async () => {
     const binary = requireTool('referenceOperator');
     assert.match(execFileSync('file', ['-b', binary], { encoding: 'utf8' }), /ELF 64-bit LSB executable, x86-64.*statically linked/);
     const port = await freePort();
@@ -31,11 +31,26 @@ describe('reference guest operator @real', () => {
       assert.equal(body?.status, 'ok');
       const { version } = JSON.parse(fs.readFileSync(path.join(projectRoot(), 'package.json'), 'utf8')) as { version: string };
       assert.equal(body?.version, version);
+      // The static binary (no cgo) starts programs with exactly the environment it is given.
+      const exec = await fetch(`http://127.0.0.1:${port}/exec`, {
+        method: 'POST',
+        body: JSON.stringify({ argv: ['env'], env: ['PATH=/usr/bin:/bin', 'A=1'], timeoutSeconds: 5 }),
+      });
+      assert.equal(exec.status, 200, await exec.clone().text());
+      assert.deepEqual(await exec.json(), {
+        code: 0,
+        stdout: 'PATH=/usr/bin:/bin\nA=1\n',
+        stderr: '',
+        stdoutTruncated: false,
+        stderrTruncated: false,
+        timedOut: false,
+      });
     } finally {
       child.kill('SIGTERM');
     }
     assert.equal(await exited, 0);
     assert.match(log, /listening on 127\.0\.0\.1:\d+/);
     assert.match(log, /GET \/health/);
+    assert.match(log, /exec "env": code 0/);
   });
 });
