@@ -15,7 +15,8 @@ import {
   type KernelConfigData,
   type KernelSourceData,
 } from '../src/kernel/kernel-pipeline';
-import type { BucketListing, ImageData, StepResult, UploadData, VerifyData } from '../workflows/types';
+import type { BootData, BucketListing, ImageData, StepResult, UploadData, VerifyData } from '../workflows/types';
+import { bootImage } from '../src/pipeline/boot';
 
 /**
  * Activities: one small function per build step. Each validates its input — which carries the
@@ -36,7 +37,13 @@ export interface ActivityDeps {
     artifactImagePath: string;
     host: Host;
     /** What the build knows of the image: the uploaded manifest is made from it. */
-    image: { versions: string[]; artifactKey: string; sha256: string; sizeBytes: number };
+    image: {
+      versions: string[];
+      artifactKey: string;
+      sha256: string;
+      sizeBytes: number;
+      boot?: { bootMs: number; kernelSha256: string };
+    };
     signal?: AbortSignal;
   }): Promise<StepResult<UploadData>>;
   /** Uploads a built kernel (`vmlinux`, its .config and manifest); absent when no store is configured. */
@@ -76,10 +83,14 @@ const RuntimeInput = z.strictObject({ language: Name, baseKey: Key, archive: Sna
 const OperatorInput = z.strictObject({ language: Name, runtimeKey: Key, operatorSha256: Sha256Hex, ...Pinned });
 const VerifyInput = z.strictObject({ language: Name, operatorKey: Key, ...Pinned });
 const ImageInput = z.strictObject({ language: Name, verifyKey: Key, operatorKey: Key, ...Pinned });
+const Versions = z.array(z.string().max(500)).max(20);
+const BootInput = z.strictObject({ language: Name, imageKey: Key, versions: Versions, ...Pinned });
 const UploadInput = z.strictObject({
   language: Name,
   imageKey: Key,
-  versions: z.array(z.string().max(500)).max(20),
+  versions: Versions,
+  /** What the boot step measured: the manifest records it. */
+  boot: z.strictObject({ bootMs: z.int().nonnegative(), kernelSha256: Sha256Hex }).optional(),
   ...Pinned,
 });
 
@@ -202,8 +213,14 @@ export function createActivities(deps: ActivityDeps) {
       );
     },
 
+    async boot(input: z.input<typeof BootInput>): Promise<StepResult<BootData>> {
+      return withStep(BootInput, input, (runner, { language, imageKey, versions, spec }) =>
+        bootImage(runner, spec, language, imageKey, versions),
+      );
+    },
+
     async upload(input: z.input<typeof UploadInput>): Promise<StepResult<UploadData>> {
-      return withPipeline(UploadInput, input, async (p, { language, imageKey, versions, spec }) => {
+      return withPipeline(UploadInput, input, async (p, { language, imageKey, versions, boot, spec }) => {
         const meta = await p.store.lookup(imageKey);
         if (!meta) throw new BuildError(`image artifact ${imageKey} is gone from the build host`, 'InvalidInput');
         const artifact = ImageArtifactData.parse(meta.data);
@@ -214,7 +231,13 @@ export function createActivities(deps: ActivityDeps) {
           artifactImagePath: path.posix.join(p.store.dir(imageKey), artifact.file),
           host: await deps.host(),
           signal: Context.current().cancellationSignal,
-          image: { versions, artifactKey: imageKey, sha256: artifact.sha256, sizeBytes: artifact.sizeBytes },
+          image: {
+            versions,
+            artifactKey: imageKey,
+            sha256: artifact.sha256,
+            sizeBytes: artifact.sizeBytes,
+            ...(boot ? { boot } : {}),
+          },
         });
         return { ...result, key: stepKey('upload', imageKey, uploadKeyInput({ s3: spec.s3 })) };
       });

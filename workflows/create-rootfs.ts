@@ -83,22 +83,35 @@ export async function createRootfs(input: CreateRootfsInput): Promise<ImageSumma
       operatorKey: operator.key,
       ...pinned,
     }));
+    // An image is done only once it has booted and answered from inside. Builds whose spec has no
+    // kernel (started before the pipeline built one) have nothing to boot it with.
+    const booted =
+      spec?.kernel && spec.boot
+        ? await runStep('boot', acts.boot, () => ({
+            language,
+            imageKey: image.key,
+            versions: verify.data.versions,
+            ...pinned,
+          }))
+        : (skip('boot'), undefined);
+    const boot = booted && { bootMs: booted.data.bootMs, kernelSha256: booted.data.kernelSha256 };
     let s3Key: string | undefined;
     if (options.upload ?? true) {
       const uploaded = await runStep('upload', acts.upload, () => ({
         language,
         imageKey: image.key,
         versions: verify.data.versions,
+        ...(boot ? { boot } : {}),
         ...pinned,
       }));
       s3Key = uploaded.data.s3Key;
     } else {
       skip('upload');
     }
-    return { verify, image, s3Key };
+    return { verify, image, boot, s3Key };
   }
 
-  const { verify, image, s3Key } = await runAll(steps);
+  const { verify, image, boot, s3Key } = await runAll(steps);
   return {
     language,
     workflowId: workflowInfo().workflowId,
@@ -108,6 +121,7 @@ export async function createRootfs(input: CreateRootfsInput): Promise<ImageSumma
     sizeBytes: image.data.sizeBytes,
     sha256: image.data.sha256,
     versions: verify.data.versions,
+    ...boot,
     ...outcome(['allocate']),
     s3Key,
   };

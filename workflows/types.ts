@@ -5,7 +5,7 @@
 import type { BuildSpec } from '../src/pipeline/build-spec';
 
 /** The steps of one image, in order. `allocate` checks inputs and prepares the workspace. */
-export const STEPS = ['allocate', 'base', 'runtime', 'operator', 'verify', 'image', 'upload'] as const;
+export const STEPS = ['allocate', 'base', 'runtime', 'operator', 'verify', 'image', 'boot', 'upload'] as const;
 export type ImageStep = (typeof STEPS)[number];
 
 /** The steps of the guest kernel, in order (the `createKernel` workflow). */
@@ -24,6 +24,7 @@ export const STEP_TITLES: Record<Step, string> = {
   operator: 'install operator + unit',
   verify: 'verify versions',
   image: 'make ext4 image',
+  boot: 'boot in a microVM',
   upload: 'upload',
   'kernel-source': 'kernel source package',
   'kernel-config': 'configure kernel',
@@ -106,6 +107,10 @@ export interface ImageSummary {
   sizeBytes?: number;
   sha256?: string;
   versions: string[];
+  /** From the microVM's start to the operator's /health, when the image was booted. */
+  bootMs?: number;
+  /** The kernel it booted with. */
+  kernelSha256?: string;
   /** Per step: ran, reused, or skipped. */
   steps: Partial<Record<Step, 'ran' | 'reused' | 'skipped'>>;
   /** Per step that ran or was reused: how long its last attempt took. */
@@ -171,7 +176,7 @@ export interface StepResult<D extends object = Record<string, unknown>> {
   data: D;
 }
 
-export type { ImageData, UploadData, VerifyData } from '../src/pipeline/step-data';
+export type { BootData, ImageData, UploadData, VerifyData } from '../src/pipeline/step-data';
 
 export const childWorkflowId = (runTag: string, language: string) => `${runTag}/${language}`;
 export const parentWorkflowId = (runTag: string) => `${runTag}/all`;

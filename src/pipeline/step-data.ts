@@ -36,3 +36,15 @@ export const UploadData = z.object({
   sha256: Sha256Hex,
 });
 export type UploadData = z.infer<typeof UploadData>;
+
+/** What the boot step found: the image booted with this kernel and answered from inside. */
+export const BootData = z.object({
+  /** From the microVM's start to the operator's first GET /health answer. */
+  bootMs: z.int().nonnegative(),
+  /** The first line each version check printed inside the running guest. */
+  lines: z.array(z.string()),
+  kernelKey: z.string(),
+  kernelSha256: Sha256Hex,
+  accelerator: z.enum(['kvm', 'tcg']),
+});
+export type BootData = z.infer<typeof BootData>;

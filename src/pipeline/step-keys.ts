@@ -11,7 +11,7 @@ import { renderProfile, renderUnit } from './render';
  */
 
 /** Bumped when a step's recipe changes in a way its inputs do not show, to invalidate old artifacts. */
-export const RECIPE = { base: 1, runtime: 2, operator: 1, verify: 1, image: 1, customize: 1 } as const;
+export const RECIPE = { base: 1, runtime: 2, operator: 1, verify: 1, image: 1, boot: 1, customize: 1 } as const;
 
 /** Packages every image gets on top of minbase: an init (systemd as PID 1), apt, and apt's keyring. */
 export const BASE_PACKAGES = ['systemd-sysv', 'apt', 'ubuntu-keyring'];
@@ -101,6 +101,27 @@ export function imageKeyInput(f: {
     headroomMiB,
     operatorKey: f.operatorKey,
     language: f.language,
+  };
+}
+
+/**
+ * The image (the previous key) booted with the kernel `kernelKey` in a microVM of this size,
+ * checked with the language's version checks from inside. How it was accelerated (KVM or TCG)
+ * and how long it may take are not part of it: a boot is a boot.
+ */
+export function bootKeyInput(f: {
+  kernelKey: string;
+  spec: Pick<LanguageSpec, 'verify' | 'environment' | 'path'>;
+  vm: { memoryMiB: number; vcpus: number };
+}) {
+  return {
+    recipe: RECIPE.boot,
+    kernelKey: f.kernelKey,
+    verify: f.spec.verify,
+    environment: f.spec.environment,
+    path: f.spec.path,
+    memoryMiB: f.vm.memoryMiB,
+    vcpus: f.vm.vcpus,
   };
 }
 

@@ -34,7 +34,7 @@ const KERNEL_SPEC = {
 
 const spec = (packages: string[] = [], languages = ['python'], kernel = false) =>
   BuildSpec.parse({
-    ...(kernel ? { kernel: KERNEL_SPEC } : {}),
+    ...(kernel ? { kernel: KERNEL_SPEC, boot: {} } : {}),
     source: 'test',
     base: {},
     keyringSha256: '1'.repeat(64),
@@ -69,7 +69,15 @@ function fakeActivities(calls: Call[], failing: Map<string, string>, held: Set<s
               ? { sha256: 'b'.repeat(64), sizeBytes: 4096, release: '6.1.192', source: 'linux-source-6.1 6.1.192-2' }
               : activity === 'kernelUpload'
                 ? { s3Key: 'vmlinux' }
-                : {};
+                : activity === 'boot'
+                  ? {
+                      bootMs: 7000,
+                      lines: ['Python 3.10.12'],
+                      kernelKey: 'k',
+                      kernelSha256: 'b'.repeat(64),
+                      accelerator: 'tcg',
+                    }
+                  : {};
     return { key, reused: activity === 'base', data };
   };
   return {
@@ -85,6 +93,7 @@ function fakeActivities(calls: Call[], failing: Map<string, string>, held: Set<s
     verify: step('verify'),
     image: step('image'),
     upload: step('upload'),
+    boot: step('boot'),
     kernelSource: step('kernelSource'),
     kernelConfig: step('kernelConfig'),
     kernelBuild: step('kernelBuild'),
@@ -158,12 +167,13 @@ describe('workflows with fake activities', function () {
     );
 
   it('runs every step in order with the spec, reports ran and reused, and skips the upload when asked', async () => {
-    const pinned = spec(['python3-venv']);
+    const pinned = spec(['python3-venv'], ['python'], true);
     const summary = await (await startChild(tag(), { upload: false }, pinned)).result();
     assert.deepEqual(
       calls.map((c) => c.activity),
-      ['allocate', 'base', 'runtime', 'operator', 'verify', 'image'],
+      ['allocate', 'base', 'runtime', 'operator', 'verify', 'image', 'boot'],
     );
+    assert.deepEqual(calls.at(-1)!.input.versions, ['Python 3.10.12'], 'the boot compares with what verify recorded');
     assert.ok(
       calls.every((c) => JSON.stringify(c.input.spec) === JSON.stringify(pinned)),
       'every step got the spec',
@@ -174,6 +184,7 @@ describe('workflows with fake activities', function () {
       operator: 'ran',
       verify: 'ran',
       image: 'ran',
+      boot: 'ran',
       upload: 'skipped',
     });
     assert.deepEqual(summary.versions, ['Python 3.10.12']);
@@ -330,6 +341,11 @@ describe('workflows with fake activities', function () {
       'kernel-upload': 'ran',
     });
     assert.equal(summary.kernel?.s3Key, 'vmlinux');
+    // The image booted (with the kernel), and its upload carries what the boot measured.
+    const python = summary.images[0]!;
+    assert.deepEqual([python.steps.boot, python.bootMs, python.kernelSha256], ['ran', 7000, 'b'.repeat(64)]);
+    const upload = calls.find((c) => c.activity === 'upload' && c.input.language === 'python')!;
+    assert.deepEqual(upload.input.boot, { bootMs: 7000, kernelSha256: 'b'.repeat(64) });
     assert.equal(
       calls.filter((c) => c.activity === 'kernelSource').length,
       sourceCalls,
