@@ -3,11 +3,12 @@ import { loadConfig } from '../../config';
 import { LocalHost } from '../../host';
 import { formatImageReport, verifyImage } from '../../pipeline/verify-image';
 import { imageKey } from '../../store';
+import { bootCommand, formatBootReport } from '../boot';
 import { customizeCommand } from '../customize';
 import { explainCommand } from '../explain';
 import { EXIT, languageArgument, type CommandContext } from './context';
 
-/** verify, customize, explain: one built image. */
+/** verify, boot, customize, explain: one built image. */
 export function registerImageCommands(ctx: CommandContext): void {
   const { cli } = ctx;
   cli
@@ -25,6 +26,24 @@ export function registerImageCommands(ctx: CommandContext): void {
         config.languages[language]!,
       );
       process.stdout.write(opts.json ? JSON.stringify(report, null, 2) + '\n' : formatImageReport(report));
+      ctx.setExit(report.ok ? EXIT.ok : EXIT.failed);
+    });
+
+  cli
+    .command('boot')
+    .description(
+      'boot a built or downloaded image in a microVM with the kernel, wait for /health, run its version checks inside',
+    )
+    .argument('<language>')
+    .option('--image <file>', 'the image to boot (default: <workspace>/images/rootfs-<language>.ext4)')
+    .option('--kernel <file>', 'the kernel (default: <workspace>/vmlinux)')
+    .option('--json', 'print as JSON')
+    .addHelpText('after', '\nExample:\n  rootfs boot python')
+    .action(async (lang: string, opts: { image?: string; kernel?: string; json?: boolean }) => {
+      const { config } = loadConfig({ file: ctx.configFile() });
+      const language = languageArgument(lang, config);
+      const report = await bootCommand(config, language, opts);
+      process.stdout.write(opts.json ? JSON.stringify(report, null, 2) + '\n' : formatBootReport(report));
       ctx.setExit(report.ok ? EXIT.ok : EXIT.failed);
     });
 
