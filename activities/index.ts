@@ -6,7 +6,7 @@ import { ConfigError, Name, Sha256Hex, type LoadedConfig, type S3Config } from '
 import { BuildError, StepRunner, type Progress } from '../src/pipeline/context';
 import { KEY_PATTERN, stepKey } from '../src/pipeline/keys';
 import { Pipeline, type ArchiveSnapshot } from '../src/pipeline/pipeline';
-import { ImageArtifactData } from '../src/pipeline/step-data';
+import { ImageArtifactData, type ImageOrigin } from '../src/pipeline/step-data';
 import { uploadKeyInput } from '../src/pipeline/step-keys';
 import { HostKeyMismatchError, type Host } from '../src/host';
 import type { BucketListing, ImageData, StepResult, UploadData, VerifyData } from '../workflows/types';
@@ -30,7 +30,7 @@ export interface ActivityDeps {
     artifactImagePath: string;
     host: Host;
     /** What the build knows of the image: the uploaded manifest is made from it. */
-    image: { versions: string[]; artifactKey: string; sha256: string; sizeBytes: number };
+    image: { versions: string[]; artifactKey: string; sha256: string; sizeBytes: number; origin?: ImageOrigin };
     signal?: AbortSignal;
   }): Promise<StepResult<UploadData>>;
   listBucket?(s3: S3Config): Promise<BucketListing>;
@@ -174,7 +174,13 @@ export function createActivities(deps: ActivityDeps) {
           artifactImagePath: path.posix.join(p.store.dir(imageKey), artifact.file),
           host: await deps.host(),
           signal: Context.current().cancellationSignal,
-          image: { versions, artifactKey: imageKey, sha256: artifact.sha256, sizeBytes: artifact.sizeBytes },
+          image: {
+            versions,
+            artifactKey: imageKey,
+            sha256: artifact.sha256,
+            sizeBytes: artifact.sizeBytes,
+            origin: artifact.origin,
+          },
         });
         return { ...result, key: stepKey('upload', imageKey, uploadKeyInput({ s3: spec.s3 })) };
       });
