@@ -386,7 +386,7 @@ describe('two cold builds in two workspaces, same config and archive snapshot @r
     });
   }
 
-  it('give bash and python images with the same sha256 and size, clean, that say what they were built from', async () => {
+  it('give bash and python images (and a customized bash) with the same sha256 and size, clean, that say what they were built from', async () => {
     const [a, b] = [pipelineIn('repro-a'), pipelineIn('repro-b')];
     const snapshot = await a.archiveSnapshot();
     const languages = ['bash', 'python'];
@@ -434,6 +434,25 @@ describe('two cold builds in two workspaces, same config and archive snapshot @r
       if (language === 'python') assert.ok(manifest.packages!.some((p) => /^python3 3\.10\./.test(p)));
       assert.deepEqual(manifest.packages, [...manifest.packages!].sort());
     }
+
+    // A one-off change is settled the same way: the same command gives the same image in both.
+    const argv = ['sh', '-c', 'echo hello > /etc/motd.d-custom; touch /var/log/custom.log'];
+    const [customA, customB] = await both(async (p) => {
+      const changed = await p.customize('bash', argv);
+      const verify = await p.verify('bash', changed.key);
+      return {
+        tree: p.store.tree(changed.key),
+        image: await p.image('bash', verify.key, changed.key, changed.customizations),
+      };
+    });
+    if (customA.image.data.sha256 !== customB.image.data.sha256) {
+      const [a, b] = [customA, customB];
+      assert.fail(
+        `customized bash differs:\n${imageDifferences(a.image.data.path, a.tree, b.image.data.path, b.tree)}`,
+      );
+    }
+    assert.equal(catInImage(customA.image.data.path, '/etc/motd.d-custom'), 'hello\n');
+    assert.equal(statInImage(customA.image.data.path, '/var/log/custom.log'), null);
   });
 });
 
