@@ -1,6 +1,8 @@
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { z } from 'zod';
+import { ArchiveSnapshot as ArchiveSnapshotSchema } from '../store/layout';
 import type { BuildSettings } from './build-spec';
 import { BuildError, type StepRunner } from './context';
 import { debootstrapDefaultMirror } from './mirror';
@@ -72,7 +74,11 @@ export class Archive {
    */
   async epochOf(snapshot: ArchiveSnapshot): Promise<number> {
     const texts: string[] = [];
-    for (const [dist, sha256] of Object.entries(snapshot)) {
+    // Its names reach a URL and its sums a path: checked, whoever hands the snapshot in.
+    const checked = ArchiveSnapshotSchema.safeParse(snapshot);
+    if (!checked.success)
+      throw new BuildError(`not an archive snapshot: ${z.prettifyError(checked.error)}`, 'InvalidInput');
+    for (const [dist, sha256] of Object.entries(checked.data)) {
       const cached = this.inReleasePath(sha256);
       if (await this.runner.host.stat(cached)) {
         const text = (await this.runner.host.readFile(cached)).toString('utf8');

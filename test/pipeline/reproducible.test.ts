@@ -295,6 +295,15 @@ describe('reproducible images: settled trees and clamped images @real', function
     assert.equal(fixture.hits('/ubuntu/dists/jammy-updates/InRelease'), hits, 'read from the cache');
     assert.equal(await archive.epochOf(await archive.state()), Date.UTC(2026, 10, 23, 10) / 1000);
 
+    // Names that would reach a URL or a path are refused before any request.
+    const bads: Array<Record<string, string>> = [{ '../x': sha256('x') }, { jammy: '../../../etc/passwd' }];
+    for (const bad of bads) {
+      await assert.rejects(
+        archive.epochOf(bad),
+        (err: unknown) => err instanceof BuildError && err.type === 'InvalidInput',
+      );
+    }
+
     // A build host without the copies: what the archive serves now is not the snapshot's.
     const elsewhere = new Archive(runner(), base, '/nonexistent.gpg', tempDir('inrelease-empty'));
     await assert.rejects(
