@@ -6,7 +6,7 @@ import * as path from 'node:path';
 import { stringify } from 'yaml';
 import { loadConfig } from '../../src/config';
 import { Base } from '../../src/config/schema';
-import { LocalHost } from '../../src/host';
+import { LocalHost, SshHost } from '../../src/host';
 import { Archive } from '../../src/pipeline/archive';
 import { BuildError, StepRunner } from '../../src/pipeline/context';
 import { Pipeline } from '../../src/pipeline/pipeline';
@@ -33,6 +33,7 @@ import { Manifest } from '../../src/store/layout';
 import { startFixtureServer } from '../support/fixture-server';
 import { catInImage, debugfs, e2fsckStatus, statInImage } from '../support/image';
 import { tempDir } from '../support/process';
+import { testSshd } from '../support/sshd';
 
 const sha256 = (b: Buffer | string) => crypto.createHash('sha256').update(b).digest('hex');
 const runner = () => new StepRunner(new LocalHost());
@@ -179,13 +180,13 @@ describe('reproducible images: settled trees and clamped images @real', function
   const epoch = 1795255005;
 
   /** settle, measure, mkfs and clamp as the pipeline does; returns the image. */
-  async function imageOf(tree: string, clamp = true): Promise<string> {
-    const r = runner();
+  async function imageOf(tree: string, clamp = true, r = runner()): Promise<string> {
     await settleTree(r, tree, epoch);
     const image = `${tree}.ext4`;
     const sizeMiB = (await treeUsageMiB(r, tree)) + 16;
-    const [mkfs, ...args] = mkfsArgv(tree, image, sizeMiB, imageUuid('image-0123456789abcdef0123456789abcdef'));
-    execFileSync(mkfs!, args, { env: { ...process.env, ...e2fsEnv(epoch) }, stdio: 'ignore' });
+    await r.run(mkfsArgv(tree, image, sizeMiB, imageUuid('image-0123456789abcdef0123456789abcdef')), {
+      env: e2fsEnv(epoch),
+    });
     if (clamp) await clampImageTimes(r, image, epoch, path.dirname(tree));
     return image;
   }
@@ -237,6 +238,22 @@ describe('reproducible images: settled trees and clamped images @real', function
     const packaged = timesInImage(imageA, '/usr/bin/tool');
     assert.deepEqual(packaged, { atime: epoch, ctime: epoch, mtime: 1600000000, crtime: epoch });
     assert.equal(timesInImage(imageA, '/').mtime <= epoch, true);
+  });
+
+  it('settles and clamps the same over SSH', async () => {
+    const dir = tempDir('settle-ssh');
+    const [local, remote] = [path.join(dir, 'local'), path.join(dir, 'remote')];
+    writeTree(local, 'a local build');
+    writeTree(remote, 'a build on another host');
+    const sshd = await testSshd();
+    const { host: address, port, user, clientKeyPath: keyPath, hostKeySha256 } = sshd;
+    const host = await SshHost.connect({ host: address, port, user, keyPath, hostKeySha256 });
+    try {
+      const overSsh = await imageOf(remote, true, new StepRunner(host));
+      assert.equal(sha256(fs.readFileSync(overSsh)), sha256(fs.readFileSync(await imageOf(local))));
+    } finally {
+      await host.close();
+    }
   });
 
   it('removes links it finds, never what they point to on the build host', async () => {
