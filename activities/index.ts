@@ -6,7 +6,7 @@ import { ConfigError, Name, Sha256Hex, type LoadedConfig, type S3Config } from '
 import { BuildError, StepRunner, type Progress } from '../src/pipeline/context';
 import { KEY_PATTERN, stepKey } from '../src/pipeline/keys';
 import { Pipeline, type ArchiveSnapshot } from '../src/pipeline/pipeline';
-import { ImageArtifactData } from '../src/pipeline/step-data';
+import { ImageArtifactData, type ImageOrigin } from '../src/pipeline/step-data';
 import { uploadKeyInput } from '../src/pipeline/step-keys';
 import { HostKeyMismatchError, type Host } from '../src/host';
 import {
@@ -42,6 +42,7 @@ export interface ActivityDeps {
       artifactKey: string;
       sha256: string;
       sizeBytes: number;
+      origin?: ImageOrigin;
       boot?: { bootMs: number; kernelSha256: string };
     };
     signal?: AbortSignal;
@@ -236,6 +237,7 @@ export function createActivities(deps: ActivityDeps) {
             artifactKey: imageKey,
             sha256: artifact.sha256,
             sizeBytes: artifact.sizeBytes,
+            origin: artifact.origin,
             ...(boot ? { boot } : {}),
           },
         });

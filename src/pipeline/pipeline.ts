@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { SYSTEM_PATH, type LanguageSpec } from '../config/schema';
-import { imageKey } from '../store/layout';
+import { ArchiveSnapshot as ArchiveSnapshotSchema, imageKey } from '../store/layout';
 import { fileSha256, type BuildSettings } from './build-spec';
 import { Archive } from './archive';
 import { ArtifactStore } from './artifacts';
@@ -19,13 +19,22 @@ import {
   verifyKeyInput,
   type ArchiveSnapshot,
 } from './step-keys';
-import { ImageArtifactData, VerifyData, type ImageData } from './step-data';
+import { ImageArtifactData, TreeOrigin, VerifyData, type ImageData } from './step-data';
 import { OPERATOR_PATH, UNIT_PATH, UNIT_WANTS_LINK } from './render';
 import { inspectTree } from './inspect';
 import { installSource, sha256OnHost, type SourceRecord } from './sources';
 import { publishedManifest, publishImage, type PublishedManifest } from './publish';
 import { linkInTree, putInTree, writeInTree } from './tree-path';
 import { cleanApt, copyTree, withChrootSetup } from './tree-setup';
+import {
+  clampImageTimes,
+  e2fsEnv,
+  imageUuid,
+  installedPackages,
+  mkfsArgv,
+  settleTree,
+  treeUsageMiB,
+} from './reproducible';
 
 export interface StepOutcome<D extends object = Record<string, unknown>> {
   key: string;
@@ -157,6 +166,8 @@ export class Pipeline {
     const { unit, profile } = input;
     const record = keyRecord('operator', runtimeKey, input, language);
     const { meta, reused } = await this.store.ensure(record, async (work) => {
+      const archive = await this.baseArchive(runtimeKey);
+      const epoch = await this.archive.epochOf(archive);
       const tree = await copyTree(this.runner, this.store, runtimeKey, work);
       this.runner.phase('installing the operator and its unit');
       const operator = await putInTree(this.runner, tree, OPERATOR_PATH, this.input.operatorPath, 0o755);
@@ -165,9 +176,29 @@ export class Pipeline {
       // An absolute target: it resolves inside the booted image, whatever the build host's layout.
       await linkInTree(this.runner, tree, UNIT_WANTS_LINK, UNIT_PATH);
       await writeInTree(this.runner, tree, `/etc/profile.d/${language}.sh`, profile, 0o644);
-      return { operatorSha256 };
+      // The last step that writes this tree: it leaves nothing of this build's machine or clock.
+      await settleTree(this.runner, tree, epoch);
+      return { operatorSha256, archive, epoch } satisfies TreeOrigin;
     });
     return { key: record.key, reused, data: meta.data };
+  }
+
+  /**
+   * The archive snapshot the base under `runtimeKey` was built from, found through the runtime's
+   * key record (which names the base) and the base's meta.json.
+   */
+  private async baseArchive(runtimeKey: string): Promise<ArchiveSnapshot> {
+    const record = await this.store.keyRecord(runtimeKey);
+    const base = record?.previous ? await this.store.lookup(record.previous) : null;
+    const archive = ArchiveSnapshotSchema.safeParse(base?.data.archive);
+    if (!archive.success) {
+      throw new BuildError(
+        `the runtime artifact ${runtimeKey} does not lead to a base with an archive snapshot ` +
+          '(built before artifacts kept their key input?): remove it from the artifact store and build again',
+        'InvalidInput',
+      );
+    }
+    return archive.data;
   }
 
   /** Runs the configured version checks inside the finished tree and checks what booting needs. */
@@ -216,7 +247,8 @@ export class Pipeline {
   /**
    * Makes the ext4 image from the finished tree with `mkfs.ext4 -d` (no loop mount), sized from
    * the content plus headroom unless a fixed size is configured, and checks it with `e2fsck -fn`.
-   * UUID, hash seed and timestamps derive from the key, so equal trees give equal images.
+   * UUID and hash seed derive from the key, every time in it from the archive snapshot (the tree's
+   * epoch, see reproducible.ts), and its size from the tree's content: equal trees give equal images.
    */
   async image(
     language: string,
@@ -234,8 +266,10 @@ export class Pipeline {
     const { key } = record;
     const file = imageKey(language);
     const { meta, reused } = await this.store.ensure(record, async (work) => {
+      const origin = await this.treeOrigin(language, operatorKey);
       const tree = this.store.tree(operatorKey);
-      const usedMiB = Number((await this.runner.read(['du', '-sx', '--block-size=1M', tree])).split(/\s/)[0]);
+      this.runner.phase('measuring the tree');
+      const usedMiB = await treeUsageMiB(this.runner, tree);
       // ext4 metadata (inode tables, journal) takes roughly a tenth plus a fixed part.
       const neededMiB = Math.ceil(usedMiB * 1.1) + 128;
       const size = sizeMiB ?? neededMiB + headroomMiB;
@@ -245,40 +279,21 @@ export class Pipeline {
           'InvalidInput',
         );
       }
-      const digest = key.slice(-32);
-      const uuid = `${digest.slice(0, 8)}-${digest.slice(8, 12)}-4${digest.slice(13, 16)}-8${digest.slice(17, 20)}-${digest.slice(20, 32)}`;
-      const operatorMeta = await this.store.lookup(operatorKey);
-      const epoch = String(Math.floor(Date.parse(operatorMeta?.createdAt ?? '2024-01-01T00:00:00Z') / 1000));
       const out = path.posix.join(work, file);
       this.runner.phase(`mkfs.ext4 ${size} MiB from ${usedMiB} MiB of files`);
-      await this.runner.run(
-        [
-          'mkfs.ext4',
-          '-q',
-          '-F',
-          '-t',
-          'ext4',
-          '-L',
-          'rootfs',
-          '-U',
-          uuid,
-          '-E',
-          `hash_seed=${uuid},root_owner=0:0`,
-          '-d',
-          tree,
-          out,
-          `${size}M`,
-        ],
-        { env: { E2FSPROGS_FAKE_TIME: epoch, SOURCE_DATE_EPOCH: epoch } },
-      );
+      await this.runner.run(mkfsArgv(tree, out, size, imageUuid(key)), { env: e2fsEnv(origin.epoch) });
+      this.runner.phase("setting every inode's atime and ctime to the epoch");
+      await clampImageTimes(this.runner, out, origin.epoch, work);
       this.runner.phase('e2fsck -fn');
       await this.runner.run(['e2fsck', '-fn', out]);
       this.runner.phase('sha256');
       const sha256 = await sha256OnHost(this.runner, out);
       const sizeBytes = Number((await this.runner.read(['stat', '-c', '%s', out])).trim());
-      return { file, sizeBytes, sizeMiB: size, usedMiB, sha256 };
+      this.runner.phase('listing the packages');
+      const packages = await installedPackages(this.runner, tree);
+      return { file, sizeBytes, sizeMiB: size, usedMiB, sha256, origin: { ...origin, packages } };
     });
-    const artifact = ImageArtifactData.parse(meta.data);
+    const { origin, ...artifact } = ImageArtifactData.parse(meta.data);
     const verified = await this.store.lookup(verifyKey);
     const versions = verified ? VerifyData.parse(verified.data).versions : [];
     await publishImage(this.runner, path.posix.join(this.store.dir(key), file), this.imagePath(language), key, {
@@ -291,8 +306,23 @@ export class Pipeline {
       // The tree the image was made from: where `rootfs customize` starts.
       treeKey: operatorKey,
       ...(customizations.length ? { customizations } : {}),
+      ...(origin ? { archive: origin.archive, packages: origin.packages, operatorSha256: origin.operatorSha256 } : {}),
     });
     return { key, reused, data: { ...artifact, path: this.imagePath(language), versions } };
+  }
+
+  /** What the finished tree `treeKey` was built from; a tree settled before this was recorded must be built again. */
+  private async treeOrigin(language: string, treeKey: string): Promise<TreeOrigin> {
+    const meta = await this.store.lookup(treeKey);
+    const origin = TreeOrigin.safeParse(meta?.data);
+    if (!origin.success) {
+      throw new BuildError(
+        `the tree ${treeKey} was built before trees recorded their archive snapshot and epoch: ` +
+          `build ${language} again (rootfs create ${language})`,
+        'InvalidInput',
+      );
+    }
+    return origin.data;
   }
 
   /**
@@ -318,6 +348,7 @@ export class Pipeline {
     }
     const record = keyRecord('customize', fromKey, customizeKeyInput({ argv }), language);
     const { meta, reused } = await this.store.ensure(record, async (work) => {
+      const origin = await this.treeOrigin(language, fromKey);
       const tree = await copyTree(this.runner, this.store, fromKey, work);
       await withChrootSetup(this.runner, tree, async () => {
         this.runner.phase(`running ${argv.join(' ')}`);
@@ -328,7 +359,8 @@ export class Pipeline {
         );
         await cleanApt(this.runner, tree);
       });
-      return { argv, fromKey };
+      await settleTree(this.runner, tree, origin.epoch);
+      return { argv, fromKey, ...origin };
     });
     return {
       key: record.key,

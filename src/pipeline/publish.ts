@@ -13,6 +13,10 @@ export interface PublishedManifest {
   /** The tree the image was made from. */
   treeKey?: string;
   customizations?: string[][];
+  /** What the image was built from (absent before it was recorded): archive snapshot, packages, operator. */
+  archive?: Record<string, string>;
+  packages?: string[];
+  operatorSha256?: string;
 }
 
 /** What the build wrote beside the published image `dest`, if it has been built. */

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { Sha256Hex } from '../config/schema';
+import { ArchiveSnapshot, PackageLine } from '../store/layout';
 
 /**
  * What the steps whose results the workflow reads hand back, one schema each: the pipeline parses
@@ -13,6 +14,26 @@ export const VerifyData = z.object({
 });
 export type VerifyData = z.infer<typeof VerifyData>;
 
+/**
+ * What a finished tree (the operator step's, a customize step's) was built from, in its meta.json:
+ * the image step makes the image's times from `epoch` and records the rest in the manifest.
+ */
+export const TreeOrigin = z.object({
+  /** The archive snapshot behind the base: sha256 of each dist's signed InRelease. */
+  archive: ArchiveSnapshot,
+  /** Seconds since 1970 every time in the tree (and the image) is clamped to; from `archive`. */
+  epoch: z.int().nonnegative(),
+  operatorSha256: Sha256Hex,
+});
+export type TreeOrigin = z.infer<typeof TreeOrigin>;
+
+/** What the image was built from: the tree's origin and the packages installed in it. */
+export const ImageOrigin = TreeOrigin.extend({
+  /** `name version`, sorted, as `dpkg-query -W` lists them from the tree's database. */
+  packages: z.array(PackageLine),
+});
+export type ImageOrigin = z.infer<typeof ImageOrigin>;
+
 /** The image artifact's own record. */
 export const ImageArtifactData = z.object({
   file: z.string().regex(/^rootfs-[a-z][a-z0-9-]{0,31}\.ext4$/),
@@ -20,9 +41,11 @@ export const ImageArtifactData = z.object({
   sizeMiB: z.int().positive(),
   usedMiB: z.number().nonnegative(),
   sha256: Sha256Hex,
+  /** Absent in images built before it was recorded. Kept out of the step's result (the package list is long). */
+  origin: ImageOrigin.optional(),
 });
 
-export const ImageData = ImageArtifactData.extend({
+export const ImageData = ImageArtifactData.omit({ origin: true }).extend({
   /** The published copy under `<workspace>/images/`. */
   path: z.string(),
   versions: z.array(z.string()),

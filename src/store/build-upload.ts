@@ -66,7 +66,14 @@ export function s3StoreDeps(): Pick<ActivityDeps, 'upload' | 'uploadKernel' | 'l
     async upload({ spec, language, artifactImagePath, host, image, signal }) {
       const client = createClient({ config: spec.s3 });
       const ctx: StoreContext = { client, config: spec.s3, workspace: spec.workspace, signal };
-      const facts = { versions: image.versions, artifactKey: image.artifactKey };
+      const { origin } = image;
+      const facts = {
+        versions: image.versions,
+        artifactKey: image.artifactKey,
+        ...(origin
+          ? { archive: origin.archive, packages: origin.packages, operatorSha256: origin.operatorSha256 }
+          : {}),
+      };
       try {
         let file = artifactImagePath;
         const { buildHost } = spec;

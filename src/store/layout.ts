@@ -37,7 +37,7 @@ export const DEFAULT_LANGUAGE = 'python';
 export const DEFAULT_LINK = 'rootfs.ext4';
 /** Where earlier versions put the default link: `images/rootfs.ext4 -> rootfs-<lang>.ext4`. */
 export const OLD_LINK = path.join('images', DEFAULT_LINK);
-/** A manifest is well under 1 KiB; one larger than this is not read (nor written). */
+/** A manifest is a few KiB (an image's package list is most of it); one larger than this is not read (nor written). */
 export const MAX_MANIFEST_BYTES = 64 * 1024;
 
 const LANG = NAME_PATTERN.source.replace(/^\^|\$$/g, '');
@@ -75,7 +75,19 @@ export interface ImageFacts {
   builtAt?: string;
   /** The pipeline's content-addressed key of the image artifact. */
   artifactKey?: string;
+  /** What the image was built from: see `Manifest`. */
+  archive?: ArchiveSnapshot;
+  packages?: string[];
+  operatorSha256?: string;
 }
+
+/** An apt dist's name, e.g. `jammy-updates`. */
+export const DIST_PATTERN = /^[a-z0-9][a-z0-9.-]{0,63}$/;
+/** sha256 of the signed InRelease per dist: the archive state a build saw. */
+export const ArchiveSnapshot = z.record(z.string().regex(DIST_PATTERN), Sha256Hex);
+export type ArchiveSnapshot = z.infer<typeof ArchiveSnapshot>;
+/** `name version` of an installed package, as `dpkg-query -W` prints it. */
+export const PackageLine = z.string().regex(/^[a-z0-9][a-z0-9+.-]* [A-Za-z0-9.+~:-]+$/);
 
 export const Manifest = z.object({
   format: z.literal(1),
@@ -90,5 +102,13 @@ export const Manifest = z.object({
   builtAt: z.string(),
   artifactKey: z.string().optional(),
   uploadedAt: z.string(),
+  // What the image was built from (absent in manifests written before): after the fields above, so
+  // that the bootstrap script's one-field-a-line reader meets the top-level `key` and `sha256` first.
+  /** The archive snapshot: sha256 of each dist's signed InRelease. */
+  archive: ArchiveSnapshot.optional(),
+  /** The installed packages, `name version`, sorted. */
+  packages: z.array(PackageLine).max(10_000).optional(),
+  /** sha256 of the guest operator binary in the image. */
+  operatorSha256: Sha256Hex.optional(),
 });
 export type Manifest = z.infer<typeof Manifest>;

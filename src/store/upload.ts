@@ -42,7 +42,7 @@ export interface UploadResult {
 }
 
 export interface UploadOptions {
-  /** Facts for an image's manifest: versions verified at build, build time, artifact key. */
+  /** Facts for an image's manifest: versions verified at build, build time, artifact key, what it was built from. */
   facts?: (language: string) => ImageFacts | undefined | Promise<ImageFacts | undefined>;
 }
 
@@ -103,6 +103,9 @@ async function publish(ctx: StoreContext, input: PublishInput): Promise<UploadRe
     versions: input.facts?.versions ?? kept?.versions,
     builtAt: input.facts?.builtAt ?? kept?.builtAt,
     artifactKey: input.facts?.artifactKey ?? kept?.artifactKey,
+    archive: input.facts?.archive ?? kept?.archive,
+    packages: input.facts?.packages ?? kept?.packages,
+    operatorSha256: input.facts?.operatorSha256 ?? kept?.operatorSha256,
   };
   const manifest = Manifest.parse({
     format: 1,
@@ -116,6 +119,9 @@ async function publish(ctx: StoreContext, input: PublishInput): Promise<UploadRe
     builtAt: facts.builtAt ?? new Date(fs.statSync(file).mtimeMs).toISOString(),
     ...(facts.artifactKey ? { artifactKey: facts.artifactKey } : {}),
     uploadedAt: new Date().toISOString(),
+    ...(facts.archive ? { archive: facts.archive } : {}),
+    ...(facts.packages ? { packages: facts.packages } : {}),
+    ...(facts.operatorSha256 ? { operatorSha256: facts.operatorSha256 } : {}),
   } satisfies z.input<typeof Manifest>);
   const stale = !current || substance(current) !== substance(manifest);
   if (stale) {

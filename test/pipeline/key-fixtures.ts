@@ -74,36 +74,39 @@ export const SECOND = {
  * Keys computed by the code before the key inputs moved to src/pipeline/step-keys.ts (main at
  * 36476d3: Pipeline.base/runtime/operator/verify/image/customize run on these inputs with a store
  * whose `ensure` recorded the key, and the upload key as activities/index.ts made it). Computed
- * once and written here by hand: artifacts already built must keep their keys, so these never change.
+ * once and written here by hand: artifacts already built must keep their keys, so these change only
+ * with a RECIPE bump. Changed on purpose once since: RECIPE.operator, .customize and .image went to 2
+ * (trees settled and images made reproducibly, issue 11 §3), so the operator keys and all after them
+ * changed; base and runtime keys did not.
  */
 export const PINNED = {
   first: {
     base: 'base-3a1147f0dae1e102b0903aee986d0624',
     python: {
       runtime: 'runtime-59b22850ef4c82341af2a14080e17120',
-      operator: 'operator-1cafdfe0579e0bd024a319e167a7719c',
-      verify: 'verify-6b5f1dc20df547310d12c21384ad8330',
-      image: 'image-f6d62981da387b811a053c5fd1bec354',
-      upload: 'upload-8c157c77519a99693e421aa8b0d74f84',
+      operator: 'operator-2a4e4a1776ac5103b65a518bdded4048',
+      verify: 'verify-bf8276e7b646fcf73731c40da8e3f15e',
+      image: 'image-6497a48302e2e2812ec3c33402f35c90',
+      upload: 'upload-bc7b5313ad7ad99a6f1ceb2a2418c811',
     },
     go: {
       runtime: 'runtime-2442aa7d7b47b36607a592b7941ad65e',
-      operator: 'operator-930403e11ca5081bb82a8103cd6502e6',
-      verify: 'verify-33f3e03fd1281b53586c7d1816d6528f',
-      image: 'image-6e003e30e79efe0d98e39a3be2ffba26',
-      upload: 'upload-955b519e932a413501b94cc3754f90e1',
+      operator: 'operator-cd40ceec360d1ac4a78d4489d8ae3ec7',
+      verify: 'verify-4ac8fe59ca3269a71d1f0034d5ef9cad',
+      image: 'image-02add27630f9fcca6a51a101a3c84e68',
+      upload: 'upload-0a06767e973973d5ce88dc31e7dd1837',
     },
-    /** `customize python -- sh -c 'echo hi'` on the python tree (operator-1caf…). */
-    customize: 'customize-eaa6c7a269a3fdd082eface5671abd9f',
+    /** `customize python -- sh -c 'echo hi'` on the python tree (operator-2a4e…). */
+    customize: 'customize-282e201b7f39ec208000b8dfb21703c2',
   },
   second: {
     base: 'base-68b520f219bff1d0b1c8a74795d76b90',
     bash: {
       runtime: 'runtime-a36d7bf0816a6681003c38d87b33e750',
-      operator: 'operator-16c1d3cf4f4e4553a9e011e7afbd90a6',
-      verify: 'verify-f3ade2b4bdbf4f7b1797b2130d5c770f',
-      image: 'image-c60a01f6f64d159d58fd332d10c9ce27',
-      upload: 'upload-8cc208cc137961b5a5e4eb027449296c',
+      operator: 'operator-6d6535059bf3f0fce3fecdca9d1c6f53',
+      verify: 'verify-c35a2bd722c088ad983e0f3a08f1595c',
+      image: 'image-74522454a1d12791adcb53945a0864d5',
+      upload: 'upload-d0575d00df8992a7f328d05fced9faed',
     },
   },
 };

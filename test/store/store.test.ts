@@ -70,10 +70,17 @@ describe('store: upload, list and sync with a real S3 @real', function () {
     ]);
     fs.symlinkSync('rootfs-python.ext4', path.join(source, 'images/rootfs.ext4'));
     const builtAt = '2024-05-01T11:00:00.000Z';
+    // What python was built from; the others say nothing of it, as images built before did.
+    const origin = {
+      archive: { jammy: 'a'.repeat(64), 'jammy-updates': 'b'.repeat(64) },
+      packages: ['bash 5.1-6ubuntu1.1', 'python3 3.10.6-1~22.04.1'],
+      operatorSha256: 'c'.repeat(64),
+    };
     const facts = (language: string) => ({
       versions: [`${language} 1.2.3`],
       builtAt,
       artifactKey: `image-${language}-0123456789abcdef`,
+      ...(language === 'python' ? origin : {}),
     });
 
     const uploaded = await uploadAll(ctx(source), { facts });
@@ -97,6 +104,15 @@ describe('store: upload, list and sync with a real S3 @real', function () {
     assert.deepEqual(pythonObject.manifest?.versions, ['python 1.2.3']);
     assert.equal(pythonObject.manifest?.builtAt, builtAt);
     assert.equal(pythonObject.manifest?.artifactKey, 'image-python-0123456789abcdef');
+    assert.deepEqual(
+      {
+        archive: pythonObject.manifest?.archive,
+        packages: pythonObject.manifest?.packages,
+        operatorSha256: pythonObject.manifest?.operatorSha256,
+      },
+      origin,
+    );
+    assert.equal(listing.objects.find((o) => o.key === 'rootfs-bash.ext4')!.manifest?.packages, undefined);
     assert.ok(JSON.parse(JSON.stringify(listing)), 'the listing is plain data');
     const text = formatListing(listing);
     assert.match(
