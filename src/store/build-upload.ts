@@ -73,6 +73,9 @@ export function s3StoreDeps(): Pick<ActivityDeps, 'upload' | 'uploadKernel' | 'l
         ...(origin
           ? { archive: origin.archive, packages: origin.packages, operatorSha256: origin.operatorSha256 }
           : {}),
+        ...(image.boot
+          ? { boot: { seconds: Math.round(image.boot.bootMs / 100) / 10, kernelSha256: image.boot.kernelSha256 } }
+          : {}),
       };
       try {
         let file = artifactImagePath;

@@ -79,7 +79,13 @@ export interface ImageFacts {
   archive?: ArchiveSnapshot;
   packages?: string[];
   operatorSha256?: string;
+  /** The boot step's result: see `Manifest`. */
+  boot?: ImageBoot;
 }
+
+/** The image booted in a microVM before it was published: how long to /health, and with which kernel. */
+export const ImageBoot = z.strictObject({ seconds: z.number().nonnegative(), kernelSha256: Sha256Hex });
+export type ImageBoot = z.infer<typeof ImageBoot>;
 
 /** An apt dist's name, e.g. `jammy-updates`. */
 export const DIST_PATTERN = /^[a-z0-9][a-z0-9.-]{0,63}$/;
@@ -110,5 +116,7 @@ export const Manifest = z.object({
   packages: z.array(PackageLine).max(10_000).optional(),
   /** sha256 of the guest operator binary in the image. */
   operatorSha256: Sha256Hex.optional(),
+  /** The boot that preceded the upload (absent for images uploaded by hand, or built before the boot step). */
+  boot: ImageBoot.optional(),
 });
 export type Manifest = z.infer<typeof Manifest>;

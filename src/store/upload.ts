@@ -106,6 +106,7 @@ async function publish(ctx: StoreContext, input: PublishInput): Promise<UploadRe
     archive: input.facts?.archive ?? kept?.archive,
     packages: input.facts?.packages ?? kept?.packages,
     operatorSha256: input.facts?.operatorSha256 ?? kept?.operatorSha256,
+    boot: input.facts?.boot ?? kept?.boot,
   };
   const manifest = Manifest.parse({
     format: 1,
@@ -122,6 +123,7 @@ async function publish(ctx: StoreContext, input: PublishInput): Promise<UploadRe
     ...(facts.archive ? { archive: facts.archive } : {}),
     ...(facts.packages ? { packages: facts.packages } : {}),
     ...(facts.operatorSha256 ? { operatorSha256: facts.operatorSha256 } : {}),
+    ...(facts.boot ? { boot: facts.boot } : {}),
   } satisfies z.input<typeof Manifest>);
   const stale = !current || substance(current) !== substance(manifest);
   if (stale) {

@@ -4,6 +4,7 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { PROFILES } from '../../src/config';
+import { createClient, readManifest } from '../../src/store';
 import { ORCHESTRATOR_TASK_QUEUE } from '../../worker';
 import { createAllRootfs } from '../../workflows';
 import { progressQuery, retryStepUpdate } from '../../workflows/messages';
@@ -153,7 +154,21 @@ describe('pipeline @real @heavy', function () {
     for (const image of first.images) {
       assert.equal(image.state, 'done');
       assertBootable(image, image.language);
+      // …and booted: with this build's kernel, to the operator's /health, the checks answered from inside.
+      assert.equal(image.steps.boot, 'ran', image.language);
+      assert.ok(image.bootMs! > 0 && image.bootMs! < 180_000, `${image.language} booted in ${image.bootMs} ms`);
+      assert.equal(image.kernelSha256, kernel.sha256, image.language);
     }
+    console.log(
+      `      boot to /health: ${first.images.map((i) => `${i.language} ${(i.bootMs! / 1000).toFixed(1)} s`).join(', ')}`,
+    );
+    const s3 = createClient({ config: env.s3 });
+    const { manifest } = await readManifest({ client: s3, config: env.s3 }, 'rootfs-python.ext4');
+    s3.destroy();
+    assert.deepEqual(manifest?.boot, {
+      seconds: Math.round(first.images.find((i) => i.language === 'python')!.bootMs! / 100) / 10,
+      kernelSha256: kernel.sha256,
+    });
     const versions = Object.fromEntries(first.images.map((i) => [i.language, i.versions.join(' | ')]));
     assert.match(versions.bash!, /^GNU bash, version 5\.1\./);
     assert.match(versions.python!, /^Python 3\.10\.\d+ \| pip /);
@@ -199,7 +214,7 @@ describe('pipeline @real @heavy', function () {
     });
     const seconds = (Date.now() - started) / 1000;
     for (const image of again.images) {
-      for (const step of ['base', 'runtime', 'operator', 'verify', 'image', 'upload'] as const) {
+      for (const step of ['base', 'runtime', 'operator', 'verify', 'image', 'boot', 'upload'] as const) {
         assert.equal(image.steps[step], 'reused', `${image.language} ${step}`);
       }
       const before = first.images.find((i) => i.language === image.language)!;

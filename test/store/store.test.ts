@@ -81,6 +81,7 @@ describe('store: upload, list and sync with a real S3 @real', function () {
       builtAt,
       artifactKey: `image-${language}-0123456789abcdef`,
       ...(language === 'python' ? origin : {}),
+      boot: { seconds: 7.1, kernelSha256: 'e'.repeat(64) },
     });
 
     const uploaded = await uploadAll(ctx(source), { facts });
@@ -104,6 +105,7 @@ describe('store: upload, list and sync with a real S3 @real', function () {
     assert.deepEqual(pythonObject.manifest?.versions, ['python 1.2.3']);
     assert.equal(pythonObject.manifest?.builtAt, builtAt);
     assert.equal(pythonObject.manifest?.artifactKey, 'image-python-0123456789abcdef');
+    assert.deepEqual(pythonObject.manifest?.boot, { seconds: 7.1, kernelSha256: 'e'.repeat(64) });
     assert.deepEqual(
       {
         archive: pythonObject.manifest?.archive,

@@ -10,6 +10,7 @@ import { testKernel } from '../support/kernel';
 import { onCleanup, tempDir } from '../support/process';
 import { sha256File } from '../store/helpers';
 import { testSshd } from '../support/sshd';
+import { rootfs } from '../support/cli';
 
 /** PIDs of the processes whose command line boots `image` (QEMU names it in `-drive file=IMAGE,`). */
 function vmsOf(image: string): number[] {
@@ -215,5 +216,20 @@ describe('microVM boot of an image the pipeline built @real @heavy', function ()
       (err: unknown) => err === reason,
     );
     await assertStopped(bash.image);
+  });
+
+  it('rootfs boot does the same by hand: boot time, and each line beside the one the build recorded', async () => {
+    const dir = tempDir('boot-cli');
+    const config = path.join(dir, 'rootfs.yaml');
+    fs.writeFileSync(config, `workspace: ${dir}\nboot: {accelerator: tcg}\n`);
+    const run = await rootfs(['-c', config, 'boot', 'bash', '--image', bash.image, '--kernel', kernel]);
+    assert.equal(run.code, 0, run.stderr + run.stdout);
+    const [head, line] = run.stdout.split('\n');
+    assert.match(head!, /^bash: booted rootfs-bash\.ext4 with \S+ \(tcg\); \/health answered after \d+\.\d s$/);
+    assert.match(line!, /^ {2}bash --version +GNU bash, version 5\.1\.\S+.* {3}\(as built\)$/);
+    const missing = await rootfs(['-c', config, 'boot', 'bash']);
+    assert.equal(missing.code, 1);
+    assert.match(missing.stdout, /^bash: did not boot and answer: no image at \S+rootfs-bash\.ext4: build it/);
+    assert.equal(sha256File(bash.image), bash.sha256);
   });
 });
