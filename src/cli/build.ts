@@ -59,7 +59,14 @@ export function summaryTable(summary: CreateAllSummary): string {
       );
       return [
         `${i.language.padEnd(8)} ${(i.path ?? '-').split('/').pop()!.padEnd(26)} ${(i.sizeBytes ? humanSize(i.sizeBytes) : '-').padStart(10)}  ${(i.sha256 ?? '-').slice(0, 12).padEnd(12)}  ${ran} ran, ${reused} reused`,
-        ...(i.versions.length ? [`${' '.repeat(9)}${i.versions.join('; ')}`] : []),
+        ...(i.versions.length || i.bootMs !== undefined
+          ? [
+              `${' '.repeat(9)}${[
+                ...i.versions,
+                ...(i.bootMs !== undefined ? [`booted to /health in ${seconds(i.bootMs)}`] : []),
+              ].join('; ')}`,
+            ]
+          : []),
         ...(steps.length
           ? [`${' '.repeat(9)}${steps.join(' · ')}`]
           : [`${' '.repeat(9)}${i.state}${i.error ? `: ${firstLine(i.error)}` : ''}`]),

@@ -51,13 +51,13 @@ describe('CLI rendering', () => {
     );
     assert.equal(
       lines[0],
-      'python   [######--------------] 2/7  install runtime           0:47  apt-get: Unpacking python3.10',
+      'python   [#####---------------] 2/8  install runtime           0:47  apt-get: Unpacking python3.10',
     );
     assert.equal(
       lines[1],
-      'rust     [######--------------] 2/7  install runtime           0:47  waiting for retry: download failed: 503',
+      'rust     [#####---------------] 2/8  install runtime           0:47  waiting for retry: download failed: 503',
     );
-    assert.equal(lines[2], 'go       [--------------------] 0/7  pending');
+    assert.equal(lines[2], 'go       [--------------------] 0/8  pending');
     for (const l of renderLive([python], T0, new Map([['python', 'x'.repeat(500)]]), 80)) assert.equal(l.length, 80);
     const finished = progress(
       'bash',
@@ -68,7 +68,7 @@ describe('CLI rendering', () => {
     );
     assert.match(
       renderLive([finished], T0 + 3_600_000)[0]!,
-      /\[#{20}\] 7\/7 {2}done +1:05$/,
+      /\[#{20}\] 8\/8 {2}done +1:15$/,
       'a finished build keeps its own duration',
     );
     assert.equal(clock(61_999), '1:01');
@@ -92,7 +92,7 @@ describe('CLI rendering', () => {
 
   it('status of a running build: every step with state, time, attempts and error', () => {
     const table = progressTable([rust], T0 + 30_000).split('\n');
-    assert.equal(table[0], 'rust  awaiting-retry (2/7 steps)  run/rust');
+    assert.equal(table[0], 'rust  awaiting-retry (2/8 steps)  run/rust');
     assert.equal(table[2], '  debootstrap base         done            20.0 s');
     assert.equal(
       table[3],
@@ -113,8 +113,9 @@ describe('CLI rendering', () => {
           sizeBytes: 1.5 * 1024 ** 3,
           sha256: 'ab'.repeat(32),
           versions: ['go version go1.22.3 linux/amd64'],
-          steps: { base: 'reused', runtime: 'ran', upload: 'skipped' },
-          durationsMs: { base: 40, runtime: 61_000 },
+          bootMs: 7_250,
+          steps: { base: 'reused', runtime: 'ran', boot: 'ran', upload: 'skipped' },
+          durationsMs: { base: 40, runtime: 61_000, boot: 9_000 },
         },
         {
           language: 'rust',
@@ -125,17 +126,29 @@ describe('CLI rendering', () => {
           error: 'rust: aborted by the operator at step runtime: checksum mismatch\nsecond line',
         },
       ],
+      kernel: {
+        workflowId: 'run/kernel',
+        state: 'done',
+        sha256: 'cd'.repeat(32),
+        sizeBytes: 21.9 * 1024 ** 2,
+        release: '6.1.192',
+        source: 'linux-source-6.1 6.1.192-2',
+        steps: { 'kernel-source': 'reused', 'kernel-config': 'reused', 'kernel-build': 'ran', 'kernel-upload': 'ran' },
+        durationsMs: { 'kernel-build': 330_000 },
+      },
       bucket: { bucket: 'b', objects: 3, totalBytes: 2048 },
     });
     assert.equal(
       text,
       [
         'language image                      size        sha256        steps',
-        'go       rootfs-go.ext4                1.5 GiB  abababababab  1 ran, 1 reused',
-        '         go version go1.22.3 linux/amd64',
-        '         base reused 0.0 s · runtime ran 61.0 s · upload skipped',
+        'go       rootfs-go.ext4                1.5 GiB  abababababab  2 ran, 1 reused',
+        '         go version go1.22.3 linux/amd64; booted to /health in 7.3 s',
+        '         base reused 0.0 s · runtime ran 61.0 s · boot ran 9.0 s · upload skipped',
         'rust     -                                   -  -             0 ran, 0 reused',
         '         aborted: rust: aborted by the operator at step runtime: checksum mismatch',
+        'kernel   vmlinux                      21.9 MiB  cdcdcdcdcdcd  Linux 6.1.192 (linux-source-6.1 6.1.192-2)',
+        '         source reused · config reused · build ran 330.0 s · upload ran',
         'bucket b: 3 objects, 2.0 KiB',
       ].join('\n'),
     );

@@ -407,9 +407,19 @@ describe('the pipeline`s writers stay inside a tree whose links point outside @r
     const baseDir = path.join(workspace, 'artifacts', baseKey);
     fs.mkdirSync(baseDir, { recursive: true });
     fs.renameSync(baseTree, path.join(baseDir, 'tree'));
+    // The operator step settles the tree to the epoch of the base's archive snapshot: a cached InRelease.
+    const inRelease = 'Origin: Ubuntu\nSuite: jammy\nDate: Thu, 21 Apr 2022 17:16:08 UTC\n';
+    const inReleaseSha = sha256(inRelease);
+    fs.mkdirSync(path.join(workspace, 'cache', 'inrelease'), { recursive: true });
+    fs.writeFileSync(path.join(workspace, 'cache', 'inrelease', `${inReleaseSha}.InRelease`), inRelease);
     fs.writeFileSync(
       path.join(baseDir, 'meta.json'),
-      JSON.stringify({ key: baseKey, step: 'base', createdAt: new Date().toISOString(), data: {} }),
+      JSON.stringify({
+        key: baseKey,
+        step: 'base',
+        createdAt: new Date().toISOString(),
+        data: { archive: { jammy: inReleaseSha } },
+      }),
     );
     const fixture = await startFixtureServer();
     // Runs inside the tree during the install: what did it see of the set-up?
