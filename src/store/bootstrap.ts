@@ -174,7 +174,7 @@ umask 022
 
 ${vars.join('\n')}
 LIST_PAGE_SIZE=\${S3_LIST_PAGE_SIZE:-1000}
-# A manifest is well under 1 KiB, a SHA256SUMS a few lines: larger ones are not read.
+# A manifest is a few KiB (its package list), a SHA256SUMS a few lines: larger ones are not read.
 MAX_MANIFEST_BYTES=${MAX_MANIFEST_BYTES}
 MAX_SUMS_BYTES=1048576
 IMAGES="$WORKSPACE/images"

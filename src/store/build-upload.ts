@@ -2,6 +2,8 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { ActivityDeps } from '../../activities';
+import type { BuildSpec } from '../pipeline/build-spec';
+import type { StepResult, UploadData } from '../../workflows/types';
 import { capture } from '../util/exec';
 import { userCacheDir } from '../util/paths';
 import type { Host } from '../host';
@@ -10,7 +12,7 @@ import { fileDigest } from './digest';
 import { imageKey } from './layout';
 import { listBucket, readManifest, summarize } from './list';
 import { statObject } from './client';
-import { uploadImage, uploadKernel, uploadKernelConfig } from './upload';
+import { uploadImage, uploadKernel, uploadKernelConfig, type UploadResult } from './upload';
 
 /**
  * The S3 side of the build: the upload step and the closing bucket listing. Credentials come
@@ -29,7 +31,7 @@ export function stagingDir(alias: string): string {
   return path.join(userCacheDir(), 'staging', alias);
 }
 
-async function pullImage(
+async function pullFile(
   host: Host,
   remote: string,
   local: string,
@@ -61,23 +63,53 @@ async function pullImage(
   }
 }
 
+/** Runs `fn` with a store context for the build's bucket, and closes the client after. */
+async function withStore<T>(
+  spec: BuildSpec,
+  signal: AbortSignal | undefined,
+  fn: (ctx: StoreContext) => Promise<T>,
+): Promise<T> {
+  const client = createClient({ config: spec.s3 });
+  try {
+    return await fn({ client, config: spec.s3, workspace: spec.workspace, signal });
+  } finally {
+    client.destroy();
+  }
+}
+
+/** The upload step's result for an uploaded (or already stored) artifact. */
+const uploaded = (spec: BuildSpec, artifactKey: string, outcome: UploadResult): StepResult<UploadData> => ({
+  key: artifactKey,
+  reused: outcome.status === 'unchanged',
+  data: { s3Key: outcome.key, bucket: spec.s3.bucket, bytesSent: outcome.bytesSent, sha256: outcome.sha256 },
+});
+
+/**
+ * Removes what `dir` holds besides `keep` and its dotfiles (the digest cache): older artifacts'
+ * staging copies, once this one is in.
+ */
+function removeOthers(dir: string, keep: string): void {
+  for (const name of fs.readdirSync(dir)) {
+    if (name !== keep && !name.startsWith(`.${keep}.`))
+      fs.rmSync(path.join(dir, name), { recursive: true, force: true });
+  }
+}
+
 export function s3StoreDeps(): Pick<ActivityDeps, 'upload' | 'uploadKernel' | 'listBucket'> {
   return {
-    async upload({ spec, language, artifactImagePath, host, image, signal }) {
-      const client = createClient({ config: spec.s3 });
-      const ctx: StoreContext = { client, config: spec.s3, workspace: spec.workspace, signal };
-      const { origin } = image;
-      const facts = {
-        versions: image.versions,
-        artifactKey: image.artifactKey,
-        ...(origin
-          ? { archive: origin.archive, packages: origin.packages, operatorSha256: origin.operatorSha256 }
-          : {}),
-        ...(image.boot
-          ? { boot: { seconds: Math.round(image.boot.bootMs / 100) / 10, kernelSha256: image.boot.kernelSha256 } }
-          : {}),
-      };
-      try {
+    upload: ({ spec, language, artifactImagePath, host, image, signal }) =>
+      withStore(spec, signal, async (ctx) => {
+        const { origin } = image;
+        const facts = {
+          versions: image.versions,
+          artifactKey: image.artifactKey,
+          ...(origin
+            ? { archive: origin.archive, packages: origin.packages, operatorSha256: origin.operatorSha256 }
+            : {}),
+          ...(image.boot
+            ? { boot: { seconds: Math.round(image.boot.bootMs / 100) / 10, kernelSha256: image.boot.kernelSha256 } }
+            : {}),
+        };
         let file = artifactImagePath;
         const { buildHost } = spec;
         if (buildHost.kind !== 'local') {
@@ -98,47 +130,29 @@ export function s3StoreDeps(): Pick<ActivityDeps, 'upload' | 'uploadKernel' | 'l
           // each other's manifests. Copies of the language's older artifacts go once this one is in.
           const languageDir = path.join(stagingDir(buildHost.alias), language);
           file = path.join(languageDir, `${facts.artifactKey}.ext4`);
-          await pullImage(host, artifactImagePath, file, sha256, signal);
-          for (const name of fs.readdirSync(languageDir)) {
-            if (name.endsWith('.ext4') && name !== path.basename(file))
-              fs.rmSync(path.join(languageDir, name), { force: true });
-          }
+          await pullFile(host, artifactImagePath, file, sha256, signal);
+          removeOthers(languageDir, path.basename(file));
           // The local store keeps its resumable-upload state beside the staging copy, not at the remote's path.
           ctx.workspace = stagingDir(buildHost.alias);
         }
-        const outcome = await uploadImage(ctx, language, file, facts);
-        return {
-          key: facts.artifactKey,
-          reused: outcome.status === 'unchanged',
-          data: { s3Key: outcome.key, bucket: spec.s3.bucket, bytesSent: outcome.bytesSent, sha256: outcome.sha256 },
-        };
-      } finally {
-        client.destroy();
-      }
-    },
-    async uploadKernel({ spec, host, artifactDir, kernel, signal }) {
-      const client = createClient({ config: spec.s3 });
-      const ctx: StoreContext = { client, config: spec.s3, workspace: spec.workspace, signal };
-      try {
+        return uploaded(spec, facts.artifactKey, await uploadImage(ctx, language, file, facts));
+      }),
+
+    uploadKernel: ({ spec, host, artifactDir, kernel, signal }) =>
+      withStore(spec, signal, async (ctx) => {
         let dir = artifactDir;
         const { buildHost } = spec;
         if (buildHost.kind !== 'local') {
           // One copy per artifact, as for images; the config is small and checked by its sha256 too.
-          dir = path.join(stagingDir(buildHost.alias), 'kernel', kernel.artifactKey);
-          await pullImage(
-            host,
-            path.posix.join(artifactDir, 'vmlinux'),
-            path.join(dir, 'vmlinux'),
-            kernel.sha256,
-            signal,
-          );
-          await pullImage(
-            host,
-            path.posix.join(artifactDir, 'config'),
-            path.join(dir, 'config'),
-            kernel.configSha256,
-            signal,
-          );
+          const kernelsDir = path.join(stagingDir(buildHost.alias), 'kernel');
+          dir = path.join(kernelsDir, kernel.artifactKey);
+          for (const [name, sha256] of [
+            ['vmlinux', kernel.sha256],
+            ['config', kernel.configSha256],
+          ] as const) {
+            await pullFile(host, path.posix.join(artifactDir, name), path.join(dir, name), sha256, signal);
+          }
+          removeOthers(kernelsDir, kernel.artifactKey);
           ctx.workspace = stagingDir(buildHost.alias);
         }
         await uploadKernelConfig(ctx, path.join(dir, 'config'));
@@ -146,15 +160,9 @@ export function s3StoreDeps(): Pick<ActivityDeps, 'upload' | 'uploadKernel' | 'l
           versions: kernel.versions,
           artifactKey: kernel.artifactKey,
         });
-        return {
-          key: kernel.artifactKey,
-          reused: outcome.status === 'unchanged',
-          data: { s3Key: outcome.key, bucket: spec.s3.bucket, bytesSent: outcome.bytesSent, sha256: outcome.sha256 },
-        };
-      } finally {
-        client.destroy();
-      }
-    },
+        return uploaded(spec, kernel.artifactKey, outcome);
+      }),
+
     async listBucket(s3) {
       const client = createClient({ config: s3 });
       try {

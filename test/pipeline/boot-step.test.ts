@@ -10,7 +10,7 @@ import { buildSpecOf } from '../../src/pipeline/build-spec';
 import { StepRunner } from '../../src/pipeline/context';
 import { Pipeline } from '../../src/pipeline/pipeline';
 import { requireTool } from '../../src/setup/tools';
-import { checkoutOperator } from '../support/guest-image';
+import { buildImage, checkoutOperator } from '../support/guest-image';
 import { seedKernel } from '../support/kernel';
 import { tempDir } from '../support/process';
 
@@ -57,12 +57,7 @@ describe('boot step @real @heavy', function () {
       keyringPath: requireTool('ubuntuKeyring'),
     });
     const build = async (language: string) => {
-      const { operatorSha256 } = await pipeline.prepare(language);
-      const base = await pipeline.base();
-      const runtime = await pipeline.runtime(language, base.key);
-      const op = await pipeline.operator(language, runtime.key, operatorSha256);
-      const verify = await pipeline.verify(language, op.key);
-      const image = await pipeline.image(language, verify.key, op.key);
+      const { image, verify } = await buildImage(pipeline, language);
       return { image, versions: verify.data.versions };
     };
 

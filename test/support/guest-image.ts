@@ -44,6 +44,17 @@ export function checkoutOperator(): Promise<string> {
   return operator;
 }
 
+/** Runs the pipeline's steps for `language` in order, as a build does (without Temporal). */
+export async function buildImage(pipeline: Pipeline, language: string) {
+  const { operatorSha256 } = await pipeline.prepare(language);
+  const base = await pipeline.base();
+  const runtime = await pipeline.runtime(language, base.key);
+  const op = await pipeline.operator(language, runtime.key, operatorSha256);
+  const verify = await pipeline.verify(language, op.key);
+  const image = await pipeline.image(language, verify.key, op.key);
+  return { image, verify };
+}
+
 let bash: Promise<GuestImage> | undefined;
 
 /** The bash image, built once per test run by the pipeline's steps from an empty workspace (1–2 min). */
@@ -60,12 +71,7 @@ export function bashGuestImage(): Promise<GuestImage> {
       keyringPath: requireTool('ubuntuKeyring'),
     });
     const language = 'bash';
-    const { operatorSha256 } = await pipeline.prepare(language);
-    const base = await pipeline.base();
-    const runtime = await pipeline.runtime(language, base.key);
-    const op = await pipeline.operator(language, runtime.key, operatorSha256);
-    const verify = await pipeline.verify(language, op.key);
-    const image = await pipeline.image(language, verify.key, op.key);
+    const { image, verify } = await buildImage(pipeline, language);
     const spec = config.languages[language]!;
     return {
       language,
