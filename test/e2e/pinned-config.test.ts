@@ -133,7 +133,8 @@ describe('a build keeps the configuration it was started with @real @heavy', fun
         waitFor(
           `runtime to wait for a retry after ${attempts} attempt(s)`,
           async () => {
-            const [p]: LanguageProgress[] = await handle.query(progressQuery);
+            const all: LanguageProgress[] = await handle.query(progressQuery);
+            const p = all.find((x) => x.language === 'python');
             const runtime = p?.steps.find((s) => s.name === 'runtime');
             return p?.state === 'awaiting-retry' && runtime?.attempts === attempts ? runtime : undefined;
           },

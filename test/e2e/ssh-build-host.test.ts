@@ -98,6 +98,7 @@ describe('build host over SSH @real @heavy', function () {
     assert.equal(result.state, 'done');
     assert.deepEqual(result.steps, {
       base: 'ran',
+      boot: 'ran',
       runtime: 'ran',
       operator: 'ran',
       verify: 'ran',
@@ -171,6 +172,7 @@ describe('build host over SSH @real @heavy', function () {
     });
     assert.deepEqual(again.steps, {
       base: 'reused',
+      boot: 'reused',
       runtime: 'reused',
       operator: 'reused',
       verify: 'reused',

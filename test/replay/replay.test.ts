@@ -19,7 +19,7 @@ describe('workflow replay', function () {
     .filter((f) => f.endsWith('.json'))
     .sort();
 
-  it('has recorded histories of both workflows, including a resumed step', () => {
+  it('has recorded histories of every workflow, including a resumed step', () => {
     assert.ok(
       files.some((f) => f.startsWith('createAllRootfs')),
       'a createAllRootfs history',
@@ -27,6 +27,10 @@ describe('workflow replay', function () {
     assert.ok(
       files.some((f) => f.startsWith('createRootfs')),
       'a createRootfs history',
+    );
+    assert.ok(
+      files.some((f) => f.startsWith('createKernel')),
+      'a createKernel history',
     );
   });
 

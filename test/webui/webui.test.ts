@@ -122,7 +122,7 @@ describe('Temporal Web UI @real @heavy', function () {
       assert.match(parentDetails, /^bash\tdone\b/m);
       assert.match(
         await page.locator('main').innerText(),
-        /Events with Metadata\s+Child Workflow\s+bash image\s+Completed/,
+        /Events with Metadata\s+Child Workflow\s+guest kernel\s+Completed\s+Child Workflow\s+bash image\s+Completed/,
       );
       await screenshot(page, 'parent-user-metadata');
 
