@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"strconv"
 	"strings"
@@ -16,7 +18,13 @@ import (
 
 func postExec(t *testing.T, url, body string) (*http.Response, []byte) {
 	t.Helper()
-	res, err := http.Post(url+"/exec", "application/json", strings.NewReader(body))
+	req, err := http.NewRequest(http.MethodPost, url+"/exec", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	res, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatalf("POST /exec: %v", err)
 	}
@@ -261,6 +269,7 @@ func TestExecKillsTheCommandWhenTheClientGoesAway(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	req.Header.Set("Authorization", "Bearer "+testToken)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -280,4 +289,40 @@ func TestExecKillsTheCommandWhenTheClientGoesAway(t *testing.T) {
 	cancel()
 	<-done
 	waitDead(t, pid)
+}
+
+func TestExecIsOffUnlessTheCommandLineArmsItAndNeedsTheToken(t *testing.T) {
+	off := httptest.NewServer(handler(time.Now(), log.New(io.Discard, "", 0), ""))
+	t.Cleanup(off.Close)
+	if res, raw := postExec(t, off.URL, `{"argv":["true"]}`); res.StatusCode != http.StatusNotFound {
+		t.Fatalf("unarmed: %d %q", res.StatusCode, raw)
+	}
+	srv := newTestServer(t, io.Discard)
+	for _, auth := range []string{"", "Bearer wrong", "Bearer " + testToken + "x", testToken} {
+		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/exec", strings.NewReader(`{"argv":["true"]}`))
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != http.StatusUnauthorized && !(auth == testToken && res.StatusCode == http.StatusOK) {
+			t.Errorf("Authorization %q: %d", auth, res.StatusCode)
+		}
+	}
+}
+
+func TestExecTokenComesFromTheKernelCommandLine(t *testing.T) {
+	for cmdline, want := range map[string]string{
+		"console=ttyS0 rootfs.exec_token=" + testToken + " ip=x": testToken,
+		"console=ttyS0 rootfs.exec_token=short":                  "",
+		"console=ttyS0 root=/dev/vda":                            "",
+		"":                                                       "",
+	} {
+		if got := execTokenFromCmdline(cmdline); got != want {
+			t.Errorf("%q: %q, want %q", cmdline, got, want)
+		}
+	}
 }

@@ -3,12 +3,15 @@
 // systemd starts it as `infra.operator guest --port 5000`. It serves GET /health so a host
 // can tell that the image booted and the unit started, and POST /exec so the pipeline's boot
 // check can run a program inside the booted guest (argv, no shell, an exact environment) and
-// read what it printed. Real deployments configure their own operator binary; this one exists
+// read what it printed. /exec is armed only when the kernel command line carries
+// rootfs.exec_token=<token> (the boot check's VM does, a production VM does not), and then
+// only for requests that carry that token: otherwise it answers 404. Real deployments configure their own operator binary; this one exists
 // so the pipeline can be built and tested end to end.
 package main
 
 import (
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -20,6 +23,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -85,8 +89,9 @@ func parseGuestFlags(args []string, stderr io.Writer) (string, error) {
 }
 
 // handler serves the operator's HTTP API.
-func handler(started time.Time, logger *log.Logger) http.Handler {
+func handler(started time.Time, logger *log.Logger, execToken string) http.Handler {
 	mux := http.NewServeMux()
+	running := make(chan struct{}, maxConcurrentExecs)
 	mux.HandleFunc("/health", func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet {
 			w.Header().Set("Allow", http.MethodGet)
@@ -108,6 +113,22 @@ func handler(started time.Time, logger *log.Logger) http.Handler {
 			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 			return
 		}
+		if execToken == "" {
+			http.Error(w, "POST /exec is off: the guest was not booted with "+execTokenParam+"<token>", http.StatusNotFound)
+			return
+		}
+		got := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if subtle.ConstantTimeCompare([]byte(got), []byte(execToken)) != 1 {
+			http.Error(w, "POST /exec needs the token the guest was booted with", http.StatusUnauthorized)
+			return
+		}
+		select {
+		case running <- struct{}{}:
+			defer func() { <-running }()
+		default:
+			http.Error(w, "too many programs running at once", http.StatusTooManyRequests)
+			return
+		}
 		req, err := parseExecRequest(http.MaxBytesReader(w, r.Body, maxExecRequest))
 		if err != nil {
 			http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
@@ -124,13 +145,36 @@ func handler(started time.Time, logger *log.Logger) http.Handler {
 	})
 }
 
+// execTokenParam arms POST /exec when it is on the kernel command line with a token of 32 or more characters.
+const execTokenParam = "rootfs.exec_token="
+
+// maxConcurrentExecs bounds the programs /exec runs at once; more requests answer 429.
+const maxConcurrentExecs = 4
+
+// execTokenFromCmdline is the token the kernel command line arms /exec with, or "" when it does not.
+func execTokenFromCmdline(cmdline string) string {
+	for _, field := range strings.Fields(cmdline) {
+		if v, ok := strings.CutPrefix(field, execTokenParam); ok && len(v) >= 32 {
+			return v
+		}
+	}
+	return ""
+}
+
 func serve(ctx context.Context, addr string, logger *log.Logger) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: handler(time.Now(), logger), ReadHeaderTimeout: 10 * time.Second}
-	logger.Printf("infra.operator %s listening on %s", version, ln.Addr())
+	cmdline, _ := os.ReadFile("/proc/cmdline")
+	token := execTokenFromCmdline(string(cmdline))
+	srv := &http.Server{
+		Handler:           handler(time.Now(), logger, token),
+		ReadHeaderTimeout: 10 * time.Second,
+		// A request (headers and its small JSON body) arrives within this; the answer may take longer.
+		ReadTimeout: 30 * time.Second,
+	}
+	logger.Printf("infra.operator %s listening on %s (POST /exec %s)", version, ln.Addr(), map[bool]string{true: "armed", false: "off"}[token != ""])
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {

@@ -16,10 +16,13 @@ import (
 
 func newTestServer(t *testing.T, logs io.Writer) *httptest.Server {
 	t.Helper()
-	srv := httptest.NewServer(handler(time.Now(), log.New(logs, "", 0)))
+	srv := httptest.NewServer(handler(time.Now(), log.New(logs, "", 0), testToken))
 	t.Cleanup(srv.Close)
 	return srv
 }
+
+// testToken arms /exec in the test servers, as rootfs.exec_token= on the kernel command line does.
+const testToken = "0123456789abcdef0123456789abcdef"
 
 func do(t *testing.T, method, url string) (*http.Response, []byte) {
 	t.Helper()
@@ -27,6 +30,7 @@ func do(t *testing.T, method, url string) (*http.Response, []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	req.Header.Set("Authorization", "Bearer "+testToken)
 	res, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, url, err)

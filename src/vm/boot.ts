@@ -1,3 +1,4 @@
+import * as crypto from 'node:crypto';
 import { z } from 'zod';
 import type { Host } from '../host';
 import { BuildError, type Progress } from '../pipeline/context';
@@ -134,7 +135,7 @@ export function healthArgv(port: number): string[] {
   return ['curl', '-fsS', '--max-time', '2', `http://127.0.0.1:${port}/health`];
 }
 
-export function execArgv(port: number, timeoutSeconds: number): string[] {
+export function execArgv(port: number, timeoutSeconds: number, token: string): string[] {
   return [
     'curl',
     '-sS',
@@ -143,6 +144,8 @@ export function execArgv(port: number, timeoutSeconds: number): string[] {
     String(timeoutSeconds + 15),
     '-H',
     'Content-Type: application/json',
+    '-H',
+    `Authorization: Bearer ${token}`,
     '--data-binary',
     '@-',
     `http://127.0.0.1:${port}/exec`,
@@ -214,6 +217,7 @@ async function startVm(
   req: BootRequest,
   vmm: (a: Accelerator) => Vmm,
   report: (phase: string) => void,
+  token: string,
 ): Promise<{ vm: RunningVm; kvmUnusable?: string }> {
   const vmRequest = {
     host: req.host,
@@ -221,7 +225,7 @@ async function startVm(
     imagePath: req.imagePath,
     memoryMiB: req.memoryMiB ?? 1024,
     vcpus: req.vcpus ?? 2,
-    kernelArgs: req.kernelArgs,
+    kernelArgs: [...(req.kernelArgs ?? []), `rootfs.exec_token=${token}`],
     signal: req.signal,
     // Boot, checks and the way down, with room to spare: past this the VM is killed whatever happens.
     maxLifetimeSeconds:
@@ -278,9 +282,14 @@ export async function bootAndCheck(req: BootRequest): Promise<BootResult> {
   const vmm = req.vmm ?? ((a: Accelerator) => new QemuMicrovm(a));
   const who = req.label ? `${req.label}: ` : '';
   let vm: RunningVm | undefined;
-  const report = (phase: string) => req.onProgress?.({ phase, lastLine: vm ? lastLine(vm.console()) : undefined });
+  // The reference operator serves POST /exec only to a guest booted with this token, and only to
+  // requests that carry it: a published image's operator, booted without one, has no /exec. It
+  // is this boot's alone, and kept out of what is reported (the kernel prints its command line).
+  const token = crypto.randomBytes(16).toString('hex');
+  const guestConsole = () => (vm ? vm.console().split(token).join('<exec token>') : '');
+  const report = (phase: string) => req.onProgress?.({ phase, lastLine: vm ? lastLine(guestConsole()) : undefined });
   const fail = (why: string): never => {
-    const tail = vm ? consoleTail(vm.console()) : '';
+    const tail = vm ? consoleTail(guestConsole()) : '';
     throw new BuildError(
       `${who}${why}\nconsole (last 25 lines):\n${tail || '(the guest printed nothing)'}`,
       'VerificationFailed',
@@ -301,7 +310,7 @@ export async function bootAndCheck(req: BootRequest): Promise<BootResult> {
     return said ? `: ${said.slice(0, 300)}` : '';
   };
   try {
-    const started = await startVm(req, vmm, report);
+    const started = await startVm(req, vmm, report, token);
     vm = started.vm;
     const running = vm;
     void running.exited.then((e) => (exit = e));
@@ -337,7 +346,7 @@ export async function bootAndCheck(req: BootRequest): Promise<BootResult> {
       aborted();
       const shown = check.argv.join(' ');
       report(`running ${shown} in the guest`);
-      const r = await collect(req.host, execArgv(running.hostPort, timeoutSeconds), {
+      const r = await collect(req.host, execArgv(running.hostPort, timeoutSeconds, token), {
         stdin: execRequestBody(check, req.env, timeoutSeconds),
         signal: req.signal,
       });
@@ -368,7 +377,7 @@ export async function bootAndCheck(req: BootRequest): Promise<BootResult> {
       bootMs,
       lines,
       accelerator: running.accelerator,
-      consoleTail: consoleTail(running.console()),
+      consoleTail: consoleTail(guestConsole()),
       ...(started.kvmUnusable ? { kvmUnusable: started.kvmUnusable } : {}),
     };
   } finally {

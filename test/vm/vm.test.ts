@@ -116,8 +116,9 @@ describe('microVM: QEMU command line', () => {
 describe('microVM: talking to the guest operator', () => {
   it('reaches the operator through curl on the build host, the request on stdin', () => {
     assert.deepEqual(healthArgv(23456), ['curl', '-fsS', '--max-time', '2', 'http://127.0.0.1:23456/health']);
-    const argv = execArgv(23456, 60);
+    const argv = execArgv(23456, 60, 'f'.repeat(32));
     assert.deepEqual(argv.slice(-3), ['--data-binary', '@-', 'http://127.0.0.1:23456/exec']);
+    assert.equal(argv[argv.indexOf(`Authorization: Bearer ${'f'.repeat(32)}`) - 1], '-H', 'the boot token goes along');
     assert.equal(argv[argv.indexOf('--max-time') + 1], '75');
     assert.ok(argv.includes('--fail-with-body'));
     assert.deepEqual(JSON.parse(execRequestBody({ argv: ['bash', '--version'], expect: '^GNU' }, ['A=1'], 30)), {
