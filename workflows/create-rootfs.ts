@@ -49,6 +49,9 @@ export async function createRootfs(input: CreateRootfsInput): Promise<ImageSumma
       if (names.length !== 1 || names[0] !== language)
         throw new Error(`the new configuration must be for ${language} alone, not ${names.join(', ') || 'none'}`);
       refuseOtherBuildHost(spec!, next);
+      // The kernel and the boot are what make an image done: a reload may change them, not drop them.
+      if (spec?.kernel && !(next.kernel && next.boot))
+        throw new Error(`the new configuration has no kernel or boot settings: ${language} would go out unbooted`);
     },
     takeSpec: (next) => {
       // The archive state was read for the old base: with another base (a mirror, a suite), read it again.

@@ -9,6 +9,17 @@ const UNSET = /^# (CONFIG_[A-Z0-9_]+) is not set$/;
 
 export const MAX_FRAGMENT_BYTES = 64 * 1024;
 
+/**
+ * The string options a fragment may set. Others name files (an initramfs source, firmware, trusted
+ * keys) that kbuild would read from the build host and build into a kernel published to the bucket.
+ */
+const STRING_OPTIONS = new Set([
+  'CONFIG_CMDLINE',
+  'CONFIG_LOCALVERSION',
+  'CONFIG_DEFAULT_HOSTNAME',
+  'CONFIG_DEFAULT_INIT',
+]);
+
 /** The options a fragment sets, in order: `n` for `# CONFIG_X is not set`. Throws on anything else. */
 export function parseFragment(content: string): Map<string, string> {
   if (Buffer.byteLength(content) > MAX_FRAGMENT_BYTES)
@@ -21,6 +32,12 @@ export function parseFragment(content: string): Map<string, string> {
     if (unset) options.set(unset[1]!, 'n');
     else if (set) {
       if (set[2] === 'm') throw new Error(`line ${i + 1}: ${set[1]}=m: the guest kernel has no modules`);
+      if (set[2]!.startsWith('"') && !STRING_OPTIONS.has(set[1]!)) {
+        throw new Error(
+          `line ${i + 1}: ${set[1]} takes a string; only ${[...STRING_OPTIONS].join(', ')} may (others, such as ` +
+            'CONFIG_INITRAMFS_SOURCE or CONFIG_EXTRA_FIRMWARE, would read files of the build host into the kernel)',
+        );
+      }
       options.set(set[1]!, set[2]!);
     } else if (line && !line.startsWith('#')) {
       throw new Error(

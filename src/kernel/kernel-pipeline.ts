@@ -1,3 +1,4 @@
+import * as crypto from 'node:crypto';
 import * as path from 'node:path';
 import { z } from 'zod';
 import { Sha256Hex } from '../config/schema';
@@ -93,8 +94,18 @@ export class KernelPipeline {
   /** The sha256 the signed archive index gives for the pinned package version. */
   private async indexedSha256(): Promise<string> {
     const { package: pkg, version } = this.kernel;
-    const shown = await this.runner.read(['apt-cache', 'show', `${pkg}=${version}`]).catch(() => '');
+    let shown = '';
+    let why = '';
+    try {
+      shown = await this.runner.read(['apt-cache', 'show', `${pkg}=${version}`]);
+    } catch (err) {
+      // apt-cache says "No packages found" for an unknown version; anything else is kept as the cause.
+      why = (err as Error).message.split('\n')[0] ?? '';
+    }
     const sum = /^SHA256: ([0-9a-f]{64})$/m.exec(shown)?.[1];
+    if (!sum && why && !/No packages found|Can't select|Unable to locate/i.test(why)) {
+      throw new Error(`cannot read the archive index for ${pkg} ${version} on the build host: ${why}`);
+    }
     if (!sum) {
       const policy = await this.runner.read(['apt-cache', 'policy', pkg]).catch(() => '');
       const known = [...policy.matchAll(/^\s+(?:\*\*\* )?([0-9][^\s]*) \d+$/gm)].map((m) => m[1]).join(', ');
@@ -245,9 +256,15 @@ export class KernelPipeline {
       builtAt: meta.createdAt,
       artifactKey: record.key,
     });
+    // Boot steps ask for the kernel too, maybe at once: a temp name of its own for each.
     const config = `${this.kernelPath}.config`;
-    await this.runner.run(['cp', path.posix.join(dir, 'config'), `${config}.tmp`]);
-    await this.runner.run(['mv', '-f', `${config}.tmp`, config]);
+    const tmp = `${config}.${crypto.randomBytes(4).toString('hex')}.tmp`;
+    try {
+      await this.runner.run(['cp', path.posix.join(dir, 'config'), tmp]);
+      await this.runner.run(['mv', '-f', tmp, config]);
+    } finally {
+      await this.runner.run(['rm', '-f', tmp]);
+    }
     return { key: record.key, reused, data };
   }
 }

@@ -69,8 +69,11 @@ export const BuildSpec = z.strictObject({
   base: Base.omit({ keyring: true }),
   keyringSha256: Sha256Hex,
   operatorSha256: Sha256Hex,
-  /** The languages of this build (a child's spec holds its own language only). */
-  languages: z.record(Name, Language),
+  /** The languages of this build (a child's spec holds its own language only); `kernel` names the kernel's child. */
+  languages: z.record(
+    Name.refine((n) => n !== KERNEL, { error: 'kernel is the name of the guest kernel in a build' }),
+    Language,
+  ),
   image: Image,
   workspace: AbsolutePath,
   s3: S3,

@@ -159,6 +159,7 @@ export function s3StoreDeps(): Pick<ActivityDeps, 'upload' | 'uploadKernel' | 'l
         const outcome = await uploadKernel(ctx, path.join(dir, 'vmlinux'), {
           versions: kernel.versions,
           artifactKey: kernel.artifactKey,
+          configSha256: kernel.configSha256,
         });
         return uploaded(spec, kernel.artifactKey, outcome);
       }),

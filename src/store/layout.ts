@@ -81,6 +81,8 @@ export interface ImageFacts {
   operatorSha256?: string;
   /** The boot step's result: see `Manifest`. */
   boot?: ImageBoot;
+  /** A kernel's: the sha256 of the .config it was built with (`vmlinux.config`). */
+  configSha256?: string;
 }
 
 /** The image booted in a microVM before it was published: how long to /health, and with which kernel. */
@@ -118,5 +120,7 @@ export const Manifest = z.object({
   operatorSha256: Sha256Hex.optional(),
   /** The boot that preceded the upload (absent for images uploaded by hand, or built before the boot step). */
   boot: ImageBoot.optional(),
+  /** A kernel's .config (the `vmlinux.config` beside it): a reader can tell the pair belongs together. */
+  configSha256: Sha256Hex.optional(),
 });
 export type Manifest = z.infer<typeof Manifest>;

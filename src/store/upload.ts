@@ -107,6 +107,7 @@ async function publish(ctx: StoreContext, input: PublishInput): Promise<UploadRe
     packages: input.facts?.packages ?? kept?.packages,
     operatorSha256: input.facts?.operatorSha256 ?? kept?.operatorSha256,
     boot: input.facts?.boot ?? kept?.boot,
+    configSha256: input.facts?.configSha256 ?? kept?.configSha256,
   };
   const manifest = Manifest.parse({
     format: 1,
@@ -124,6 +125,7 @@ async function publish(ctx: StoreContext, input: PublishInput): Promise<UploadRe
     ...(facts.packages ? { packages: facts.packages } : {}),
     ...(facts.operatorSha256 ? { operatorSha256: facts.operatorSha256 } : {}),
     ...(facts.boot ? { boot: facts.boot } : {}),
+    ...(facts.configSha256 ? { configSha256: facts.configSha256 } : {}),
   } satisfies z.input<typeof Manifest>);
   const stale = !current || substance(current) !== substance(manifest);
   if (stale) {

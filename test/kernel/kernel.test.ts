@@ -12,19 +12,25 @@ import { testKernelBuild } from '../support/kernel';
 
 describe('kernel config fragments', () => {
   it('reads assignments and "is not set" lines, and refuses modules and anything else', () => {
-    const options = parseFragment('# a comment\nCONFIG_A=y\n\n# CONFIG_B is not set\nCONFIG_C=64\nCONFIG_D="x y"\n');
+    const options = parseFragment(
+      '# a comment\nCONFIG_A=y\n\n# CONFIG_B is not set\nCONFIG_C=64\nCONFIG_LOCALVERSION="-x y"\n',
+    );
     assert.deepEqual(
       [...options],
       [
         ['CONFIG_A', 'y'],
         ['CONFIG_B', 'n'],
         ['CONFIG_C', '64'],
-        ['CONFIG_D', '"x y"'],
+        ['CONFIG_LOCALVERSION', '"-x y"'],
       ],
     );
     assert.throws(() => parseFragment('CONFIG_A=m\n'), /line 1: CONFIG_A=m: the guest kernel has no modules/);
     assert.throws(() => parseFragment('CONFIG_A=y\n$(rm -rf /)\n'), /line 2: expected CONFIG_NAME=value/);
     assert.throws(() => parseFragment('# only a comment\n'), /sets no option/);
+    assert.throws(
+      () => parseFragment('CONFIG_A=y\nCONFIG_INITRAMFS_SOURCE="/root/.ssh"\n'),
+      /line 2: CONFIG_INITRAMFS_SOURCE takes a string; only CONFIG_CMDLINE, .* may/,
+    );
   });
 
   it('names every option the final config does not honour', () => {

@@ -259,6 +259,20 @@ describe('workflows with fake activities', function () {
     assert.deepEqual(await handle.query(specQuery), next);
   });
 
+  it('a reload may change the kernel, not drop it: an image with a kernel is never uploaded unbooted', async () => {
+    failing.set('python/image', 'mkfs failed');
+    const handle = await startChild(tag(), {}, spec([], ['python'], true));
+    await waiting(handle, 'image');
+    await rejectsUpdate(
+      handle.executeUpdate(retryStepUpdate, { args: [{ spec: spec() }] }),
+      /no kernel or boot settings: python would go out unbooted/,
+    );
+    failing.clear();
+    await handle.executeUpdate(retryStepUpdate, { args: [{}] });
+    const summary = await handle.result();
+    assert.deepEqual([summary.steps.boot, summary.steps.upload], ['ran', 'ran']);
+  });
+
   it('abort ends a waiting build as aborted', async () => {
     failing.set('python/image', 'mkfs failed');
     const handle = await startChild(tag());
