@@ -107,6 +107,10 @@ export class KernelPipeline {
       throw new Error(`cannot read the archive index for ${pkg} ${version} on the build host: ${why}`);
     }
     if (!sum) {
+      // The archive moved on (security updates replace versions), but this version was fetched and
+      // checked here before: its artifact keeps the sum the index gave then, and is reused.
+      const kept = await this.keptSourceSha256();
+      if (kept) return kept;
       const policy = await this.runner.read(['apt-cache', 'policy', pkg]).catch(() => '');
       const known = [...policy.matchAll(/^\s+(?:\*\*\* )?([0-9][^\s]*) \d+$/gm)].map((m) => m[1]).join(', ');
       throw new BuildError(
@@ -116,6 +120,18 @@ export class KernelPipeline {
       );
     }
     return sum;
+  }
+
+  /** The index's sha256 recorded by an earlier kernel-source artifact of the pinned version, if any. */
+  private async keptSourceSha256(): Promise<string | undefined> {
+    const { package: pkg, version } = this.kernel;
+    for (const { key } of await this.store.recorded('kernel-source').catch(() => [])) {
+      const record = await this.store.keyRecord(key).catch(() => null);
+      const input = record?.input as { package?: unknown; version?: unknown; debSha256?: unknown } | undefined;
+      if (input?.package === pkg && input.version === version && typeof input.debSha256 === 'string')
+        return input.debSha256;
+    }
+    return undefined;
   }
 
   async source(): Promise<StepOutcome<KernelSourceData>> {

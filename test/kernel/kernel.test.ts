@@ -9,6 +9,9 @@ import { defaultKernelFragment } from '../../src/pipeline/build-spec';
 import { StepRunner } from '../../src/pipeline/context';
 import { DEFAULT_KERNEL } from '../../src/config';
 import { testKernelBuild } from '../support/kernel';
+import { tempDir } from '../support/process';
+import { keyRecord } from '../../src/pipeline/step-keys';
+import { kernelSourceKeyInput } from '../../src/kernel/kernel-keys';
 
 describe('kernel config fragments', () => {
   it('reads assignments and "is not set" lines, and refuses modules and anything else', () => {
@@ -53,6 +56,39 @@ describe('kernel config fragments', () => {
     ])
       assert.equal(options.get(name), 'y', name);
     assert.equal(options.get('CONFIG_MODULES'), 'n');
+  });
+});
+
+describe('kernel source', () => {
+  it('a version the archive index no longer knows is reused from its artifact, else refused naming the known ones', async () => {
+    const workspace = tempDir('kernel-source');
+    const kernel = {
+      package: 'linux-source-6.1',
+      version: '0.0.0-gone',
+      fragment: { name: 'default', content: 'CONFIG_64BIT=y\n' },
+    };
+    const pipeline = new KernelPipeline(new StepRunner(new LocalHost()), workspace, kernel);
+    await assert.rejects(pipeline.source(), (err: Error) => {
+      assert.equal(err.name, 'InvalidInput');
+      assert.match(err.message, /^apt on the build host does not know linux-source-6\.1 0\.0\.0-gone \(it knows \S+/);
+      return true;
+    });
+    // As if this version had been fetched (and checked against the index) before it was replaced.
+    const debSha256 = 'd'.repeat(64);
+    const record = keyRecord(
+      'kernel-source',
+      null,
+      kernelSourceKeyInput({ pkg: kernel.package, version: kernel.version, debSha256 }),
+      null,
+    );
+    await pipeline.store.ensure(record, async () => ({
+      package: kernel.package,
+      version: kernel.version,
+      debSha256,
+      tarball: 'linux-source.tar.xz',
+    }));
+    const source = await pipeline.source();
+    assert.deepEqual([source.key, source.reused, source.data.debSha256], [record.key, true, debSha256]);
   });
 });
 
