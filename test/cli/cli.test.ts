@@ -153,19 +153,19 @@ describe('rootfs CLI', function () {
     assert.ok(!follow.stderr.includes(ESC), 'no cursor movement when not a terminal');
     assert.match(
       follow.stdout,
-      /^bash +rootfs-bash\.ext4 +\d+\.\d MiB +[0-9a-f]{12} +6 ran, 0 reused\n +GNU bash, version 5\.1/m,
+      /^bash +rootfs-bash\.ext4 +\d+\.\d MiB +[0-9a-f]{12} +7 ran, 0 reused\n +GNU bash, version 5\.1/m,
     );
-    assert.match(follow.stdout, new RegExp(`^bucket ${bucket.bucket}: 2 objects`, 'm'));
+    assert.match(follow.stdout, new RegExp(`^bucket ${bucket.bucket}: 5 objects`, 'm'));
 
     // A second build finds the worker running and every step's artifact already there.
     const again = await rootfs(['--config', config, 'create', 'bash', '--run-tag', 'cli-again'], env);
     assert.equal(again.code, 0, again.stderr);
     assert.doesNotMatch(again.stderr, /worker: started/);
-    assert.match(again.stdout, /^bash +rootfs-bash\.ext4 .* 0 ran, 6 reused$/m);
+    assert.match(again.stdout, /^bash +rootfs-bash\.ext4 .* 0 ran, 7 reused$/m);
 
     const status = await rootfs(['--config', config, 'status', 'cli-test/all'], env);
     assert.equal(status.code, 0, status.stderr);
-    assert.match(status.stdout, /^bash +rootfs-bash\.ext4 .* 6 ran, 0 reused$/m);
+    assert.match(status.stdout, /^bash +rootfs-bash\.ext4 .* 7 ran, 0 reused$/m);
 
     const verify = await rootfs(['--config', config, 'verify', 'bash'], env);
     assert.equal(verify.code, 0, verify.stderr);
