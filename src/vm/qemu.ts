@@ -1,8 +1,8 @@
 import * as crypto from 'node:crypto';
-import * as net from 'node:net';
 import * as path from 'node:path';
 import { LocalHost, OutputTail } from '../host';
 import type { Accelerator, RunningVm, Vmm, VmExit, VmRequest } from './types';
+import { freeLoopbackPort } from '../util/net';
 
 /**
  * The kernel command line every boot gets. `lpj=` skips the delay-loop calibration, which under
@@ -112,19 +112,6 @@ export function randomHighPort(): number {
   return crypto.randomInt(20000, 32768);
 }
 
-/** A port that was free a moment ago on this machine. */
-function localFreePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as net.AddressInfo;
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
 export interface QemuOptions {
   /** The QEMU program on the build host. */
   binary?: string;
@@ -155,7 +142,7 @@ export class QemuMicrovm implements Vmm {
     const attempts = this.opts.portAttempts ?? 5;
     const pick =
       this.opts.pickPort ??
-      ((host: VmRequest['host']) => (host instanceof LocalHost ? localFreePort() : randomHighPort()));
+      ((host: VmRequest['host']) => (host instanceof LocalHost ? freeLoopbackPort() : randomHighPort()));
     for (let attempt = 1; ; attempt++) {
       const vm = this.launch(request, await pick(request.host));
       const settle = new AbortController();
