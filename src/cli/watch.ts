@@ -26,10 +26,12 @@ export async function watch(
       // a query can fail while no worker runs; the next poll tries again
     }
     if (finished) break;
+    // The wait ends early when the workflow closes: its last state shows at once, not a poll later.
     await new Promise<void>((resolve) => {
       const wake = () => (clearTimeout(t), resolve());
       const t = setTimeout(() => (signal?.removeEventListener('abort', wake), resolve()), intervalMs);
       signal?.addEventListener('abort', wake, { once: true });
+      result.then(wake, wake);
     });
   }
 }
