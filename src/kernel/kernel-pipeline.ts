@@ -58,6 +58,10 @@ const BUILD_TOOLS: Array<[string, string]> = [
   ['apt-get', 'apt'],
 ];
 
+/** Where apt keeps the package lists it reads (Debian's default). */
+const APT_LISTS = '/var/lib/apt/lists';
+const aptCacheAnswers = new Map<string, Promise<string>>();
+
 export class KernelPipeline {
   readonly store: ArtifactStore;
 
@@ -97,7 +101,7 @@ export class KernelPipeline {
     let shown = '';
     let why = '';
     try {
-      shown = await this.runner.read(['apt-cache', 'show', `${pkg}=${version}`]);
+      shown = await this.aptCacheShow(`${pkg}=${version}`);
     } catch (err) {
       // apt-cache says "No packages found" for an unknown version; anything else is kept as the cause.
       why = (err as Error).message.split('\n')[0] ?? '';
@@ -120,6 +124,29 @@ export class KernelPipeline {
       );
     }
     return sum;
+  }
+
+  /**
+   * `apt-cache show`, answered once per build host, package version and state of its package
+   * lists: without apt's binary cache it parses every list (about 0.4 s of CPU), and the boot step
+   * of every image asks for the kernel's keys.
+   */
+  private async aptCacheShow(what: string): Promise<string> {
+    const lists = await this.runner
+      .read(['find', APT_LISTS, '-maxdepth', '1', '-type', 'f', '-printf', '%f %s %T@\n'])
+      .catch(() => '');
+    if (!lists) return this.runner.read(['apt-cache', 'show', what]);
+    const memoKey = [this.runner.host.description, what, crypto.createHash('sha256').update(lists).digest('hex')].join(
+      '\0',
+    );
+    let answer = aptCacheAnswers.get(memoKey);
+    if (!answer) {
+      // Shared by concurrent steps, so not tied to one step's cancellation (it takes a moment).
+      answer = this.runner.read(['apt-cache', 'show', what], { signal: undefined });
+      aptCacheAnswers.set(memoKey, answer);
+      answer.catch(() => aptCacheAnswers.delete(memoKey));
+    }
+    return answer;
   }
 
   /** The index's sha256 recorded by an earlier kernel-source artifact of the pinned version, if any. */
