@@ -3,7 +3,7 @@ import { ApplicationFailure, Context } from '@temporalio/activity';
 import { z } from 'zod';
 import { checkBuildHost, localInputs, PinnedFileMissing, WrongBuildHost, BuildSpec } from '../src/pipeline/build-spec';
 import { ConfigError, Name, Sha256Hex, type LoadedConfig, type S3Config } from '../src/config';
-import { BuildError, StepRunner, type Progress } from '../src/pipeline/context';
+import { BuildError, StepRunner, WouldBuild, type Progress } from '../src/pipeline/context';
 import { KEY_PATTERN, stepKey } from '../src/pipeline/keys';
 import { Pipeline, type ArchiveSnapshot } from '../src/pipeline/pipeline';
 import { ImageArtifactData, type ImageOrigin } from '../src/pipeline/step-data';
@@ -15,7 +15,15 @@ import {
   type KernelConfigData,
   type KernelSourceData,
 } from '../src/kernel/kernel-pipeline';
-import type { BootData, BucketListing, ImageData, StepResult, UploadData, VerifyData } from '../workflows/types';
+import type {
+  BootData,
+  BucketListing,
+  ImageData,
+  ProbedStep,
+  StepResult,
+  UploadData,
+  VerifyData,
+} from '../workflows/types';
 import { bootImage } from '../src/pipeline/boot';
 
 /**
@@ -46,6 +54,8 @@ export interface ActivityDeps {
       boot?: { bootMs: number; kernelSha256: string };
     };
     signal?: AbortSignal;
+    /** Only answer whether the bucket already holds it: where it would upload, throw WouldBuild. */
+    probe?: boolean;
   }): Promise<StepResult<UploadData>>;
   /** Uploads a built kernel (`vmlinux`, its .config and manifest); absent when no store is configured. */
   uploadKernel?(args: {
@@ -94,6 +104,7 @@ const UploadInput = z.strictObject({
   boot: z.strictObject({ bootMs: z.int().nonnegative(), kernelSha256: Sha256Hex }).optional(),
   ...Pinned,
 });
+const ProbeInput = z.strictObject({ language: Name, archive: Snapshot.optional(), upload: z.boolean(), ...Pinned });
 
 const KernelConfigInput = z.strictObject({ sourceKey: Key, ...Pinned });
 const KernelBuildInput = z.strictObject({ sourceKey: Key, configKey: Key, ...Pinned });
@@ -169,6 +180,39 @@ export function createActivities(deps: ActivityDeps) {
       return fn(new KernelPipeline(runner, args.spec.workspace, args.spec.kernel), args);
     });
 
+  async function allocateStep(p: Pipeline, { language, spec }: { language: string; spec: BuildSpec }) {
+    await p.prepare(language);
+    return { operatorSha256: spec.operatorSha256 };
+  }
+
+  async function uploadStep(
+    p: Pipeline,
+    { language, imageKey, versions, boot, spec }: z.infer<typeof UploadInput> & { spec: BuildSpec },
+    probe = false,
+  ): Promise<StepResult<UploadData>> {
+    const meta = await p.store.lookup(imageKey);
+    if (!meta) throw new BuildError(`image artifact ${imageKey} is gone from the build host`, 'InvalidInput');
+    const artifact = ImageArtifactData.parse(meta.data);
+    if (!deps.upload) throw new BuildError('no image store is configured for uploads', 'InvalidInput');
+    const result = await deps.upload({
+      spec,
+      language,
+      artifactImagePath: path.posix.join(p.store.dir(imageKey), artifact.file),
+      host: await deps.host(),
+      signal: Context.current().cancellationSignal,
+      image: {
+        versions,
+        artifactKey: imageKey,
+        sha256: artifact.sha256,
+        sizeBytes: artifact.sizeBytes,
+        origin: artifact.origin,
+        ...(boot ? { boot } : {}),
+      },
+      probe,
+    });
+    return { ...result, key: stepKey('upload', imageKey, uploadKeyInput({ s3: spec.s3 })) };
+  }
+
   return {
     /** Builds started before specs existed asked the worker for the languages; they are refused now. */
     async plan(): Promise<{ languages: string[] }> {
@@ -177,10 +221,7 @@ export function createActivities(deps: ActivityDeps) {
 
     /** Checks the build's inputs on this worker; answers the operator binary's digest the build pinned. */
     async allocate(input: z.input<typeof LanguageInput>): Promise<{ operatorSha256: string }> {
-      return withPipeline(LanguageInput, input, async (p, { language, spec }) => {
-        await p.prepare(language);
-        return { operatorSha256: spec.operatorSha256 };
-      });
+      return withPipeline(LanguageInput, input, allocateStep);
     },
 
     /** The archive's state, read once per build so that every image of it agrees on the base. */
@@ -221,27 +262,48 @@ export function createActivities(deps: ActivityDeps) {
     },
 
     async upload(input: z.input<typeof UploadInput>): Promise<StepResult<UploadData>> {
-      return withPipeline(UploadInput, input, async (p, { language, imageKey, versions, boot, spec }) => {
-        const meta = await p.store.lookup(imageKey);
-        if (!meta) throw new BuildError(`image artifact ${imageKey} is gone from the build host`, 'InvalidInput');
-        const artifact = ImageArtifactData.parse(meta.data);
-        if (!deps.upload) throw new BuildError('no image store is configured for uploads', 'InvalidInput');
-        const result = await deps.upload({
-          spec,
-          language,
-          artifactImagePath: path.posix.join(p.store.dir(imageKey), artifact.file),
-          host: await deps.host(),
-          signal: Context.current().cancellationSignal,
-          image: {
-            versions,
-            artifactKey: imageKey,
-            sha256: artifact.sha256,
-            sizeBytes: artifact.sizeBytes,
-            origin: artifact.origin,
-            ...(boot ? { boot } : {}),
-          },
-        });
-        return { ...result, key: stepKey('upload', imageKey, uploadKeyInput({ s3: spec.s3 })) };
+      return withPipeline(UploadInput, input, (p, args) => uploadStep(p, args));
+    },
+
+    /**
+     * The finished steps of an image, looked up in one activity: the steps in the order
+     * `createRootfs` runs them, each through its own reuse path (a runner that only probes), up
+     * to the first one that would have to build. An unchanged build then takes one activity per
+     * image instead of one per step. Keep it in step with `createRootfs`'s sequence.
+     */
+    async probe(input: z.input<typeof ProbeInput>): Promise<{ steps: ProbedStep[] }> {
+      return withStep(ProbeInput, input, async (stepRunner, args) => {
+        const { language, archive, spec } = args;
+        const runner = stepRunner.probing();
+        const p = new Pipeline(runner, { config: spec, ...localInputs(spec, deps.worker) });
+        const steps: ProbedStep[] = [];
+        const take = async <R extends ProbedStep['result']>(step: ProbedStep['step'], fn: () => Promise<R>) => {
+          const started = Date.now();
+          const result = await fn();
+          steps.push({ step, result, durationMs: Date.now() - started });
+          return result;
+        };
+        try {
+          const { operatorSha256 } = await take('allocate', () => allocateStep(p, args));
+          const base = await take('base', () => p.base(archive));
+          const runtime = await take('runtime', () => p.runtime(language, base.key, archive));
+          const operator = await take('operator', () => p.operator(language, runtime.key, operatorSha256));
+          const verify = await take('verify', () => p.verify(language, operator.key));
+          const image = await take('image', () => p.image(language, verify.key, operator.key));
+          const { versions } = verify.data;
+          const booted =
+            spec.kernel && spec.boot
+              ? await take('boot', () => bootImage(runner, spec, language, image.key, versions))
+              : undefined;
+          const boot = booted && { bootMs: booted.data.bootMs, kernelSha256: booted.data.kernelSha256 };
+          if (args.upload) {
+            const uploadArgs = { language, imageKey: image.key, versions, spec, ...(boot ? { boot } : {}) };
+            await take('upload', () => uploadStep(p, uploadArgs, true));
+          }
+        } catch (err) {
+          if (!(err instanceof WouldBuild)) throw err;
+        }
+        return { steps };
       });
     },
 

@@ -1,4 +1,4 @@
-import { proxyActivities, workflowInfo } from '@temporalio/workflow';
+import { isCancellation, patched, proxyActivities, workflowInfo } from '@temporalio/workflow';
 import type { BuildActivities } from '../activities';
 import type { BuildSpec } from '../src/pipeline/build-spec';
 import { stepRunner } from './step-runner';
@@ -35,12 +35,25 @@ export function stepActivities(options: BuildOptions) {
   });
 }
 
+/**
+ * The `probe` activity: one short attempt, on the build host's queue. When it fails the steps
+ * simply run one by one, and they report whatever made it fail.
+ */
+function probeActivities(options: BuildOptions) {
+  return proxyActivities<BuildActivities>({
+    taskQueue: options.hostTaskQueue,
+    startToCloseTimeout: 10 * 60 * 1000,
+    heartbeatTimeout: options.heartbeatTimeoutMs ?? 60_000,
+    retry: { maximumAttempts: 1 },
+  });
+}
+
 /** Builds one language image, step by step; a failed step waits for `retryStep` instead of failing. */
 export async function createRootfs(input: CreateRootfsInput): Promise<ImageSummary> {
   const { language, options } = input;
   let spec: BuildSpec | undefined = input.spec;
   let archiveSnapshot = options.archive;
-  const { runStep, runAll, outcome, skip } = stepRunner({
+  const { runStep, runAll, outcome, skip, preset } = stepRunner({
     name: language,
     steps: STEPS,
     spec: () => spec,
@@ -60,12 +73,27 @@ export async function createRootfs(input: CreateRootfsInput): Promise<ImageSumma
     },
   });
   const acts = stepActivities(options);
+  const probeActs = probeActivities(options);
 
   /** The steps in order. Every activity gets the spec: what it builds does not depend on the worker. */
   async function steps() {
     const pinned = spec ? { spec } : {};
-    const { operatorSha256 } = await runStep('allocate', acts.allocate, () => ({ language, ...pinned }));
     const archive = archiveSnapshot ? { archive: archiveSnapshot } : {};
+    // An unchanged build's steps are found in one activity rather than looked up one by one.
+    // Histories from before the probe replay without it.
+    if (spec && patched('probe-finished-steps')) {
+      const upload = options.upload ?? true;
+      const probed = await probeActs.probe
+        .executeWithOptions({ summary: `${language}: look up finished steps` }, [
+          { language, ...archive, upload, spec },
+        ])
+        .catch((err: unknown) => {
+          if (isCancellation(err)) throw err;
+          return { steps: [] };
+        });
+      await preset(probed.steps);
+    }
+    const { operatorSha256 } = await runStep('allocate', acts.allocate, () => ({ language, ...pinned }));
     const base = await runStep('base', acts.base, () => ({ language, ...archive, ...pinned }));
     const runtime = await runStep('runtime', acts.runtime, () => ({
       language,

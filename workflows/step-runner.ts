@@ -14,7 +14,7 @@ import {
 import { LANGUAGE, STATE, STEP } from '../src/temporal/search-attributes';
 import type { BuildSpec } from '../src/pipeline/build-spec';
 import { abortUpdate, childProgressSignal, progressQuery, retryStepUpdate, specQuery } from './messages';
-import { STEP_TITLES, type LanguageProgress, type Step, type StepProgress } from './types';
+import { STEP_TITLES, type LanguageProgress, type ProbedStep, type Step, type StepProgress } from './types';
 
 /**
  * The step contract every build workflow shares (an image's, the kernel's): each step runs as
@@ -77,6 +77,8 @@ export function stepRunner(opts: StepRunnerOptions) {
   let abortRequested = false;
   let reloaded: BuildSpec | undefined;
   let waitingOn: Step | undefined;
+  /** Steps a probe found finished: `runStep` answers them without an activity. */
+  const known = new Map<Step, ProbedStep['result']>();
 
   setHandler(progressQuery, () => [progress]);
   setHandler(specQuery, () => opts.spec());
@@ -139,6 +141,11 @@ export function stepRunner(opts: StepRunnerOptions) {
     input: () => NoInfer<I>,
   ): Promise<R> {
     const record = progress.steps.find((s) => s.name === step)!;
+    const found = known.get(step);
+    if (found) {
+      known.delete(step);
+      return found as R;
+    }
     for (;;) {
       record.state = 'running';
       record.attempts++;
@@ -187,6 +194,24 @@ export function stepRunner(opts: StepRunnerOptions) {
     }
   }
 
+  /**
+   * Takes the steps a probe found finished as reused (or done, for allocate) and publishes once:
+   * `runStep` then returns their results without running their activities.
+   */
+  async function preset(steps: ProbedStep[]): Promise<void> {
+    if (!steps.length) return;
+    for (const { step, result, durationMs } of steps) {
+      const record = progress.steps.find((s) => s.name === step)!;
+      record.state = 'reused' in result && result.reused ? 'reused' : 'done';
+      record.key = 'key' in result ? result.key : undefined;
+      record.attempts++;
+      record.durationMs = durationMs;
+      record.error = undefined;
+      known.set(step, result);
+    }
+    await publish(steps[steps.length - 1]!.step);
+  }
+
   /** Runs `steps` to the end; a reload starts them over (unchanged steps are reused). */
   async function runAll<T>(steps: () => Promise<T>): Promise<T> {
     for (;;) {
@@ -198,6 +223,7 @@ export function stepRunner(opts: StepRunnerOptions) {
       } catch (err) {
         if (!(err instanceof SpecReloaded)) throw err;
         for (const s of progress.steps) s.state = 'pending';
+        known.clear();
       }
     }
   }
@@ -218,5 +244,5 @@ export function stepRunner(opts: StepRunnerOptions) {
     progress.steps.find((s) => s.name === step)!.state = 'skipped';
   };
 
-  return { progress, runStep, runAll, outcome, skip };
+  return { progress, runStep, runAll, outcome, skip, preset };
 }

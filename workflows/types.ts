@@ -176,6 +176,13 @@ export interface StepResult<D extends object = Record<string, unknown>> {
   data: D;
 }
 
+/** A step the `probe` activity found finished, with what its own activity would have returned. */
+export interface ProbedStep {
+  step: ImageStep;
+  result: StepResult | { operatorSha256: string };
+  durationMs: number;
+}
+
 export type { BootData, ImageData, UploadData, VerifyData } from '../src/pipeline/step-data';
 
 export const childWorkflowId = (runTag: string, language: string) => `${runTag}/${language}`;

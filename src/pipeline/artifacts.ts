@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import { KEY_PATTERN, stepKey } from './keys';
 import { KeyRecord } from './step-keys';
 import { check } from '../host';
-import type { StepRunner } from './context';
+import { WouldBuild, type StepRunner } from './context';
 
 /**
  * Content-addressed step outputs on the build host, under `<workspace>/artifacts`:
@@ -117,6 +117,7 @@ export class ArtifactStore {
       throw new Error(`the key record of ${key} does not hash to it`);
     const existing = await this.lookup(key);
     if (existing) return { meta: existing, reused: true };
+    if (this.runner.probeOnly) throw new WouldBuild(step, key);
     const release = await this.lock(key);
     try {
       const raced = await this.lookup(key);

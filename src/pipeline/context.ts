@@ -21,6 +21,20 @@ export class BuildError extends Error {
 }
 
 /**
+ * What a probing step throws where it would have to build: the probe stops there, and the
+ * build runs that step and the ones after it as activities of their own.
+ */
+export class WouldBuild extends Error {
+  constructor(
+    readonly step: string,
+    readonly key: string,
+  ) {
+    super(`${step} ${key} is not built yet`);
+    this.name = 'WouldBuild';
+  }
+}
+
+/**
  * The build host as one step sees it: commands inherit the step's cancellation and feed its
  * progress, so every long command both heartbeats and stops when the step is cancelled.
  */
@@ -31,7 +45,14 @@ export class StepRunner {
     readonly host: Host,
     private readonly report: (p: Progress) => void = () => {},
     readonly signal?: AbortSignal,
+    /** Only look finished steps up: where a step would build, throw WouldBuild instead. */
+    readonly probeOnly = false,
   ) {}
+
+  /** This runner, probing: the same host, progress and cancellation; steps only look their artifacts up. */
+  probing(): StepRunner {
+    return new StepRunner(this.host, this.report, this.signal, true);
+  }
 
   phase(phase: string): void {
     this.progress = { phase };

@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import type { ActivityDeps } from '../../activities';
 import type { BuildSpec } from '../pipeline/build-spec';
 import type { StepResult, UploadData } from '../../workflows/types';
+import { WouldBuild } from '../pipeline/context';
 import { capture } from '../util/exec';
 import { userCacheDir } from '../util/paths';
 import type { Host } from '../host';
@@ -97,7 +98,7 @@ function removeOthers(dir: string, keep: string): void {
 
 export function s3StoreDeps(): Pick<ActivityDeps, 'upload' | 'uploadKernel' | 'listBucket'> {
   return {
-    upload: ({ spec, language, artifactImagePath, host, image, signal }) =>
+    upload: ({ spec, language, artifactImagePath, host, image, signal, probe }) =>
       withStore(spec, signal, async (ctx) => {
         const { origin } = image;
         const facts = {
@@ -126,6 +127,7 @@ export function s3StoreDeps(): Pick<ActivityDeps, 'upload' | 'uploadKernel' | 'l
               };
             }
           }
+          if (probe) throw new WouldBuild('upload', facts.artifactKey);
           // One copy per artifact: two builds of a language at once must not swap images under
           // each other's manifests. Copies of the language's older artifacts go once this one is in.
           const languageDir = path.join(stagingDir(buildHost.alias), language);
@@ -135,7 +137,9 @@ export function s3StoreDeps(): Pick<ActivityDeps, 'upload' | 'uploadKernel' | 'l
           // The local store keeps its resumable-upload state beside the staging copy, not at the remote's path.
           ctx.workspace = stagingDir(buildHost.alias);
         }
-        return uploaded(spec, facts.artifactKey, await uploadImage(ctx, language, file, facts));
+        const outcome = await uploadImage(ctx, language, file, facts, { onlyIfStored: probe });
+        if (outcome.status === 'absent') throw new WouldBuild('upload', facts.artifactKey);
+        return uploaded(spec, facts.artifactKey, outcome);
       }),
 
     uploadKernel: ({ spec, host, artifactDir, kernel, signal }) =>

@@ -29,8 +29,11 @@ export interface UploadResult {
   file: string;
   kind: 'kernel' | 'image';
   language?: string;
-  /** `unchanged`: the object already holds this content (same size, CRC32 and sha256); nothing was sent. */
-  status: 'uploaded' | 'unchanged';
+  /**
+   * `unchanged`: the object already holds this content (same size, CRC32 and sha256); nothing was sent.
+   * `absent`: asked to upload only if stored (`onlyIfStored`), and the object does not hold it: nothing was sent.
+   */
+  status: 'uploaded' | 'unchanged' | 'absent';
   sizeBytes: number;
   sha256: string;
   bytesSent: number;
@@ -52,6 +55,8 @@ interface PublishInput {
   kind: 'kernel' | 'image';
   language?: string;
   facts?: ImageFacts;
+  /** Send nothing unless the object already holds the file's content (then keep its manifest current). */
+  onlyIfStored?: boolean;
 }
 
 /** What a manifest says apart from when it was written: equal means it need not be rewritten. */
@@ -75,6 +80,11 @@ async function publish(ctx: StoreContext, input: PublishInput): Promise<UploadRe
   const unchanged =
     !!remote && remote.sizeBytes === digest.sizeBytes && remote.crc32 === crc32 && remote.sha256 === digest.sha256;
   let sent = { bytesSent: 0, partsSent: 0, partsReused: 0 };
+  if (!unchanged && input.onlyIfStored) {
+    const { sizeBytes, sha256 } = digest;
+    const kind = input.kind;
+    return { key, file, kind, status: 'absent', sizeBytes, sha256, ...sent, seconds: 0, manifestWritten: false };
+  }
   if (!unchanged) {
     sent = await putFile(ctx, {
       key,
@@ -172,8 +182,9 @@ export async function uploadImage(
   language: string,
   file: string,
   facts?: ImageFacts,
+  opts: { onlyIfStored?: boolean } = {},
 ): Promise<UploadResult> {
-  return publish(ctx, { file, key: imageKey(language), kind: 'image', language, facts });
+  return publish(ctx, { file, key: imageKey(language), kind: 'image', language, facts, ...opts });
 }
 
 /** Uploads the kernel as `vmlinux`, then its manifest. */

@@ -229,6 +229,11 @@ describe('pipeline @real @heavy', function () {
       const before = first.images.find((i) => i.language === image.language)!;
       assert.equal(image.sha256, before.sha256);
       assert.equal(image.imageKey, before.imageKey);
+      // One probe found every step finished: no step ran as an activity of its own.
+      const child = client.workflow.getHandle(childWorkflowId(runTag, image.language));
+      assert.deepEqual(await activityRuns(child, 'probe'), [1], `${image.language} probed once`);
+      for (const step of ['allocate', 'base', 'image', 'boot', 'upload'])
+        assert.deepEqual(await activityRuns(child, step), [], `${image.language} ${step} ran no activity`);
     }
     assert.deepEqual(Object.values(again.kernel!.steps), ['reused', 'reused', 'reused', 'reused']);
     assert.equal(again.kernel!.sha256, first.kernel!.sha256);

@@ -4,14 +4,13 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { stringify } from 'yaml';
 import type { BuildSettings } from '../../src/pipeline/build-spec';
-import { StepRunner } from '../../src/pipeline/context';
-import { Pipeline } from '../../src/pipeline/pipeline';
 import { KeyRecord } from '../../src/pipeline/step-keys';
 import { explainImage, formatExplanation } from '../../src/cli/explain';
 import { LocalHost, SshHost } from '../../src/host';
 import { tempDir } from '../support/process';
 import { testSshd } from '../support/sshd';
-import { FIRST, KEYRING_CONTENT, OPERATOR_CONTENT, PINNED, sha256 } from './key-fixtures';
+import { FIRST, KEYRING_CONTENT, OPERATOR_CONTENT, PINNED } from './key-fixtures';
+import { buildPython, fakePipeline } from './fake-pipeline';
 
 /**
  * The pipeline's real steps on a real artifact store (LocalHost, a temp workspace), with only the
@@ -21,41 +20,6 @@ import { FIRST, KEYRING_CONTENT, OPERATOR_CONTENT, PINNED, sha256 } from './key-
  */
 
 const CLI = path.join(__dirname, '../../src/cli/main.js');
-
-/** A pipeline whose artifacts are built by writing files; `built` lists the steps that ran. */
-function fakePipeline(dir: string, settings: BuildSettings): { pipeline: Pipeline; built: string[] } {
-  const pipeline = new Pipeline(new StepRunner(new LocalHost()), {
-    config: settings,
-    operatorPath: path.join(dir, 'operator'),
-    keyringPath: path.join(dir, 'keyring.gpg'),
-  });
-  const built: string[] = [];
-  const ensure = pipeline.store.ensure.bind(pipeline.store);
-  pipeline.store.ensure = (record, _build) =>
-    ensure(record, async (work) => {
-      built.push(record.step);
-      if (record.step === 'verify') return { versions: ['Python 3.10.12'] };
-      if (record.step === 'image') {
-        const file = `rootfs-${record.language}.ext4`;
-        const content = `image ${record.key}\n`;
-        fs.writeFileSync(path.join(work, file), content);
-        return { file, sizeBytes: content.length, sizeMiB: 1, usedMiB: 0, sha256: sha256(content) };
-      }
-      fs.mkdirSync(path.join(work, 'tree'));
-      fs.writeFileSync(path.join(work, 'tree', 'built-by'), `${record.key}\n`);
-      return {};
-    });
-  return { pipeline, built };
-}
-
-async function buildPython(pipeline: Pipeline) {
-  const base = await pipeline.base(FIRST.archive);
-  const runtime = await pipeline.runtime('python', base.key, FIRST.archive);
-  const operator = await pipeline.operator('python', runtime.key, sha256(OPERATOR_CONTENT));
-  const verify = await pipeline.verify('python', operator.key);
-  const image = await pipeline.image('python', verify.key, operator.key);
-  return { base: base.key, runtime: runtime.key, operator: operator.key, verify: verify.key, image: image.key };
-}
 
 /** The explanation with its times taken out (they are the build's). */
 const timeless = (text: string) => text.replace(/built \d{4}-\d\d-\d\dT[\d:.]+Z/g, 'built T');

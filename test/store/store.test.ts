@@ -177,6 +177,29 @@ describe('store: upload, list and sync with a real S3 @real', function () {
     assert.match(await objectText(client, bucket.bucket, 'vmlinux.config'), /CONFIG_EXT4_FS=y\n$/);
   });
 
+  it('onlyIfStored sends nothing for an image the bucket lacks, and keeps the manifest of one it holds current', async () => {
+    const ws = workspace('probe');
+    const bucket = await s3.freshBucket();
+    const file = path.join(ws, 'images', 'rootfs-bash.ext4');
+    randomFile(file, 3 * MiB);
+    const probe = { onlyIfStored: true };
+    const absent = await uploadImage({ ...ctx(ws), config: bucket }, 'bash', file, { versions: ['GNU bash'] }, probe);
+    assert.equal(absent.status, 'absent');
+    assert.equal(absent.bytesSent, 0);
+    assert.equal(
+      (await listBucket({ ...ctx(ws), config: bucket })).objects.length,
+      0,
+      'neither the image nor a manifest',
+    );
+    await uploadImage({ ...ctx(ws), config: bucket }, 'bash', file, { versions: ['GNU bash'] });
+    const held = await uploadImage({ ...ctx(ws), config: bucket }, 'bash', file, { versions: ['GNU bash 5'] }, probe);
+    assert.deepEqual([held.status, held.bytesSent, held.manifestWritten], ['unchanged', 0, true]);
+    const manifest = Manifest.parse(
+      JSON.parse(await objectText(client, bucket.bucket, 'rootfs-bash.ext4.manifest.json')),
+    );
+    assert.deepEqual(manifest.versions, ['GNU bash 5']);
+  });
+
   it('a 2 GiB sparse image goes up in 128 parts with progress, and comes down sparse @heavy', async () => {
     const ws = workspace('large');
     const file = path.join(ws, 'images/rootfs-python.ext4');

@@ -13,6 +13,7 @@ import {
   parentWorkflowId,
   type BuildOptions,
   type LanguageProgress,
+  type ProbedStep,
   type Step,
 } from '../../workflows/types';
 import { waitFor } from '../support/history';
@@ -50,7 +51,12 @@ const spec = (packages: string[] = [], languages = ['python'], kernel = false) =
  * Fake activities: a step fails while `failing` names it (non-retryably, so the build pauses at
  * once), and does not finish while `held` names it.
  */
-function fakeActivities(calls: Call[], failing: Map<string, string>, held: Set<string>): BuildActivities {
+function fakeActivities(
+  calls: Call[],
+  failing: Map<string, string>,
+  held: Set<string>,
+  probes: { inputs: Record<string, unknown>[]; answer: (input: Record<string, unknown>) => ProbedStep[] },
+): BuildActivities {
   const step = (activity: string) => async (input: Record<string, unknown>) => {
     calls.push({ activity, input });
     const who = String(input.language ?? 'kernel');
@@ -81,6 +87,10 @@ function fakeActivities(calls: Call[], failing: Map<string, string>, held: Set<s
     return { key, reused: activity === 'base', data };
   };
   return {
+    probe: async (input: Record<string, unknown>) => {
+      probes.inputs.push(input);
+      return { steps: probes.answer(input) };
+    },
     plan: async () => ({ languages: ['python'] }),
     allocate: async (input: Record<string, unknown>) => {
       calls.push({ activity: 'allocate', input });
@@ -111,6 +121,8 @@ describe('workflows with fake activities', function () {
   const calls: Call[] = [];
   const failing = new Map<string, string>();
   const held = new Set<string>();
+  /** What the fake probe was asked, and what it answers (by default: nothing is finished). */
+  const probes = { inputs: [] as Record<string, unknown>[], answer: (_: Record<string, unknown>): ProbedStep[] => [] };
   let queue: string;
   let options: BuildOptions;
   let stop: () => Promise<void>;
@@ -125,7 +137,7 @@ describe('workflows with fake activities', function () {
       namespace: temporal.namespace,
       taskQueue: queue,
       workflowBundle: await workflowBundle(),
-      activities: fakeActivities(calls, failing, held),
+      activities: fakeActivities(calls, failing, held, probes),
     });
     const running = worker.run();
     stop = async () => {
@@ -139,6 +151,8 @@ describe('workflows with fake activities', function () {
     calls.length = 0;
     failing.clear();
     held.clear();
+    probes.inputs.length = 0;
+    probes.answer = () => [];
   });
 
   const client = async () => (await testTemporal()).env.client;
@@ -189,6 +203,92 @@ describe('workflows with fake activities', function () {
     });
     assert.deepEqual(summary.versions, ['Python 3.10.12']);
     assert.equal(summary.s3Key, undefined);
+  });
+
+  it('takes the steps a probe found finished without running them, and runs the rest with their keys', async () => {
+    const pinned = spec([], ['python'], true);
+    const done = (step: ProbedStep['step'], key: string, data: Record<string, unknown> = {}): ProbedStep => ({
+      step,
+      result: { key, reused: true, data },
+      durationMs: 30,
+    });
+    probes.answer = () => [
+      { step: 'allocate', result: { operatorSha256: '2'.repeat(64) }, durationMs: 10 },
+      done('base', 'base-probed'),
+      done('runtime', 'runtime-probed'),
+      done('operator', 'operator-probed'),
+      done('verify', 'verify-probed', { versions: ['Python 3.10.12'] }),
+    ];
+    const summary = await (await startChild(tag(), {}, pinned)).result();
+    assert.equal(probes.inputs.length, 1, 'one probe');
+    assert.equal(probes.inputs[0]!.upload, true);
+    assert.equal(JSON.stringify(probes.inputs[0]!.spec), JSON.stringify(pinned));
+    assert.deepEqual(
+      calls.map((c) => c.activity),
+      ['image', 'boot', 'upload'],
+    );
+    assert.deepEqual(
+      [calls[0]!.input.verifyKey, calls[0]!.input.operatorKey],
+      ['verify-probed', 'operator-probed'],
+      'the image step starts from the probed keys',
+    );
+    assert.deepEqual(calls[1]!.input.versions, ['Python 3.10.12']);
+    assert.deepEqual(summary.steps, {
+      base: 'reused',
+      runtime: 'reused',
+      operator: 'reused',
+      verify: 'reused',
+      image: 'ran',
+      boot: 'ran',
+      upload: 'ran',
+    });
+    assert.equal(summary.durationsMs?.runtime, 30, 'the probe says how long each lookup took');
+  });
+
+  it('an unchanged build is one probe and no step activity; a failing probe leaves the steps to run one by one', async () => {
+    probes.answer = () =>
+      (['allocate', 'base', 'runtime', 'operator', 'verify', 'image', 'upload'] as const).map((step) => ({
+        step,
+        result:
+          step === 'allocate'
+            ? { operatorSha256: '2'.repeat(64) }
+            : {
+                key: `${step}-probed`,
+                reused: true,
+                data:
+                  step === 'verify'
+                    ? { versions: ['Python 3.10.12'] }
+                    : step === 'image'
+                      ? { path: '/srv/test/images/x.ext4', sizeBytes: 1024, sha256: 'a'.repeat(64) }
+                      : step === 'upload'
+                        ? { s3Key: 'rootfs-python.ext4' }
+                        : {},
+              },
+        durationMs: 1,
+      }));
+    const unchanged = await (await startChild(tag())).result();
+    assert.equal(calls.length, 0, 'no step activity ran');
+    assert.deepEqual(unchanged.steps, {
+      base: 'reused',
+      runtime: 'reused',
+      operator: 'reused',
+      verify: 'reused',
+      image: 'reused',
+      boot: 'skipped',
+      upload: 'reused',
+    });
+    assert.equal(unchanged.imageKey, 'image-probed');
+    assert.equal(unchanged.s3Key, 'rootfs-python.ext4');
+
+    probes.answer = () => {
+      throw ApplicationFailure.nonRetryable('the worker for builder-9 refuses this build', 'WrongBuildHost');
+    };
+    const fallback = await (await startChild(tag())).result();
+    assert.deepEqual(
+      calls.map((c) => c.activity),
+      ['allocate', 'base', 'runtime', 'operator', 'verify', 'image', 'upload'],
+    );
+    assert.equal(fallback.state, 'done');
   });
 
   it('a failed step waits; retryStep validates the step and runs only that step again', async () => {
