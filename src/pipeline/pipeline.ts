@@ -25,9 +25,10 @@ import { inspectTree } from './inspect';
 import { installSource, sha256OnHost, type SourceRecord } from './sources';
 import { publishedManifest, publishImage, type PublishedManifest } from './publish';
 import { linkInTree, putInTree, writeInTree } from './tree-path';
-import { cleanApt, copyTree, withChrootSetup } from './tree-setup';
+import { cleanApt, copyTree, linkTree, withChrootSetup } from './tree-setup';
 import {
   clampImageTimes,
+  clampTreeTimes,
   e2fsEnv,
   imageUuid,
   installedPackages,
@@ -149,6 +150,8 @@ export class Pipeline {
         for (const file of spec.files) await writeInTree(this.runner, tree, file.path, file.content, file.mode);
         await cleanApt(this.runner, tree);
       });
+      // The operator step links this tree: it must find no time of this build's clock to clamp in it.
+      await clampTreeTimes(this.runner, tree, await this.archive.epochOf(await this.archiveOf(baseKey)));
       return { installed };
     });
     return { key: record.key, reused, data: meta.data };
@@ -168,7 +171,8 @@ export class Pipeline {
     const { meta, reused } = await this.store.ensure(record, async (work) => {
       const archive = await this.baseArchive(runtimeKey);
       const epoch = await this.archive.epochOf(archive);
-      const tree = await copyTree(this.runner, this.store, runtimeKey, work);
+      // Linked, not copied: this step only adds files and settles (see linkTree).
+      const tree = await linkTree(this.runner, this.store, runtimeKey, work);
       this.runner.phase('installing the operator and its unit');
       const operator = await putInTree(this.runner, tree, OPERATOR_PATH, this.input.operatorPath, 0o755);
       await this.runner.run(['chmod', '0755', operator]);
@@ -189,11 +193,17 @@ export class Pipeline {
    */
   private async baseArchive(runtimeKey: string): Promise<ArchiveSnapshot> {
     const record = await this.store.keyRecord(runtimeKey);
-    const base = record?.previous ? await this.store.lookup(record.previous) : null;
+    return this.archiveOf(record?.previous ?? null, runtimeKey);
+  }
+
+  /** The archive snapshot the base `baseKey` was built from (its meta.json). */
+  private async archiveOf(baseKey: string | null, runtimeKey?: string): Promise<ArchiveSnapshot> {
+    const base = baseKey ? await this.store.lookup(baseKey) : null;
     const archive = ArchiveSnapshotSchema.safeParse(base?.data.archive);
     if (!archive.success) {
+      const what = runtimeKey ? `the runtime artifact ${runtimeKey} does not lead to` : `${baseKey} is not`;
       throw new BuildError(
-        `the runtime artifact ${runtimeKey} does not lead to a base with an archive snapshot ` +
+        `${what} a base with an archive snapshot ` +
           '(built before artifacts kept their key input?): remove it from the artifact store and build again',
         'InvalidInput',
       );

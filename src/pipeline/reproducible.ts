@@ -110,10 +110,25 @@ export async function settleTree(runner: StepRunner, tree: string, epoch: number
   if (shadowStat?.isFile) {
     const text = (await runner.host.readFile(shadow)).toString('utf8');
     const clamped = clampShadow(text, Math.floor(epoch / 86400));
-    // Written in place: the file keeps its owner (root:shadow) and mode.
-    if (clamped !== text) await runner.host.writeFile(shadow, clamped);
+    if (clamped !== text) {
+      // A new file with the old one's owner (root:shadow) and mode, renamed over it: never written
+      // in place, since the tree may share the old one with the tree it was linked from.
+      const next = `${shadow}.rootfs-settle`;
+      await runner.host.writeFile(next, clamped);
+      await runner.run(['chown', `--reference=${shadow}`, '--', next]);
+      await runner.run(['chmod', `--reference=${shadow}`, '--', next]);
+      await runner.run(['mv', '-f', '--', next, shadow]);
+    }
   }
   // Last, so that the removals above (which change their folders' mtimes) are clamped too.
+  await clampTreeTimes(runner, tree, epoch);
+}
+
+/**
+ * Sets every mtime in the tree later than `epoch` to it. The runtime step does it too, so that the
+ * operator step, which links that tree rather than copying it, has only its own files to clamp.
+ */
+export async function clampTreeTimes(runner: StepRunner, tree: string, epoch: number): Promise<void> {
   // prettier-ignore
   await runner.run([
     'find', tree, '-xdev', '-newermt', `@${epoch}`, '-exec', 'touch', '--no-dereference', `--date=@${epoch}`, '--', '{}', '+',

@@ -11,7 +11,7 @@ import { renderProfile, renderUnit } from './render';
  */
 
 /** Bumped when a step's recipe changes in a way its inputs do not show, to invalidate old artifacts. */
-export const RECIPE = { base: 1, runtime: 2, operator: 2, verify: 1, image: 2, boot: 1, customize: 2 } as const;
+export const RECIPE = { base: 1, runtime: 3, operator: 2, verify: 1, image: 2, boot: 1, customize: 2 } as const;
 
 /** Packages every image gets on top of minbase: an init (systemd as PID 1), apt, and apt's keyring. */
 export const BASE_PACKAGES = ['systemd-sysv', 'apt', 'ubuntu-keyring'];

@@ -78,10 +78,11 @@ export async function resolveInTree(
 }
 
 /**
- * Where to create or replace the entry `inside`: its folder resolved and created, an existing link
- * at the entry itself removed (the new entry replaces the link, it does not write through it).
+ * Where to create or replace the entry `inside`: its folder resolved and created, and whatever is
+ * at the entry itself removed: the new entry replaces it, it never writes through it. Returns the
+ * host path and the mode of the regular file that was there (kept when the writer gives none).
  */
-async function entry(runner: TreeRunner, tree: string, inside: string): Promise<string> {
+async function entry(runner: TreeRunner, tree: string, inside: string): Promise<{ at: string; mode?: number }> {
   const name = path.posix.basename(inside);
   if (!name || name === '.' || name === '..') throw refuse(inside, 'not a path to a file');
   const dir = await resolveInTree(runner.host, tree, path.posix.dirname(inside), { followLast: true });
@@ -93,12 +94,13 @@ async function entry(runner: TreeRunner, tree: string, inside: string): Promise<
   const st = await runner.host.stat(at);
   if (st?.isDirectory) throw refuse(inside, 'it is a directory in the image');
   // A link, a device node or a FIFO (an archive unpacked as root can make them) is replaced, never
-  // opened: writing through it would reach a host file or device, or hang.
-  if (st && !st.isFile) await runner.run(['rm', '-f', '--', at]);
-  return at;
+  // opened: writing through it would reach a host file or device, or hang. A regular file too: a
+  // tree may share it with the tree it was linked from (the operator step's), which must not change.
+  if (st) await runner.run(['rm', '-f', '--', at]);
+  return { at, ...(st?.isFile ? { mode: st.mode & 0o7777 } : {}) };
 }
 
-/** Writes a file at `inside` (replacing a link there); returns its host path. */
+/** Writes a file at `inside` (a new file, replacing whatever was there); returns its host path. */
 export async function writeInTree(
   runner: TreeRunner,
   tree: string,
@@ -106,8 +108,8 @@ export async function writeInTree(
   data: Buffer | string,
   mode?: number,
 ): Promise<string> {
-  const at = await entry(runner, tree, inside);
-  await runner.host.writeFile(at, data, mode);
+  const { at, mode: was } = await entry(runner, tree, inside);
+  await runner.host.writeFile(at, data, mode ?? was);
   return at;
 }
 
@@ -119,8 +121,8 @@ export async function putInTree(
   localPath: string,
   mode?: number,
 ): Promise<string> {
-  const at = await entry(runner, tree, inside);
-  await runner.host.putFile(localPath, at, mode);
+  const { at, mode: was } = await entry(runner, tree, inside);
+  await runner.host.putFile(localPath, at, mode ?? was);
   return at;
 }
 
@@ -132,14 +134,14 @@ export async function installInTree(
   hostFile: string,
   mode: number,
 ): Promise<string> {
-  const at = await entry(runner, tree, inside);
+  const { at } = await entry(runner, tree, inside);
   await runner.run(['install', '-m', mode.toString(8).padStart(4, '0'), '-T', '--', hostFile, at]);
   return at;
 }
 
 /** Makes `inside` a symbolic link to `target` (a path as the image sees it, stored unresolved). */
 export async function linkInTree(runner: TreeRunner, tree: string, inside: string, target: string): Promise<string> {
-  const at = await entry(runner, tree, inside);
+  const { at } = await entry(runner, tree, inside);
   await runner.run(['ln', '-sfnT', '--', target, at]);
   return at;
 }

@@ -19,6 +19,24 @@ export async function copyTree(
 }
 
 /**
+ * The tree of `fromKey` as `work/tree`, its files hard links to the artifact's own (a new folder
+ * hierarchy, no data copied): for the operator step, which only adds files and settles. That
+ * never changes the artifact: the writers of tree-path.ts and settleTree replace a file rather
+ * than write into it, and the runtime step leaves no mtime after the epoch for the settle to touch.
+ */
+export async function linkTree(
+  runner: StepRunner,
+  store: ArtifactStore,
+  fromKey: string,
+  work: string,
+): Promise<string> {
+  const tree = path.posix.join(work, 'tree');
+  runner.phase(`linking ${fromKey}`);
+  await runner.run(['cp', '-a', '--link', store.tree(fromKey), tree]);
+  return tree;
+}
+
+/**
  * Runs `fn` with the tree set up for package installs: no services start, DNS works. The image's
  * own `/etc/resolv.conf` (a link in jammy) is replaced for the install, never written through,
  * and put back after.

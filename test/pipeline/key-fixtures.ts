@@ -77,36 +77,38 @@ export const SECOND = {
  * once and written here by hand: artifacts already built must keep their keys, so these change only
  * with a RECIPE bump. Changed on purpose once since: RECIPE.operator, .customize and .image went to 2
  * (trees settled and images made reproducibly, issue 11 §3), so the operator keys and all after them
- * changed; base and runtime keys did not.
+ * changed; base and runtime keys did not. Then RECIPE.runtime went to 3 (the runtime step clamps its
+ * tree's times, so that the operator step can link it instead of copying it, issue 12): the runtime
+ * keys and all after them changed; base keys did not.
  */
 export const PINNED = {
   first: {
     base: 'base-3a1147f0dae1e102b0903aee986d0624',
     python: {
-      runtime: 'runtime-59b22850ef4c82341af2a14080e17120',
-      operator: 'operator-2a4e4a1776ac5103b65a518bdded4048',
-      verify: 'verify-bf8276e7b646fcf73731c40da8e3f15e',
-      image: 'image-6497a48302e2e2812ec3c33402f35c90',
-      upload: 'upload-bc7b5313ad7ad99a6f1ceb2a2418c811',
+      runtime: 'runtime-af66e0ef0be02115633c4ffe24ebf3b5',
+      operator: 'operator-1da9af0e9acdd4097ccf8f1eaff5b444',
+      verify: 'verify-9f82c1321ab94725f71c8e765401c56a',
+      image: 'image-8d9cfacd736486a2f58ec4a51931d1cb',
+      upload: 'upload-0a5681d0bf1d8fc70ebf3c1f776c88b0',
     },
     go: {
-      runtime: 'runtime-2442aa7d7b47b36607a592b7941ad65e',
-      operator: 'operator-cd40ceec360d1ac4a78d4489d8ae3ec7',
-      verify: 'verify-4ac8fe59ca3269a71d1f0034d5ef9cad',
-      image: 'image-02add27630f9fcca6a51a101a3c84e68',
-      upload: 'upload-0a06767e973973d5ce88dc31e7dd1837',
+      runtime: 'runtime-3e65d2dc88b2146425191170c1121ada',
+      operator: 'operator-8633671cf742ef028f89d7b41c77b89e',
+      verify: 'verify-01d1ec237229127e4b5f24f6ddb6f0f3',
+      image: 'image-71ffd6d246a9fd23a88f8560867a1b95',
+      upload: 'upload-ef1fa2fa57bf606e860eec9681ce15a4',
     },
-    /** `customize python -- sh -c 'echo hi'` on the python tree (operator-2a4e…). */
-    customize: 'customize-282e201b7f39ec208000b8dfb21703c2',
+    /** `customize python -- sh -c 'echo hi'` on the python tree (operator-1da9…). */
+    customize: 'customize-f74d2c7c2d261846021351f92312d2c3',
   },
   second: {
     base: 'base-68b520f219bff1d0b1c8a74795d76b90',
     bash: {
-      runtime: 'runtime-a36d7bf0816a6681003c38d87b33e750',
-      operator: 'operator-6d6535059bf3f0fce3fecdca9d1c6f53',
-      verify: 'verify-c35a2bd722c088ad983e0f3a08f1595c',
-      image: 'image-74522454a1d12791adcb53945a0864d5',
-      upload: 'upload-d0575d00df8992a7f328d05fced9faed',
+      runtime: 'runtime-e6bedb0c74811c9ae208a6060299b1be',
+      operator: 'operator-b5945cfed5e47efe31441ece94f055fc',
+      verify: 'verify-60cb3d2c8f36619917876e4281f6d63d',
+      image: 'image-b995be6e8de09db69ea54a75c37d92bf',
+      upload: 'upload-cc041228f59d5fade8ded41800c38fbe',
     },
   },
 };
