@@ -25,9 +25,14 @@ export interface SourceContext {
 export type SourceRecord = Record<string, string>;
 
 export async function sha256OnHost(runner: StepRunner, file: string): Promise<string> {
-  const out = await runner.read(['sha256sum', '--', file]);
+  if (!file.startsWith('/')) throw new Error(`not an absolute path: ${file}`);
+  // OpenSSL uses the CPU's SHA extensions: 1.6 s for a 1.9 GiB image here, where coreutils'
+  // sha256sum takes 7.3 s. sha256sum where there is no openssl. (An absolute path: no option.)
+  const out = await runner
+    .read(['openssl', 'dgst', '-sha256', '-r', file])
+    .catch(() => runner.read(['sha256sum', '--', file]));
   const sum = out.split(/\s/)[0] ?? '';
-  if (!Sha256Hex.safeParse(sum).success) throw new Error(`unexpected sha256sum output for ${file}`);
+  if (!Sha256Hex.safeParse(sum).success) throw new Error(`unexpected sha256 output for ${file}: ${out.slice(0, 100)}`);
   return sum;
 }
 

@@ -3,7 +3,7 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { BuildError, StepRunner } from '../../src/pipeline/context';
-import { installSource, type SourceContext } from '../../src/pipeline/sources';
+import { installSource, sha256OnHost, type SourceContext } from '../../src/pipeline/sources';
 import { CommandError, LocalHost } from '../../src/host';
 import { startFixtureServer, type FixtureServer } from '../support/fixture-server';
 import { tempDir } from '../support/process';
@@ -21,6 +21,16 @@ describe('runtime sources @real', function () {
     fixture ??= await startFixtureServer();
     const runner = new StepRunner(new LocalHost(), (p) => phases.push(p.phase));
     ctx = { runner, tree: busyboxTree(), cacheDir: tempDir('cache'), clientEnv: {} };
+  });
+
+  it("sha256OnHost gives a file's sha256 on the build host, and refuses a relative path", async () => {
+    const file = path.join(tempDir('sha'), 'data');
+    const data = crypto.randomBytes(3 * 1024 * 1024 + 7);
+    fs.writeFileSync(file, data);
+    assert.equal(await sha256OnHost(ctx.runner, file), sha256(data));
+    fs.writeFileSync(file, '');
+    assert.equal(await sha256OnHost(ctx.runner, file), sha256(Buffer.alloc(0)));
+    await assert.rejects(sha256OnHost(ctx.runner, 'data'), /not an absolute path: data/);
   });
 
   it('archive: downloads once, checks the sum, unpacks and links', async () => {
