@@ -201,14 +201,15 @@ export function listBackgroundWorkers(state = stateDir()): WorkerStatus[] {
 /**
  * SIGTERM to every background worker (graceful), SIGKILL to those still there after `graceMs`,
  * each signal only while the pid is still that worker. A record whose pid is gone or is another
- * process now is removed (its log stays), and `note` says so.
+ * process now is removed (its log stays), and `note` says so. `only` picks some of them (by config file, say).
  */
 export async function stopBackgroundWorkers(
   graceMs = 45_000,
   state = stateDir(),
   note: (line: string) => void = () => {},
+  only: (w: WorkerStatus) => boolean = () => true,
 ): Promise<WorkerStatus[]> {
-  const workers = listBackgroundWorkers(state);
+  const workers = listBackgroundWorkers(state).filter(only);
   for (const w of workers.filter((w) => !w.running)) {
     const file = path.join(w.dir, 'worker.json');
     // Only the record read above: a worker started meanwhile has written a new one.
