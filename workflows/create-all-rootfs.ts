@@ -38,7 +38,6 @@ function reasonLine(err: unknown): string {
 /** Builds every language image as a child workflow, a few at a time, then lists the bucket. */
 export async function createAllRootfs(input: CreateAllRootfsInput): Promise<CreateAllSummary> {
   const { runTag, options } = input;
-  const concurrency = Math.max(1, input.concurrency ?? 2);
   const light = proxyActivities<BuildActivities>({
     taskQueue: options.hostTaskQueue,
     startToCloseTimeout: '5 minutes',
@@ -47,6 +46,9 @@ export async function createAllRootfs(input: CreateAllRootfsInput): Promise<Crea
 
   let spec = input.spec;
   const languages = input.languages ?? (spec ? Object.keys(spec.languages) : (await light.plan()).languages);
+  // All at once by default: their steps mostly download and write, and each waits at its boot for
+  // the kernel, built beside them; a slot held there would keep the next image from starting.
+  const concurrency = Math.max(1, input.concurrency ?? languages.length);
   /** A child's spec: its own language only, so its history holds what it builds and nothing else. */
   const childSpec = (language: string) =>
     spec ? { spec: { ...spec, languages: { [language]: spec.languages[language]! } } } : {};
@@ -120,8 +122,13 @@ export async function createAllRootfs(input: CreateAllRootfsInput): Promise<Crea
 
   const results: ImageSummary[] = [];
   let running = 0;
+  // Every waiting child's condition turned true in the same activation, before any of them
+  // counted itself: all started at once, whatever the concurrency. Each now checks again when it
+  // wakes. Histories from before the fix replay without it.
+  const bounded = patched('bounded-concurrency');
   const buildOne = async (language: string) => {
-    await condition(() => running < concurrency);
+    do await condition(() => running < concurrency);
+    while (bounded && running >= concurrency);
     running++;
     try {
       const child = await startChild(createRootfs, {

@@ -148,7 +148,7 @@ export interface CreateAllRootfsInput {
   runTag: string;
   /** Default: every configured language, in the configured order. */
   languages?: string[];
-  /** Children building at once. Default 2. */
+  /** Children building at once. Default: all of them. */
   concurrency?: number;
   options: BuildOptions;
   /** What to build, fixed at the start; its languages are the build's when `languages` is absent. */

@@ -291,6 +291,34 @@ describe('workflows with fake activities', function () {
     assert.equal(fallback.state, 'done');
   });
 
+  it('concurrency bounds the images built at once', async () => {
+    held.add('python/base');
+    const runTag = tag();
+    const parent = await (
+      await client()
+    ).workflow.start(createAllRootfs, {
+      taskQueue: queue,
+      workflowId: parentWorkflowId(runTag),
+      args: [{ runTag, options, spec: spec([], ['python', 'go', 'bash']), concurrency: 1 }],
+    });
+    await waitFor('python base', async () => (calls.some((c) => c.activity === 'base') ? true : undefined), 30_000);
+    await new Promise((r) => setTimeout(r, 1500));
+    const started = () => [...new Set(calls.map((c) => String(c.input.language)))];
+    assert.deepEqual(started(), ['python'], 'one image at a time');
+    held.clear();
+    const summary = await parent.result();
+    assert.deepEqual(
+      summary.images.map((i) => i.state),
+      ['done', 'done', 'done'],
+    );
+    // One after the other: each child's first step comes after the previous child's last.
+    const order = calls.map((c) => String(c.input.language));
+    assert.deepEqual(
+      order.filter((l, i) => l !== order[i - 1]),
+      ['python', 'go', 'bash'],
+    );
+  });
+
   it('a failed step waits; retryStep validates the step and runs only that step again', async () => {
     failing.set('python/runtime', 'no such package');
     const handle = await startChild(tag());

@@ -24,7 +24,7 @@ export function registerBuildCommands(ctx: CommandContext): void {
     if (takesLanguages) cmd.argument('<languages...>', 'languages to build');
     cmd
       .option('--run-tag <tag>', 'names the run; starting the same tag again attaches to it (default: build-YYYYMMDD)')
-      .option('--concurrency <n>', 'images built at once', positiveInt, 2)
+      .option('--concurrency <n>', 'images built at once (default: all of them)', positiveInt)
       .option('--no-upload', 'build only, do not upload to S3')
       .addOption(ctx.sshOption())
       .option(
@@ -38,7 +38,7 @@ export function registerBuildCommands(ctx: CommandContext): void {
         const languages = takesLanguages ? (args[0] as string[]) : undefined;
         const opts = args[takesLanguages ? 1 : 0] as {
           runTag?: string;
-          concurrency: number;
+          concurrency?: number;
           upload: boolean;
           worker: boolean;
           detach: boolean;
