@@ -194,6 +194,9 @@ function linkDefault(
  * not trusted, so not downloaded. Local files the bucket lacks are left alone. Then
  * `<workspace>/rootfs.ext4` points at the python image when it is there.
  */
+/** Objects a sync downloads at once. */
+const DOWNLOAD_CONCURRENCY = 3;
+
 export async function syncDown(ctx: StoreContext, opts: SyncOptions = {}): Promise<SyncReport> {
   const listing = await listBucket(ctx);
   const wanted = listing.objects.filter((o) => o.kind === 'kernel' || o.kind === 'image');
@@ -201,8 +204,8 @@ export async function syncDown(ctx: StoreContext, opts: SyncOptions = {}): Promi
   removeStaleTemps(ctx.workspace);
   removeStaleTemps(imagesDir(ctx.workspace));
 
-  const files: SyncedFile[] = [];
-  for (const o of wanted) {
+  /** One object: its outcome, or a throw for what ends the whole sync (credentials, bucket, network). */
+  const syncOne = async (o: ListedObject): Promise<SyncedFile> => {
     const dest = localPathOf(ctx.workspace, o.key);
     const started = Date.now();
     const entry = (status: SyncedFile['status'], bytes: number, error?: string): SyncedFile => ({
@@ -217,19 +220,15 @@ export async function syncDown(ctx: StoreContext, opts: SyncOptions = {}): Promi
     const m = o.manifest;
     if (!m) {
       const why = o.manifestProblem ? `its manifest is unusable (${o.manifestProblem})` : 'it has no manifest';
-      files.push(entry('failed', 0, `Cannot download ${where(ctx.config, o.key)}: ${why}, so it cannot be verified.`));
-      continue;
+      return entry('failed', 0, `Cannot download ${where(ctx.config, o.key)}: ${why}, so it cannot be verified.`);
     }
     const keptLocal = fs.existsSync(dest) ? '; the local copy was kept' : '';
     if (m.sizeBytes !== o.sizeBytes) {
-      files.push(
-        entry(
-          'failed',
-          0,
-          `Cannot download ${where(ctx.config, o.key)}: the object has ${o.sizeBytes} bytes but its manifest says ${m.sizeBytes}${keptLocal}.`,
-        ),
+      return entry(
+        'failed',
+        0,
+        `Cannot download ${where(ctx.config, o.key)}: the object has ${o.sizeBytes} bytes but its manifest says ${m.sizeBytes}${keptLocal}.`,
       );
-      continue;
     }
     try {
       // The checksum S3 verified when the object was stored must be the manifest's: an object
@@ -237,54 +236,61 @@ export async function syncDown(ctx: StoreContext, opts: SyncOptions = {}): Promi
       const stat = await statObject(ctx, o.key);
       if (!stat || stat.crc32 !== m.crc32) {
         const found = stat ? `its CRC32 is ${stat.crc32 ?? 'missing'}` : 'it is gone';
-        files.push(
-          entry(
-            'failed',
-            0,
-            `Cannot download ${where(ctx.config, o.key)}: the object does not match its manifest (${found}, the manifest says ${m.crc32})${keptLocal}.`,
-          ),
+        return entry(
+          'failed',
+          0,
+          `Cannot download ${where(ctx.config, o.key)}: the object does not match its manifest (${found}, the manifest says ${m.crc32})${keptLocal}.`,
         );
-        continue;
       }
       if (fs.existsSync(dest)) {
         const size = fs.statSync(dest).size;
         const checksum = track(ctx.progress, o.key, 'checksum', size);
         const local = await fileDigest(dest, { crc32: false, onBytes: (n) => checksum.add(n), signal: ctx.signal });
         checksum.end();
-        if (local.sha256 === m.sha256) {
-          files.push(entry('unchanged', 0));
-          continue;
-        }
+        if (local.sha256 === m.sha256) return entry('unchanged', 0);
       }
       const bytes = await withRetry(
         () => fetchVerified(ctx, o, m, dest, stat.etag),
         ctx.retry ?? DEFAULT_RETRY,
         ctx.signal,
       );
-      files.push(entry('downloaded', bytes));
+      return entry('downloaded', bytes);
     } catch (err) {
       if (err instanceof BodyBrokenOff) {
         const kept = fs.existsSync(dest) ? '; the local copy was kept' : '';
-        files.push(
-          entry(
-            'failed',
-            0,
-            `Cannot download ${where(ctx.config, o.key)}: the S3 server broke the transfer off every time it was tried ` +
-              `(last after ${err.received} of ${o.sizeBytes} bytes): the object is likely damaged in the bucket — upload it again${kept}.`,
-          ),
+        return entry(
+          'failed',
+          0,
+          `Cannot download ${where(ctx.config, o.key)}: the S3 server broke the transfer off every time it was tried ` +
+            `(last after ${err.received} of ${o.sizeBytes} bytes): the object is likely damaged in the bucket — upload it again${kept}.`,
         );
-        continue;
       }
       if (
         err instanceof StoreError &&
         ['credentials', 'bad-credentials', 'no-bucket', 'wrong-region', 'unreachable', 'interrupted'].includes(err.kind)
       )
         throw err;
-      files.push(
-        entry('failed', 0, err instanceof StoreError ? err.userMessage : `${o.key}: ${(err as Error).message}`),
-      );
+      return entry('failed', 0, err instanceof StoreError ? err.userMessage : `${o.key}: ${(err as Error).message}`);
     }
-  }
+  };
+
+  // A few objects at once: one stream is held back by its own hashing and writing, and the
+  // server and the disk have room for more. The report keeps the bucket's order.
+  const files: SyncedFile[] = new Array<SyncedFile>(wanted.length);
+  let next = 0;
+  let fatal: { err: unknown } | undefined;
+  const worker = async () => {
+    while (!fatal && next < wanted.length) {
+      const i = next++;
+      try {
+        files[i] = await syncOne(wanted[i]!);
+      } catch (err) {
+        fatal ??= { err };
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(DOWNLOAD_CONCURRENCY, wanted.length) }, worker));
+  if (fatal) throw fatal.err;
   return {
     bucket: ctx.config.bucket,
     files,
