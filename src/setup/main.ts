@@ -9,6 +9,7 @@ import {
   aptPackages,
   minio,
   referenceOperator,
+  s5cmd,
   temporalCli,
   ubuntuKeyring,
   type Outcome,
@@ -31,6 +32,7 @@ async function main(): Promise<number> {
     ['apt packages', () => aptPackages(ctx)],
     ['Temporal CLI', () => temporalCli(ctx)],
     ['MinIO (S3 server)', () => minio(ctx)],
+    ['s5cmd (bench/transfer)', () => s5cmd(ctx)],
     ['Ubuntu archive keyring', () => ubuntuKeyring(ctx)],
     ['reference guest operator', () => referenceOperator()],
   ];

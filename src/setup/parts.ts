@@ -44,6 +44,7 @@ export const APT_PACKAGES = [
   'gnupg', // the tests' signed apt repository fixture
   'dpkg-dev',
   'chromium', // the Temporal Web UI browser test (driven by playwright-core)
+  'awscli', // bench/transfer's and bench/seed-recipe's reference S3 client (/usr/bin/aws)
 ];
 
 async function dpkgInstalled(pkg: string): Promise<boolean> {
@@ -132,6 +133,46 @@ export async function minio(ctx: SetupContext): Promise<Outcome> {
   const { module, version } = PINNED.minio;
   if (fs.existsSync(target) && (await goModuleVersion(target)) === version) return { done: `${version} present` };
   await goInstall(module, version, target, ctx);
+  return { done: `built ${version}` };
+}
+
+/**
+ * s5cmd, bench/transfer's reference S3 client. `go install …@version` is refused here: it asks the
+ * module proxy for the module's version list (to look for a deprecation), which the proxy denies.
+ * `go mod download` fetches the pinned version alone (checked against the sum database) and it is
+ * built from there, stamped with its version as its own Makefile does, so `s5cmd version` proves it.
+ */
+export async function s5cmd(ctx: SetupContext): Promise<Outcome> {
+  const target = toolPaths().s5cmd;
+  const { module, version, commit } = PINNED.s5cmd;
+  const reports = `${version}-${commit}`;
+  const present = async () => {
+    try {
+      return (await capture(target, ['version'])).stdout.trim() === reports;
+    } catch {
+      return false;
+    }
+  };
+  if (fs.existsSync(target) && (await present())) return { done: `${version} present` };
+  ctx.log(`go mod download ${module}@${version}, then go build (a minute the first time)`);
+  const env = { ...process.env, CGO_ENABLED: '0', GOFLAGS: '-buildvcs=false' };
+  try {
+    const { stdout } = await capture('go', ['mod', 'download', '-json', `${module}@${version}`], { env });
+    const dir = (JSON.parse(stdout) as { Dir?: string }).Dir;
+    if (!dir) throw new Error(`go mod download printed no module directory: ${stdout.slice(0, 200)}`);
+    fs.mkdirSync(path.dirname(target), { recursive: true });
+    const stamp = `-X=${module}/version.Version=${version} -X=${module}/version.GitCommit=${commit}`;
+    // The module zip carries no vendor/ tree, so its dependencies come by go.sum (-mod=mod).
+    await capture('go', ['build', '-mod=mod', '-trimpath', '-ldflags', stamp, '-o', `${target}.tmp`, '.'], {
+      cwd: dir,
+      env,
+    });
+    fs.renameSync(`${target}.tmp`, target);
+  } catch (err) {
+    fs.rmSync(`${target}.tmp`, { force: true });
+    throw new Error(`cannot build ${module}@${version}: ${(err as Error).message}`);
+  }
+  if (!(await present())) throw new Error(`${target} does not report ${reports}`);
   return { done: `built ${version}` };
 }
 

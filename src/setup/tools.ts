@@ -7,6 +7,8 @@ export const PINNED = {
   temporalCli: { module: 'github.com/temporalio/cli/cmd/temporal', version: 'v1.5.1', reports: '1.5.1' },
   // MinIO publishes no module tags; this pseudo-version is the newest the module proxy serves.
   minio: { module: 'github.com/minio/minio', version: 'v0.0.0-20260212201848-7aac2a2c5b7c' },
+  // bench/transfer's reference client; the commit is the tag's, stamped into `s5cmd version`.
+  s5cmd: { module: 'github.com/peak/s5cmd/v2', version: 'v2.3.0', commit: '991c9fb' },
   ubuntuKeyring: {
     poolPath: 'pool/main/u/ubuntu-keyring/ubuntu-keyring_2021.03.26_all.deb',
     sha256: '0d0e7ed6b112f5d03eabf3c7eb01ebdacf9c57714b279e90495cfc58c8c4520f',
@@ -17,6 +19,7 @@ export const PINNED = {
 export interface ToolPaths {
   temporal: string;
   minio: string;
+  s5cmd: string;
   ubuntuKeyring: string;
   referenceOperator: string;
 }
@@ -28,6 +31,7 @@ export function toolPaths(): ToolPaths {
   return {
     temporal: temporalLink,
     minio: path.join(dir, 'bin', 'minio'),
+    s5cmd: path.join(dir, 'bin', 's5cmd'),
     ubuntuKeyring: path.join(dir, 'share', 'ubuntu-archive-keyring.gpg'),
     referenceOperator: path.join(dir, 'bin', 'infra.operator'),
   };
