@@ -64,11 +64,18 @@ function parseArgs(argv: string[]): Options {
   return opts;
 }
 
+/**
+ * The environment every phase's command starts with: this process's own as it began, before
+ * removeBucket's resolveRuntime put the local S3 server's endpoint and keys into it (with keys in
+ * its environment a `rootfs` command takes S3 as external and creates no bucket).
+ */
+const START_ENV: NodeJS.ProcessEnv = { ...process.env };
+
 /** Runs argv, streaming its output with a prefix; resolves with its stdout and the seconds it took. */
 function run(
   argv: string[],
   label: string,
-  env: NodeJS.ProcessEnv = process.env,
+  env: NodeJS.ProcessEnv = START_ENV,
 ): Promise<{ stdout: string; seconds: number }> {
   const started = process.hrtime.bigint();
   return new Promise((resolve, reject) => {
@@ -148,7 +155,7 @@ async function main(): Promise<void> {
     ['build', '-trimpath', '-ldflags', `-s -w -X main.version=bench-${id}`, '-o', changedOperator, '.'],
     {
       cwd: path.join(projectRoot(), 'guest'),
-      env: { ...process.env, CGO_ENABLED: '0' },
+      env: { ...START_ENV, CGO_ENABLED: '0' },
       encoding: 'utf8',
     },
   );
