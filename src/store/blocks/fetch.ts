@@ -1,0 +1,511 @@
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { GetObjectCommand } from '@aws-sdk/client-s3';
+import { DEFAULT_RETRY, send, withRetry, type StoreContext } from '../client';
+import { rememberDigest } from '../digest';
+import { StoreError, where } from '../errors';
+import { imagesDir, kernelPath, localPathOf } from '../layout';
+import { track } from '../progress';
+import { BLOCK_BYTES, frameOfSlot, packKey, shortName, slotDigest, type BlockIndex, type FrameRef } from './format';
+import { loadIndex, readHead } from './objects';
+import { indexCacheDir, partialOf, versionsDir } from './paths';
+import { readRecord, writeRecord } from './records';
+import { runZstd } from './zstd';
+
+/**
+ * Bringing one file of the block store to a host: its current version is assembled from blocks
+ * the host already has (checked against their digests) and frames fetched by range for the rest,
+ * written sparse into a partial file that a later run resumes, checked whole, then renamed into
+ * place. The version it replaces is kept, so a rollback to it fetches nothing.
+ */
+
+/** Adjacent frames of a pack are fetched in one request up to this size. */
+const MAX_RANGE_BYTES = 64 << 20;
+const RANGE_CONCURRENCY = 4;
+const READ_BYTES = 8 << 20;
+export const DEFAULT_KEEP_LOCAL_VERSIONS = 1;
+
+export interface BlockPlan {
+  key: string;
+  dest: string;
+  index: string;
+  sizeBytes: number;
+  /** Nothing to do: the file holds this version already. */
+  unchanged: boolean;
+  /** A kept earlier version of the file is this one: it is put back, nothing is read. */
+  keptVersion?: string;
+  /** Blocks already in place in an unfinished download, blocks copied from local files, blocks to fetch. */
+  blocksInPlace: number;
+  blocksLocal: number;
+  blocksToFetch: number;
+  /** Compressed bytes of the frames to fetch, and how many ranges they take. */
+  fetchBytes: number;
+  ranges: number;
+}
+
+export interface BlockSyncResult extends BlockPlan {
+  status: 'unchanged' | 'downloaded';
+  bytesFetched: number;
+  seconds: number;
+}
+
+/** A file on this host that holds a known version: its blocks can be copied. */
+interface RecordSource {
+  file: string;
+  index: BlockIndex;
+}
+
+/** Files this host has with a valid record and a cached index: sources of blocks. */
+function recordSources(ctx: StoreContext): Promise<RecordSource[]> {
+  const files: string[] = [kernelPath(ctx.workspace)];
+  const dir = imagesDir(ctx.workspace);
+  if (fs.existsSync(dir)) for (const n of fs.readdirSync(dir)) if (n.endsWith('.ext4')) files.push(path.join(dir, n));
+  const versions = path.dirname(versionsDir(ctx.workspace, 'x'));
+  if (fs.existsSync(versions)) {
+    for (const name of fs.readdirSync(versions)) {
+      for (const v of fs.readdirSync(path.join(versions, name)))
+        if (/^[0-9a-f]{64}$/.test(v)) files.push(path.join(versions, name, v));
+    }
+  }
+  const cache = indexCacheDir(ctx.workspace);
+  return Promise.all(
+    files.map(async (file) => {
+      const rec = readRecord(file);
+      if (!rec || !fs.existsSync(path.join(cache, `${rec.index}.index`))) return undefined;
+      try {
+        return { file, index: await loadIndex(ctx, cache, rec.index) };
+      } catch {
+        return undefined;
+      }
+    }),
+  ).then((all) => all.filter((s): s is RecordSource => !!s));
+}
+
+/** Positional writes into the partial, contiguous blocks gathered into one write. */
+class BlockWriter {
+  private start = -1;
+  private parts: Buffer[] = [];
+  constructor(private readonly fd: number) {}
+
+  put(block: number, content: Buffer): void {
+    if (this.start < 0 || block !== this.start + this.parts.length || this.parts.length >= 256) {
+      this.flush();
+      this.start = block;
+    }
+    this.parts.push(content);
+  }
+
+  flush(): void {
+    if (!this.parts.length) return;
+    const buf = this.parts.length === 1 ? this.parts[0]! : Buffer.concat(this.parts);
+    fs.writeSync(this.fd, buf, 0, buf.length, this.start * BLOCK_BYTES);
+    this.parts = [];
+    this.start = -1;
+  }
+}
+
+const ZEROS = Buffer.alloc(BLOCK_BYTES);
+const digestOf = (block: Buffer) => crypto.createHash('sha256').update(block).digest();
+
+/** The work for one key, decided before anything is written. */
+class KeyJob {
+  /** Target blocks of each slot not yet written (the slot's content may go to several blocks). */
+  readonly targets = new Map<number, number[]>();
+  /** Slots copied from a local file: slot → [file, block there]. */
+  readonly copies = new Map<number, [string, number]>();
+  readonly frames: number[] = [];
+
+  constructor(
+    readonly key: string,
+    readonly dest: string,
+    readonly indexSha: string,
+    readonly index: BlockIndex,
+  ) {}
+}
+
+/** Plans the sync of `key`; undefined when the block store has no version of it. */
+export async function planBlocks(
+  ctx: StoreContext,
+  key: string,
+): Promise<{ plan: BlockPlan; job?: KeyJob } | undefined> {
+  const read = await readHead(ctx, key);
+  if (!read) return undefined;
+  const sha = read.head.current;
+  const dest = localPathOf(ctx.workspace, key);
+  const base: BlockPlan = {
+    key,
+    dest,
+    index: sha,
+    sizeBytes: read.head.versions.find((v) => v.index === sha)!.sizeBytes,
+    unchanged: false,
+    blocksInPlace: 0,
+    blocksLocal: 0,
+    blocksToFetch: 0,
+    fetchBytes: 0,
+    ranges: 0,
+  };
+  if (readRecord(dest)?.index === sha) return { plan: { ...base, unchanged: true } };
+  const kept = path.join(versionsDir(ctx.workspace, path.basename(dest)), sha);
+  if (readRecord(kept)?.index === sha) return { plan: { ...base, keptVersion: kept } };
+
+  const index = await loadIndex(ctx, indexCacheDir(ctx.workspace), sha);
+  const job = new KeyJob(key, dest, sha, index);
+  index.map.forEach((s, i) => {
+    if (!s) return;
+    const list = job.targets.get(s - 1);
+    if (list) list.push(i);
+    else job.targets.set(s - 1, [i]);
+  });
+
+  // An unfinished download of this version: the blocks it holds already are left in place.
+  const partial = partialOf(dest, sha);
+  if (fs.existsSync(partial)) base.blocksInPlace = await keepInPlace(partial, job);
+
+  // Blocks of files this host has (any language, any version), by digest.
+  const wanted = new Map<string, number>();
+  for (const slot of job.targets.keys()) wanted.set(slotDigest(index, slot).toString('base64'), slot);
+  for (const src of await recordSources(ctx)) {
+    src.index.map.forEach((s, k) => {
+      if (!s || !wanted.size) return;
+      const d = slotDigest(src.index, s - 1).toString('base64');
+      const slot = wanted.get(d);
+      if (slot === undefined) return;
+      job.copies.set(slot, [src.file, k]);
+      wanted.delete(d);
+    });
+  }
+  // The file being replaced, when nothing says which version it holds (a plain download, a copy):
+  // a block found at its own position with the right digest is as good as any.
+  if (fs.existsSync(dest) && !readRecord(dest)) await findInPlace(dest, job);
+
+  const frames = new Set<number>();
+  for (const [slot, blocks] of job.targets) {
+    if (job.copies.has(slot)) base.blocksLocal += blocks.length;
+    else {
+      frames.add(frameOfSlot(index, slot));
+      base.blocksToFetch += blocks.length;
+    }
+  }
+  job.frames.push(...[...frames].sort((a, b) => a - b));
+  base.fetchBytes = job.frames.reduce((n, f) => n + index.frames[f]!.length, 0);
+  base.ranges = rangesOf(index, job.frames).length;
+  return { plan: base, job };
+}
+
+/** Reads `file` block by block where the job wants data; calls `onMatch(slot, block)` for each block whose digest is the slot's. */
+async function scanPositions(
+  file: string,
+  job: KeyJob,
+  onMatch: (slot: number, block: number, content: Buffer) => void,
+): Promise<void> {
+  const { index } = job;
+  const fd = fs.openSync(file, 'r');
+  const buf = Buffer.alloc(READ_BYTES);
+  try {
+    const size = Math.min(fs.fstatSync(fd).size, index.header.sizeBytes);
+    for (let pos = 0; pos < size; pos += READ_BYTES) {
+      const n = fs.readSync(fd, buf, 0, Math.min(READ_BYTES, size - pos), pos);
+      for (let at = 0; at + BLOCK_BYTES <= n || (at < n && pos + n === size); at += BLOCK_BYTES) {
+        const block = Math.floor((pos + at) / BLOCK_BYTES);
+        const s = index.map[block]!;
+        if (!s) continue;
+        const content = Buffer.alloc(BLOCK_BYTES);
+        buf.copy(content, 0, at, Math.min(at + BLOCK_BYTES, n));
+        // A stored block is never all zeros (those are holes): no need to hash one.
+        if (content.equals(ZEROS)) continue;
+        if (digestOf(content).equals(slotDigest(index, s - 1))) onMatch(s - 1, block, content);
+      }
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function dropTarget(job: KeyJob, slot: number, block: number): void {
+  const list = job.targets.get(slot);
+  if (!list) return;
+  const rest = list.filter((b) => b !== block);
+  if (rest.length) job.targets.set(slot, rest);
+  else job.targets.delete(slot);
+}
+
+async function keepInPlace(partial: string, job: KeyJob): Promise<number> {
+  let n = 0;
+  await scanPositions(partial, job, (slot, block) => {
+    dropTarget(job, slot, block);
+    n++;
+  });
+  return n;
+}
+
+async function findInPlace(file: string, job: KeyJob): Promise<void> {
+  await scanPositions(file, job, (slot, block) => {
+    if (!job.copies.has(slot)) job.copies.set(slot, [file, block]);
+  });
+}
+
+interface Range {
+  pack: string;
+  start: number;
+  end: number;
+  frames: number[];
+}
+
+/** The frames to fetch as byte ranges of their packs: neighbours (no gap) share one request. */
+function rangesOf(index: BlockIndex, frames: number[]): Range[] {
+  const sorted = [...frames].sort((a, b) => {
+    const fa = index.frames[a]!;
+    const fb = index.frames[b]!;
+    return fa.pack === fb.pack ? fa.offset - fb.offset : fa.pack < fb.pack ? -1 : 1;
+  });
+  const ranges: Range[] = [];
+  for (const f of sorted) {
+    const fr: FrameRef = index.frames[f]!;
+    const last = ranges.at(-1);
+    if (
+      last &&
+      last.pack === fr.pack &&
+      last.end === fr.offset &&
+      last.end - last.start + fr.length <= MAX_RANGE_BYTES
+    ) {
+      last.end += fr.length;
+      last.frames.push(f);
+    } else ranges.push({ pack: fr.pack, start: fr.offset, end: fr.offset + fr.length, frames: [f] });
+  }
+  return ranges;
+}
+
+/** Fetches one range, decompresses it, checks and writes the blocks the job wants. Returns bytes received. */
+async function fetchRange(
+  ctx: StoreContext,
+  job: KeyJob,
+  range: Range,
+  writer: BlockWriter,
+  onBytes: (n: number) => void,
+): Promise<number> {
+  const { index } = job;
+  const key = packKey(range.pack);
+  let received = 0;
+  const damaged = (why: string) =>
+    new StoreError(
+      'checksum',
+      `Cannot download ${job.key}: ${where(ctx.config, key)} bytes ${range.start}-${range.end - 1} ${why}.`,
+      {
+        bucket: ctx.config.bucket,
+        key,
+        // Fetched again once or twice: a transfer may have been damaged; a damaged pack fails every time.
+        transient: true,
+      },
+    );
+  // Blocks in the order zstd gives them back: frame after frame.
+  const order: number[] = [];
+  for (const f of range.frames) for (let j = 0; j < index.frames[f]!.count; j++) order.push(index.firstSlot[f]! + j);
+  let next = 0;
+  let carry = Buffer.alloc(0);
+  const pending: Array<[number, Buffer]> = [];
+  const take = (chunk: Buffer) => {
+    let buf = carry.length ? Buffer.concat([carry, chunk]) : chunk;
+    while (buf.length >= BLOCK_BYTES) {
+      const slot = order[next++];
+      if (slot === undefined) throw new Error('more data than the frames hold');
+      const block = buf.subarray(0, BLOCK_BYTES);
+      if (job.targets.has(slot) && !job.copies.has(slot)) {
+        if (!digestOf(block).equals(slotDigest(index, slot)))
+          throw damaged(
+            `hold a block that does not match its digest (frame at byte ${index.frames[frameOfSlot(index, slot)]!.offset})`,
+          );
+        pending.push([slot, Buffer.from(block)]);
+      }
+      buf = buf.subarray(BLOCK_BYTES);
+    }
+    carry = Buffer.from(buf);
+  };
+  let decodeError: unknown;
+  await send(ctx, { key, verb: 'download', action: 's3:GetObject' }, async (c) => {
+    const res = await c.send(
+      new GetObjectCommand({ Bucket: ctx.config.bucket, Key: key, Range: `bytes=${range.start}-${range.end - 1}` }),
+      { abortSignal: ctx.signal },
+    );
+    const body = res.Body as AsyncIterable<Buffer>;
+    let bodyError: unknown;
+    async function* counted() {
+      try {
+        for await (const chunk of body) {
+          received += chunk.length;
+          onBytes(chunk.length);
+          yield chunk;
+        }
+      } catch (err) {
+        bodyError = err;
+        throw err;
+      }
+    }
+    try {
+      await runZstd(['-d', '-c'], counted(), take, ctx.signal);
+    } catch (err) {
+      // The transfer's own failure is the S3 client's to describe; anything else is the data's.
+      if (bodyError) throw bodyError;
+      decodeError = err;
+    }
+  });
+  if (decodeError instanceof StoreError) throw decodeError;
+  if (decodeError) throw damaged(`do not decompress (${(decodeError as Error).message.slice(0, 200)})`);
+  if (next !== order.length || carry.length || received !== range.end - range.start)
+    throw damaged(`held ${next} of the ${order.length} blocks their frames list`);
+  // Written only once the whole range checked out: a range fetched again writes it all again.
+  for (const [slot, content] of pending) for (const b of job.targets.get(slot) ?? []) writer.put(b, content);
+  writer.flush();
+  return received;
+}
+
+/** Copies the planned local blocks, each checked; a block that fails its check is fetched instead. */
+function copyLocal(job: KeyJob, writer: BlockWriter): number[] {
+  const failed: number[] = [];
+  const bySource = new Map<string, Array<[number, number]>>();
+  for (const [slot, [file, block]] of job.copies) {
+    const list = bySource.get(file) ?? [];
+    list.push([block, slot]);
+    bySource.set(file, list);
+  }
+  const buf = Buffer.alloc(BLOCK_BYTES);
+  for (const [file, list] of bySource) {
+    list.sort((a, b) => a[0] - b[0]);
+    const fd = fs.openSync(file, 'r');
+    try {
+      for (const [block, slot] of list) {
+        buf.fill(0);
+        fs.readSync(fd, buf, 0, BLOCK_BYTES, block * BLOCK_BYTES);
+        if (!digestOf(buf).equals(slotDigest(job.index, slot))) {
+          job.copies.delete(slot);
+          failed.push(slot);
+          continue;
+        }
+        const content = Buffer.from(buf);
+        for (const b of job.targets.get(slot) ?? []) writer.put(b, content);
+      }
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+  writer.flush();
+  return failed;
+}
+
+async function sha256Of(file: string, signal?: AbortSignal): Promise<string> {
+  const hash = crypto.createHash('sha256');
+  for await (const chunk of fs.createReadStream(file, { highWaterMark: READ_BYTES, signal }) as AsyncIterable<Buffer>)
+    hash.update(chunk);
+  return hash.digest('hex');
+}
+
+/** Moves the file being replaced aside as a kept version, keeping the newest `keep`. */
+function keepOldVersion(dest: string, workspace: string, keep: number): void {
+  const rec = readRecord(dest);
+  if (!rec || keep < 1) return;
+  const dir = versionsDir(workspace, path.basename(dest));
+  fs.mkdirSync(dir, { recursive: true });
+  const kept = path.join(dir, rec.index);
+  fs.rmSync(kept, { force: true });
+  fs.linkSync(dest, kept);
+  writeRecord(kept, rec.index);
+  const all = fs
+    .readdirSync(dir)
+    .filter((n) => /^[0-9a-f]{64}$/.test(n))
+    .map((n) => ({ n, t: fs.statSync(path.join(dir, n)).ctimeMs }))
+    .sort((a, b) => b.t - a.t);
+  for (const { n } of all.slice(keep)) {
+    fs.rmSync(path.join(dir, n), { force: true });
+    fs.rmSync(path.join(dir, `.${n}.blocks.json`), { force: true });
+  }
+}
+
+function install(
+  file: string,
+  dest: string,
+  workspace: string,
+  index: string,
+  sha256: string | undefined,
+  sizeBytes: number,
+  keep: number,
+): void {
+  if (fs.existsSync(dest)) keepOldVersion(dest, workspace, keep);
+  fs.renameSync(file, dest);
+  writeRecord(dest, index);
+  if (sha256) rememberDigest(dest, { sizeBytes, sha256 });
+}
+
+/** Carries out a plan: copies, fetches, checks, installs. */
+export async function syncBlocks(
+  ctx: StoreContext,
+  planned: { plan: BlockPlan; job?: KeyJob },
+  opts: { keepLocalVersions?: number } = {},
+): Promise<BlockSyncResult> {
+  const started = Date.now();
+  const { plan, job } = planned;
+  const keep = opts.keepLocalVersions ?? DEFAULT_KEEP_LOCAL_VERSIONS;
+  const result = (status: BlockSyncResult['status'], bytesFetched: number): BlockSyncResult => ({
+    ...plan,
+    status,
+    bytesFetched,
+    seconds: (Date.now() - started) / 1000,
+  });
+  if (plan.unchanged) return result('unchanged', 0);
+  fs.mkdirSync(path.dirname(plan.dest), { recursive: true });
+  if (plan.keptVersion) {
+    const rec = readRecord(plan.keptVersion)!;
+    const tmp = `${plan.dest}.${process.pid}.rollback`;
+    fs.rmSync(tmp, { force: true });
+    fs.linkSync(plan.keptVersion, tmp);
+    const sha = (await readHead(ctx, plan.key))?.head.versions.find((v) => v.index === rec.index)?.sha256;
+    install(tmp, plan.dest, ctx.workspace, rec.index, sha, plan.sizeBytes, keep);
+    return result('downloaded', 0);
+  }
+  if (!job) throw new Error(`no job planned for ${plan.key}`);
+  const { index } = job;
+  const partial = partialOf(plan.dest, plan.index);
+  const fd = fs.openSync(partial, fs.existsSync(partial) ? 'r+' : 'w', 0o644);
+  let fetched = 0;
+  try {
+    fs.ftruncateSync(fd, index.header.sizeBytes);
+    const writer = new BlockWriter(fd);
+    for (const slot of copyLocal(job, writer)) {
+      const f = frameOfSlot(index, slot);
+      if (!job.frames.includes(f)) job.frames.push(f);
+    }
+    const ranges = rangesOf(index, job.frames);
+    const progress = track(
+      ctx.progress,
+      plan.key,
+      'download',
+      ranges.reduce((n, r) => n + r.end - r.start, 0),
+    );
+    let nextRange = 0;
+    const worker = async () => {
+      while (nextRange < ranges.length) {
+        const range = ranges[nextRange++]!;
+        fetched += await withRetry(
+          () => fetchRange(ctx, job, range, writer, (n) => progress.add(n)),
+          ctx.retry ?? DEFAULT_RETRY,
+          ctx.signal,
+        );
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(RANGE_CONCURRENCY, ranges.length) }, worker));
+    progress.end();
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  const sha256 = await sha256Of(partial, ctx.signal);
+  if (sha256 !== index.header.sha256) {
+    fs.rmSync(partial, { force: true });
+    throw new StoreError(
+      'checksum',
+      `Cannot download ${plan.key}: the assembled file has sha256 ${sha256.slice(0, 12)}…, its index ${shortName(plan.index)} says ${index.header.sha256.slice(0, 12)}…; nothing was installed.`,
+      { bucket: ctx.config.bucket, key: plan.key },
+    );
+  }
+  install(partial, plan.dest, ctx.workspace, plan.index, sha256, index.header.sizeBytes, keep);
+  return result('downloaded', fetched);
+}

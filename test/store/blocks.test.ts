@@ -1,0 +1,202 @@
+import { strict as assert } from 'node:assert';
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { GetObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import type { S3Config } from '../../src/config';
+import { createClient, fileDigest, type StoreContext } from '../../src/store';
+import {
+  planBlocks,
+  publishBlocks,
+  pruneStore,
+  readHead,
+  readRecord,
+  rollback,
+  syncBlocks,
+  type IndexManifest,
+} from '../../src/store/blocks';
+import { listPrefix } from '../../src/store/blocks/objects';
+import { partialOf } from '../../src/store/blocks/paths';
+import { testS3, type TestS3 } from '../support/s3';
+import { allocated, MiB, sha256File, sparseFile, workspace } from './helpers';
+
+/** A manifest as the upload would write it, for a file of the given digest. */
+const manifestFor = (key: string, d: { sizeBytes: number; sha256: string; crc32?: string }): IndexManifest => ({
+  format: 1,
+  key,
+  kind: key === 'vmlinux' ? 'kernel' : 'image',
+  ...(key === 'vmlinux' ? {} : { language: /^rootfs-(.+)\.ext4$/.exec(key)![1] }),
+  sizeBytes: d.sizeBytes,
+  sha256: d.sha256,
+  crc32: d.crc32!,
+  versions: ['v1'],
+  builtAt: '2026-11-24T00:00:00.000Z',
+});
+
+/** Changes `count` scattered 4 KiB blocks of `file` (in its data regions) in place. */
+function touchBlocks(file: string, offsets: number[]): void {
+  const fd = fs.openSync(file, 'r+');
+  for (const off of offsets) fs.writeSync(fd, crypto.randomBytes(4096), 0, 4096, off);
+  fs.closeSync(fd);
+}
+
+describe('store: the block store against a real S3 @real', function () {
+  this.timeout(300_000);
+  let s3: TestS3;
+  let config: S3Config;
+  let client: S3Client;
+  const ctx = (ws: string): StoreContext => ({ client, config, workspace: ws });
+
+  async function publish(ws: string, key: string, file: string) {
+    const digest = await fileDigest(file, { crc32: true });
+    return publishBlocks(ctx(ws), {
+      file,
+      key,
+      digest: { ...digest, crc32: digest.crc32! },
+      manifest: manifestFor(key, digest),
+    });
+  }
+  async function sync(ws: string, key: string) {
+    const planned = await planBlocks(ctx(ws), key);
+    assert.ok(planned, `no head for ${key}`);
+    return syncBlocks(ctx(ws), planned);
+  }
+
+  before(async () => {
+    s3 = await testS3();
+    config = await s3.freshBucket();
+    client = createClient({ config, credentials: s3.credentials });
+  });
+  after(() => client?.destroy());
+
+  const src = workspace('blocks-src');
+  const python = path.join(src, 'images/rootfs-python.ext4');
+  const bash = path.join(src, 'images/rootfs-bash.ext4');
+  const host = workspace('blocks-host');
+
+  it('publishes two images sharing blocks: the second stores only what the first lacks', async () => {
+    // 64 MiB files, 12 MiB of data each; bash shares its first 8 MiB with python.
+    sparseFile(python, 64 * MiB, [
+      [0, 8 * MiB],
+      [32 * MiB, 4 * MiB],
+    ]);
+    fs.copyFileSync(python, bash);
+    fs.truncateSync(bash, 48 * MiB);
+    sparseFile(path.join(src, 'extra'), 4 * MiB, [[0, 4 * MiB]]);
+    const fd = fs.openSync(bash, 'r+');
+    fs.writeSync(fd, fs.readFileSync(path.join(src, 'extra')), 0, 4 * MiB, 40 * MiB);
+    fs.closeSync(fd);
+
+    const p = await publish(src, 'rootfs-python.ext4', python);
+    assert.equal(p.status, 'published');
+    assert.equal(p.dataBlocks, (12 * MiB) / 4096);
+    assert.equal(p.newBlocks, p.dataBlocks);
+    // Random data does not compress: the pack is about the data, never the 64 MiB.
+    assert.ok(p.packBytes > 12 * MiB && p.packBytes < 13 * MiB, `pack ${p.packBytes}`);
+    const b = await publish(src, 'rootfs-bash.ext4', bash);
+    assert.equal(b.status, 'published');
+    // bash holds both of python's regions (12 MiB) and 4 MiB of its own.
+    assert.equal(b.newBlocks, (4 * MiB) / 4096);
+    assert.ok(b.packBytes < 4.2 * MiB, `bash's pack ${b.packBytes}`);
+
+    const again = await publish(src, 'rootfs-python.ext4', python);
+    assert.equal(again.status, 'current');
+    assert.equal(again.index, p.index);
+  });
+
+  it('a fresh host gets byte-identical sparse files, fetching about the compressed data once', async () => {
+    const py = await sync(host, 'rootfs-python.ext4');
+    assert.equal(py.status, 'downloaded');
+    const dest = path.join(host, 'images/rootfs-python.ext4');
+    assert.equal(sha256File(dest), sha256File(python));
+    assert.ok(allocated(dest) <= 13 * MiB, `allocated ${allocated(dest)}`);
+    assert.equal(readRecord(dest)?.index, py.index);
+    // bash's shared blocks come from the python image already here.
+    const planned = await planBlocks(ctx(host), 'rootfs-bash.ext4');
+    assert.ok(planned!.plan.blocksLocal >= (8 * MiB) / 4096, JSON.stringify(planned!.plan));
+    assert.ok(planned!.plan.fetchBytes < 4.2 * MiB, `plans to fetch ${planned!.plan.fetchBytes}`);
+    const sb = await syncBlocks(ctx(host), planned!);
+    assert.ok(sb.bytesFetched < 4.2 * MiB, `fetched ${sb.bytesFetched}`);
+    assert.equal(sha256File(path.join(host, 'images/rootfs-bash.ext4')), sha256File(bash));
+    const again = await sync(host, 'rootfs-bash.ext4');
+    assert.equal(again.status, 'unchanged');
+    assert.equal(again.bytesFetched, 0);
+  });
+
+  it('a new version: the host fetches only its changed blocks; a rollback fetches nothing', async () => {
+    const before = await readHead(ctx(src), 'rootfs-python.ext4');
+    touchBlocks(python, [4096 * 10, 4096 * 500, 32 * MiB + 4096 * 7]);
+    const v2 = await publish(src, 'rootfs-python.ext4', python);
+    assert.equal(v2.status, 'published');
+    assert.equal(v2.newBlocks, 3);
+    const s = await sync(host, 'rootfs-python.ext4');
+    assert.equal(s.status, 'downloaded');
+    assert.ok(s.bytesFetched < 64 * 1024, `fetched ${s.bytesFetched} for three blocks`);
+    assert.equal(sha256File(path.join(host, 'images/rootfs-python.ext4')), sha256File(python));
+
+    const r = await rollback(ctx(src), 'rootfs-python.ext4');
+    assert.equal(r.to.index, before!.head.current);
+    const started = Date.now();
+    const back = await sync(host, 'rootfs-python.ext4');
+    assert.equal(back.bytesFetched, 0);
+    assert.ok(Date.now() - started < 5000);
+    assert.equal(back.index, before!.head.current);
+    assert.equal(readRecord(path.join(host, 'images/rootfs-python.ext4'))?.index, before!.head.current);
+    // And forward again, to the version kept aside by the rollback: nothing fetched either.
+    await rollback(ctx(src), 'rootfs-python.ext4', v2.index.slice(0, 12));
+    const fwd = await sync(host, 'rootfs-python.ext4');
+    assert.equal(fwd.bytesFetched, 0);
+    assert.equal(sha256File(path.join(host, 'images/rootfs-python.ext4')), sha256File(python));
+  });
+
+  it('a download cut off midway resumes with the blocks its partial file holds', async () => {
+    const fresh = workspace('blocks-resume');
+    const planned = await planBlocks(ctx(fresh), 'rootfs-python.ext4');
+    // What a killed download leaves: the partial file with the first 6 MiB of the image written.
+    const partial = partialOf(path.join(fresh, 'images/rootfs-python.ext4'), planned!.plan.index);
+    const fd = fs.openSync(partial, 'w');
+    const head = Buffer.alloc(6 * MiB);
+    const src = fs.openSync(python, 'r');
+    fs.readSync(src, head, 0, head.length, 0);
+    fs.closeSync(src);
+    fs.writeSync(fd, head, 0, head.length, 0);
+    fs.ftruncateSync(fd, 64 * MiB);
+    fs.closeSync(fd);
+    const resumed = await planBlocks(ctx(fresh), 'rootfs-python.ext4');
+    assert.equal(resumed!.plan.blocksInPlace, (6 * MiB) / 4096);
+    assert.ok(
+      resumed!.plan.fetchBytes < planned!.plan.fetchBytes - 5 * MiB,
+      `${resumed!.plan.fetchBytes} vs ${planned!.plan.fetchBytes}`,
+    );
+    const done = await syncBlocks(ctx(fresh), resumed!);
+    assert.equal(done.status, 'downloaded');
+    assert.equal(sha256File(path.join(fresh, 'images/rootfs-python.ext4')), sha256File(python));
+    assert.ok(!fs.existsSync(partial));
+  });
+
+  it('a damaged pack is refused and nothing is installed', async () => {
+    const packs = await listPrefix(ctx(src), 'blocks/packs/');
+    const head = (await readHead(ctx(src), 'rootfs-bash.ext4'))!.head;
+    const fresh = workspace('blocks-corrupt');
+    // Damage every pack: one byte in the middle of each.
+    for (const p of packs) {
+      const body = Buffer.from(
+        await (
+          await client.send(new GetObjectCommand({ Bucket: config.bucket, Key: p.key }))
+        ).Body!.transformToByteArray(),
+      );
+      const at = Math.floor(body.length / 2);
+      body.writeUInt8(body.readUInt8(at) ^ 0xff, at);
+      await client.send(new PutObjectCommand({ Bucket: config.bucket, Key: p.key, Body: body }));
+    }
+    await assert.rejects(sync(fresh, 'rootfs-bash.ext4'), /digest|decompress|does not match/);
+    assert.ok(!fs.existsSync(path.join(fresh, 'images/rootfs-bash.ext4')));
+    assert.ok(head.current, 'the head is untouched');
+  });
+
+  it('prunes versions beyond those kept, and the packs only they named', async () => {
+    const report = await pruneStore(ctx(src), { graceMs: 0 });
+    assert.equal(report.packsDeleted, 0, 'every pack is still named');
+    assert.equal(report.indexesDeleted, 0);
+  });
+});
