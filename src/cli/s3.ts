@@ -1,11 +1,19 @@
 import {
   abortIncompleteUploads,
   bucketSetup,
+  checkLanguage,
   createClient,
   bootstrapScript,
   bucketPins,
   fallbackBase,
   formatListing,
+  formatPlan,
+  humanSize,
+  imageKey,
+  KERNEL_KEY,
+  pruneStore,
+  rollback,
+  shortName,
   formatSync,
   formatUploads,
   iamPolicy,
@@ -64,9 +72,34 @@ export const s3Commands = {
 
   download: (rt: CliRuntime) =>
     withStore(rt, async (ctx) => {
-      const report = await syncDown(ctx);
+      const report = await syncDown(ctx, { onPlan: (plans) => process.stderr.write(formatPlan(plans)) });
       process.stderr.write(formatSync(report));
       return report.ok ? 0 : 1;
+    }),
+
+  /** Moves the block store's head of one image (or the kernel) back to an earlier version it keeps. */
+  rollback: (rt: CliRuntime, target: string, version?: string) =>
+    withStore(rt, async (ctx) => {
+      const key =
+        target === 'kernel' ? KERNEL_KEY : imageKey(checkLanguage(target, Object.keys(rt.loaded.config.languages)));
+      const r = await rollback(ctx, key, version);
+      console.error(
+        `${key}: ${shortName(r.from.index)} -> ${shortName(r.to.index)} (published ${r.to.publishedAt}${r.to.versions.length ? `, ${r.to.versions.join('; ')}` : ''})`,
+      );
+      if (ctx.config.plainObjects !== false)
+        console.error(
+          `the plain object ${key} still holds ${shortName(r.from.index)}: hosts that sync from the block store get ${shortName(r.to.index)}`,
+        );
+      return 0;
+    }),
+
+  prune: (rt: CliRuntime) =>
+    withStore(rt, async (ctx) => {
+      const r = await pruneStore(ctx);
+      console.error(
+        `${r.indexesDeleted} index(es) and ${r.packsDeleted} pack(s) deleted, ${humanSize(r.bytesFreed)} freed`,
+      );
+      return 0;
     }),
 
   /** With `pin`, the bucket's manifests are read (credentials needed) and their sums written into the script. */

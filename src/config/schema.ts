@@ -188,19 +188,34 @@ export const BuildHost = z.discriminatedUnion('kind', [
 /** Named SSH build hosts: `rootfs worker --ssh <name>` (and create/resume/customize --ssh) build there. */
 export const SshHosts = z.record(Name, z.strictObject(SshTarget));
 
-export const S3 = z.strictObject({
-  bucket: z
-    .string()
-    .regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/, { error: 'expected an S3 bucket name' })
-    .default('llm-infra-operator-rootfs'),
-  region: z
-    .string()
-    .regex(/^[a-z0-9-]{2,32}$/, { error: 'expected a region like us-east-1' })
-    .default('us-east-1'),
-  /** For S3-compatible servers; absent means AWS. */
-  endpoint: HttpUrl.optional(),
-  forcePathStyle: z.boolean().default(false),
-});
+export const S3 = z
+  .strictObject({
+    bucket: z
+      .string()
+      .regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/, { error: 'expected an S3 bucket name' })
+      .default('llm-infra-operator-rootfs'),
+    region: z
+      .string()
+      .regex(/^[a-z0-9-]{2,32}$/, { error: 'expected a region like us-east-1' })
+      .default('us-east-1'),
+    /** For S3-compatible servers; absent means AWS. */
+    endpoint: HttpUrl.optional(),
+    forcePathStyle: z.boolean().default(false),
+    /**
+     * Also write the plain objects of the seed's layout (`rootfs-<lang>.ext4`, `vmlinux`, their
+     * manifests) beside the block store, for `aws s3 cp`/`sync` and older hosts (default true).
+     */
+    plainObjects: z.boolean().optional(),
+    /** Publish to and sync from the block store (docs/block-store.md); default true. */
+    blockStore: z.boolean().optional(),
+    /** Versions the block store keeps per image, the current one included (default 5). */
+    keepVersions: z.int().min(1).max(100).optional(),
+    /** Earlier versions a host keeps beside each image, so a rollback to them fetches nothing (default 1). */
+    keepLocalVersions: z.int().min(0).max(10).optional(),
+  })
+  .refine((s) => s.plainObjects !== false || s.blockStore !== false, {
+    error: 's3.plainObjects and s3.blockStore cannot both be false: nothing would be published',
+  });
 
 export const Image = z.strictObject({
   /** Fixed image size in MiB (the seed's images were fixed-size); absent means sized from content. */

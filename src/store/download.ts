@@ -15,6 +15,7 @@ import {
   OLD_LINK,
   type Manifest,
 } from './layout';
+import { listHeads, planBlocks, shortName, syncBlocks, type BlockPlan } from './blocks';
 import { listBucket, type ListedObject } from './list';
 import { track } from './progress';
 import { SparseWriter } from './sparse';
@@ -22,6 +23,13 @@ import { SparseWriter } from './sparse';
 export interface SyncedFile {
   key: string;
   path: string;
+  /** From the block store (only missing blocks fetched), or the plain object (all of it). */
+  via?: 'blocks' | 'object';
+  /** Blocks: taken from files this host had; fetched. */
+  blocksLocal?: number;
+  blocksFetched?: number;
+  /** The version installed (block store): its short name. */
+  version?: string;
   /** `failed`: not downloaded (no manifest, checksum mismatch, error); the local file is as it was. */
   status: 'unchanged' | 'downloaded' | 'failed';
   sizeBytes: number;
@@ -50,6 +58,8 @@ export interface SyncReport {
 export interface SyncOptions {
   /** The image `<workspace>/rootfs.ext4` points at; default python. */
   defaultLanguage?: string;
+  /** Told, before anything is fetched, what the block store's files will take. */
+  onPlan?: (plans: BlockPlan[]) => void;
 }
 
 const TEMP_SUFFIX = '.partial';
@@ -149,6 +159,79 @@ async function fetchVerified(
   }
 }
 
+/** A failure that ends the whole sync rather than one file's: the bucket, credentials, network, or a stop. */
+const FATAL_KINDS = new Set([
+  'credentials',
+  'bad-credentials',
+  'no-bucket',
+  'wrong-region',
+  'unreachable',
+  'interrupted',
+]);
+
+/**
+ * The block store's part of a sync: every file planned first (what is already here, what must be
+ * fetched), told through `onPlan`, then carried out a few at a time.
+ */
+async function syncFromBlocks(ctx: StoreContext, keys: string[], opts: SyncOptions): Promise<SyncedFile[]> {
+  const failed = (key: string, err: unknown, started: number): SyncedFile => {
+    if (err instanceof StoreError && FATAL_KINDS.has(err.kind)) throw err;
+    return {
+      key,
+      path: localPathOf(ctx.workspace, key),
+      via: 'blocks',
+      status: 'failed',
+      sizeBytes: 0,
+      bytes: 0,
+      seconds: (Date.now() - started) / 1000,
+      error: err instanceof StoreError ? err.userMessage : `${key}: ${(err as Error).message}`,
+    };
+  };
+  const planned: Array<Awaited<ReturnType<typeof planBlocks>> | SyncedFile> = [];
+  for (const key of keys) {
+    const started = Date.now();
+    try {
+      planned.push(await planBlocks(ctx, key));
+    } catch (err) {
+      planned.push(failed(key, err, started));
+    }
+  }
+  const plans = planned.filter((p): p is NonNullable<Awaited<ReturnType<typeof planBlocks>>> => !!p && 'plan' in p);
+  opts.onPlan?.(plans.map((p) => p.plan));
+  const out: SyncedFile[] = new Array<SyncedFile>(planned.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < planned.length) {
+      const i = next++;
+      const p = planned[i];
+      if (!p || !('plan' in p)) {
+        if (p) out[i] = p;
+        continue;
+      }
+      const started = Date.now();
+      try {
+        const r = await syncBlocks(ctx, p, { keepLocalVersions: ctx.config.keepLocalVersions });
+        out[i] = {
+          key: r.key,
+          path: r.dest,
+          via: 'blocks',
+          status: r.status,
+          sizeBytes: r.sizeBytes,
+          bytes: r.bytesFetched,
+          seconds: r.seconds,
+          blocksLocal: r.blocksLocal + r.blocksInPlace,
+          blocksFetched: r.blocksToFetch,
+          version: shortName(r.index),
+        };
+      } catch (err) {
+        out[i] = failed(p.plan.key, err, started);
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(DOWNLOAD_CONCURRENCY, planned.length) }, worker));
+  return out.filter((f) => !!f);
+}
+
 /**
  * Removes `images/rootfs.ext4` when it is the link earlier versions made (to a `rootfs-<lang>.ext4`
  * beside it): two default links would drift apart, and the old one is not where hosts look. A
@@ -199,7 +282,11 @@ const DOWNLOAD_CONCURRENCY = 3;
 
 export async function syncDown(ctx: StoreContext, opts: SyncOptions = {}): Promise<SyncReport> {
   const listing = await listBucket(ctx);
-  const wanted = listing.objects.filter((o) => o.kind === 'kernel' || o.kind === 'image');
+  // Files the block store holds come from it; the plain objects serve the others (older buckets).
+  const blockKeys = ctx.config.blockStore === false ? [] : await listHeads(ctx);
+  const wanted = listing.objects.filter(
+    (o) => (o.kind === 'kernel' || o.kind === 'image') && !blockKeys.includes(o.key),
+  );
   fs.mkdirSync(imagesDir(ctx.workspace), { recursive: true });
   removeStaleTemps(ctx.workspace);
   removeStaleTemps(imagesDir(ctx.workspace));
@@ -211,6 +298,7 @@ export async function syncDown(ctx: StoreContext, opts: SyncOptions = {}): Promi
     const entry = (status: SyncedFile['status'], bytes: number, error?: string): SyncedFile => ({
       key: o.key,
       path: dest,
+      via: 'object',
       status,
       sizeBytes: o.sizeBytes,
       bytes,
@@ -265,11 +353,7 @@ export async function syncDown(ctx: StoreContext, opts: SyncOptions = {}): Promi
             `(last after ${err.received} of ${o.sizeBytes} bytes): the object is likely damaged in the bucket — upload it again${kept}.`,
         );
       }
-      if (
-        err instanceof StoreError &&
-        ['credentials', 'bad-credentials', 'no-bucket', 'wrong-region', 'unreachable', 'interrupted'].includes(err.kind)
-      )
-        throw err;
+      if (err instanceof StoreError && FATAL_KINDS.has(err.kind)) throw err;
       return entry('failed', 0, err instanceof StoreError ? err.userMessage : `${o.key}: ${(err as Error).message}`);
     }
   };
@@ -291,6 +375,7 @@ export async function syncDown(ctx: StoreContext, opts: SyncOptions = {}): Promi
   };
   await Promise.all(Array.from({ length: Math.min(DOWNLOAD_CONCURRENCY, wanted.length) }, worker));
   if (fatal) throw fatal.err;
+  files.push(...(await syncFromBlocks(ctx, blockKeys, opts)));
   return {
     bucket: ctx.config.bucket,
     files,

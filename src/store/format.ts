@@ -1,3 +1,4 @@
+import type { BlockPlan } from './blocks/fetch';
 import type { SyncReport } from './download';
 import type { Listing } from './list';
 import type { UploadResult } from './upload';
@@ -91,17 +92,66 @@ export function formatListing(listing: Listing, opts: { utc?: boolean } = {}): s
       );
     }
   }
+  if (listing.blockStore) lines.push('', ...blockStoreLines(listing.blockStore, opts));
   lines.push('', `Total Objects: ${listing.totalObjects}`, `   Total Size: ${humanSize(listing.totalBytes)}`);
   return lines.join('\n') + '\n';
+}
+
+/**
+ * The block store: per image its versions, newest first, the current one marked, with what a new
+ * host fetches for it; then what the packs and indexes take.
+ *
+ *     Block store (blocks/): 2 images, 3 versions
+ *       rootfs-python.ext4
+ *       * 1a2b3c4d5e6f  2024-05-01 12:00:00  1.9 GiB, fetch 180.2 MiB  Python 3.10.12
+ *         0f9e8d7c6b5a  2024-04-30 09:00:00  1.9 GiB, fetch 180.1 MiB  Python 3.10.12
+ *       packs: 3, 517.0 MiB; indexes: 3, 4.1 MiB
+ */
+function blockStoreLines(store: NonNullable<Listing['blockStore']>, opts: { utc?: boolean }): string[] {
+  const versions = store.heads.reduce((n, h) => n + h.versions.length, 0);
+  const lines = [`Block store (blocks/): ${store.heads.length} file(s), ${versions} version(s)`];
+  for (const head of store.heads) {
+    lines.push(`  ${printable(head.key)}`);
+    for (const v of head.versions) {
+      const mark = v.index === head.current ? '*' : ' ';
+      const when = formatTimestamp(new Date(v.publishedAt), opts.utc);
+      const what = v.versions.length ? `  ${printable(v.versions.join('; '))}` : '';
+      lines.push(
+        `  ${mark} ${v.index.slice(0, 12)}  ${when}  ${humanSize(v.sizeBytes)}, fetch ${humanSize(v.fetchBytes)}${what}`,
+      );
+    }
+  }
+  lines.push(
+    `  packs: ${store.packs.count}, ${humanSize(store.packs.bytes)}; indexes: ${store.indexes.count}, ${humanSize(store.indexes.bytes)}`,
+  );
+  return lines;
+}
+
+/** Before a sync fetches anything: what the block store's files will take. */
+export function formatPlan(plans: BlockPlan[]): string {
+  const work = plans.filter((p) => !p.unchanged);
+  if (!work.length) return '';
+  const bytes = work.reduce((n, p) => n + p.fetchBytes, 0);
+  const local = work.reduce((n, p) => n + p.blocksLocal + p.blocksInPlace, 0);
+  const lines = work.map(
+    (p) =>
+      `  ${printable(p.key)} ${p.index.slice(0, 12)}: ${p.keptVersion ? 'kept here, nothing to fetch' : `fetch ${humanSize(p.fetchBytes)} in ${p.ranges} range(s), ${p.blocksLocal + p.blocksInPlace} block(s) from local files`}`,
+  );
+  return `will fetch ${humanSize(bytes)} for ${work.length} file(s) (${local} block(s) already here):\n${lines.join('\n')}\n`;
 }
 
 export function formatUploads(results: UploadResult[]): string {
   const width = Math.max(0, ...results.map((r) => r.key.length));
   const lines = results.map((r) => {
     const head = `${r.status.padEnd(9)} ${r.key.padEnd(width)} ${humanSize(r.sizeBytes).padStart(10)}`;
+    const b = r.blocks;
+    const blocks =
+      b?.status === 'published'
+        ? `  version ${b.index.slice(0, 12)}: ${b.newBlocks} new block(s) of ${b.dataBlocks}, ${humanSize(b.packBytes)} packed`
+        : '';
     if (r.status === 'unchanged') return head;
     const parts = r.partsReused ? `, resumed: ${r.partsSent} part(s) sent, ${r.partsReused} already stored` : '';
-    return `${head}  ${formatSeconds(r.seconds)}${parts}`;
+    return `${head}  ${formatSeconds(r.seconds)}${parts}${blocks}`;
   });
   const sent = results.reduce((n, r) => n + r.bytesSent, 0);
   const uploaded = results.filter((r) => r.status === 'uploaded').length;
@@ -114,7 +164,7 @@ export function formatSync(report: SyncReport): string {
   const lines = report.files.map((f) =>
     f.status === 'failed'
       ? `FAILED    ${f.key.padEnd(width)} ${printable(f.error ?? '')}`
-      : `${f.status.padEnd(9)} ${f.key.padEnd(width)} ${humanSize(f.sizeBytes).padStart(10)}${f.status === 'downloaded' ? `  ${formatSeconds(f.seconds)}` : ''}`,
+      : `${f.status.padEnd(9)} ${f.key.padEnd(width)} ${humanSize(f.sizeBytes).padStart(10)}${f.status === 'downloaded' ? `  ${formatSeconds(f.seconds)}` : ''}${f.version ? `  version ${f.version}${f.status === 'downloaded' ? `, ${humanSize(f.bytes)} fetched, ${f.blocksLocal ?? 0} block(s) from local files` : ''}` : ''}`,
   );
   const count = (s: string) => report.files.filter((f) => f.status === s).length;
   lines.push(

@@ -63,6 +63,7 @@ export {
 } from './policy';
 export {
   formatListing,
+  formatPlan,
   formatSeconds,
   formatSync,
   formatTimestamp,
@@ -79,3 +80,16 @@ export {
   type TransferAction,
   type TransferStatus,
 } from './progress';
+export {
+  planBlocks,
+  publishBlocks,
+  pruneStore,
+  readHead,
+  rollback,
+  shortName,
+  syncBlocks,
+  type BlockPlan,
+  type Head,
+  type PruneReport,
+  type Rollback,
+} from './blocks';

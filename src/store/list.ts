@@ -1,6 +1,8 @@
 import { GetObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { z } from 'zod';
 import { send, type S3Access } from './client';
+import { BLOCKS_PREFIX, digestOfIndexKey, digestOfPackKey, type Head } from './blocks/format';
+import { listHeads, readHead } from './blocks/objects';
 import { StoreError } from './errors';
 import {
   IMAGE_KEY_PATTERN,
@@ -28,9 +30,21 @@ export interface ListedObject {
 
 export interface Listing {
   bucket: string;
+  /** The objects outside the block store (`blocks/`): the plain layout, and anything else. */
   objects: ListedObject[];
+  /** The block store's images and their versions, when the bucket has one. */
+  blockStore?: BlockStoreListing;
+  /** Every object of the bucket, the block store's included. */
   totalObjects: number;
   totalBytes: number;
+}
+
+export interface BlockStoreListing {
+  heads: Head[];
+  packs: { count: number; bytes: number };
+  indexes: { count: number; bytes: number };
+  /** Heads, and anything else under `blocks/`. */
+  other: { count: number; bytes: number };
 }
 
 const kindOf = (key: string): ListedObject['kind'] =>
@@ -105,6 +119,12 @@ export async function readManifest(target: S3Access, key: string): Promise<{ man
 export async function listBucket(target: S3Access): Promise<Listing> {
   const { config } = target;
   const objects: ListedObject[] = [];
+  const blocks: BlockStoreListing = {
+    heads: [],
+    packs: { count: 0, bytes: 0 },
+    indexes: { count: 0, bytes: 0 },
+    other: { count: 0, bytes: 0 },
+  };
   let token: string | undefined;
   do {
     const page = await send(target, { verb: 'list', action: 's3:ListBucket' }, (c) =>
@@ -115,6 +135,12 @@ export async function listBucket(target: S3Access): Promise<Listing> {
     for (const o of page.Contents ?? []) {
       // The keys exactly as stored, hostile ones included; printing them is format.ts's care.
       const key = page.EncodingType === 'url' ? decodeListedKey(o.Key!) : o.Key!;
+      if (key.startsWith(BLOCKS_PREFIX)) {
+        const part = digestOfPackKey(key) ? blocks.packs : digestOfIndexKey(key) ? blocks.indexes : blocks.other;
+        part.count++;
+        part.bytes += o.Size ?? 0;
+        continue;
+      }
       const kind = kindOf(key);
       objects.push({
         key,
@@ -140,11 +166,20 @@ export async function listBucket(target: S3Access): Promise<Listing> {
       }),
     );
   }
+  const inBlocks = blocks.packs.count + blocks.indexes.count + blocks.other.count;
+  if (inBlocks) {
+    for (const key of await listHeads(target)) {
+      const head = (await readHead(target, key))?.head;
+      if (head) blocks.heads.push(head);
+    }
+  }
   return {
     bucket: config.bucket,
     objects,
-    totalObjects: objects.length,
-    totalBytes: objects.reduce((n, o) => n + o.sizeBytes, 0),
+    ...(inBlocks ? { blockStore: blocks } : {}),
+    totalObjects: objects.length + inBlocks,
+    totalBytes:
+      objects.reduce((n, o) => n + o.sizeBytes, 0) + blocks.packs.bytes + blocks.indexes.bytes + blocks.other.bytes,
   };
 }
 

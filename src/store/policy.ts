@@ -40,8 +40,10 @@ export interface PolicyOptions {
  *   s3:ListMultipartUploadParts    ListParts (resuming an interrupted upload)
  *   s3:AbortMultipartUpload        AbortMultipartUpload
  *   s3:ListBucketMultipartUploads  ListMultipartUploads (abortIncomplete)
+ *   s3:DeleteObject                DeleteObject, only of the block store's indexes and packs (prune)
  *
- * The tool never deletes objects, so s3:DeleteObject is not granted.
+ * The plain objects are never deleted; the block store's immutable indexes and packs are, once
+ * no version kept needs them.
  */
 export function iamPolicy(config: Pick<S3Config, 'bucket'> | string, opts: PolicyOptions = {}): IamPolicy {
   const bucket = typeof config === 'string' ? config : config.bucket;
@@ -52,7 +54,9 @@ export function iamPolicy(config: Pick<S3Config, 'bucket'> | string, opts: Polic
     KERNEL_CONFIG_KEY,
     'rootfs-*.ext4',
     `rootfs-*.ext4${MANIFEST_SUFFIX}`,
+    'blocks/*',
   ].map((k) => `${bucketArn}/${k}`);
+  const prunable = ['blocks/indexes/*', 'blocks/packs/*'].map((k) => `${bucketArn}/${k}`);
   const write = (opts.access ?? 'read-write') === 'read-write';
   const statements: IamStatement[] = [
     {
@@ -70,6 +74,9 @@ export function iamPolicy(config: Pick<S3Config, 'bucket'> | string, opts: Polic
       ],
       Resource: objectArns,
     },
+    ...(write
+      ? [{ Sid: 'PruneBlockStore', Effect: 'Allow' as const, Action: ['s3:DeleteObject'], Resource: prunable }]
+      : []),
   ];
   if (opts.includeBucketSetup) {
     statements.push({

@@ -5,6 +5,7 @@ import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { z } from 'zod';
 import { Name } from '../config/schema';
 import { send, statObject, type StoreContext } from './client';
+import { currentManifest, publishBlocks, type PublishBlocksResult } from './blocks';
 import { crc32Of, fileDigest } from './digest';
 import { StoreError, where } from './errors';
 import { readManifest } from './list';
@@ -42,6 +43,8 @@ export interface UploadResult {
   seconds: number;
   /** Whether the manifest was (re)written; an unchanged image keeps a manifest that is current. */
   manifestWritten: boolean;
+  /** What the block store did with the file. */
+  blocks?: PublishBlocksResult;
 }
 
 export interface UploadOptions {
@@ -62,34 +65,141 @@ interface PublishInput {
 /** What a manifest says apart from when it was written: equal means it need not be rewritten. */
 const substance = (m: Manifest) => JSON.stringify({ ...m, uploadedAt: undefined });
 
+/** The manifest of `input`'s file: facts given now win, else those of a manifest that describes this same content. */
+function manifestOf(
+  input: PublishInput,
+  digest: { sizeBytes: number; sha256: string; crc32: string },
+  current: Pick<Manifest, 'sha256' | keyof ImageFacts> | undefined,
+  uploadedAt: string,
+): Manifest {
+  const kept = current?.sha256 === digest.sha256 ? current : undefined;
+  const facts: ImageFacts = {
+    versions: input.facts?.versions ?? kept?.versions,
+    builtAt: input.facts?.builtAt ?? kept?.builtAt,
+    artifactKey: input.facts?.artifactKey ?? kept?.artifactKey,
+    archive: input.facts?.archive ?? kept?.archive,
+    packages: input.facts?.packages ?? kept?.packages,
+    operatorSha256: input.facts?.operatorSha256 ?? kept?.operatorSha256,
+    boot: input.facts?.boot ?? kept?.boot,
+    configSha256: input.facts?.configSha256 ?? kept?.configSha256,
+  };
+  return Manifest.parse({
+    format: 1,
+    key: input.key,
+    kind: input.kind,
+    ...(input.language ? { language: input.language } : {}),
+    sizeBytes: digest.sizeBytes,
+    sha256: digest.sha256,
+    crc32: digest.crc32,
+    versions: facts.versions ?? [],
+    builtAt: facts.builtAt ?? new Date(fs.statSync(input.file).mtimeMs).toISOString(),
+    ...(facts.artifactKey ? { artifactKey: facts.artifactKey } : {}),
+    uploadedAt,
+    ...(facts.archive ? { archive: facts.archive } : {}),
+    ...(facts.packages ? { packages: facts.packages } : {}),
+    ...(facts.operatorSha256 ? { operatorSha256: facts.operatorSha256 } : {}),
+    ...(facts.boot ? { boot: facts.boot } : {}),
+    ...(facts.configSha256 ? { configSha256: facts.configSha256 } : {}),
+  } satisfies z.input<typeof Manifest>);
+}
+
+const withoutManifest = <T extends object>(r: T & { manifest?: Manifest }): Omit<T, 'manifest'> => {
+  const { manifest: _, ...rest } = r;
+  return rest;
+};
+
 /**
- * Uploads one file unless the object already holds its content, confirms the checksum S3
- * stored, and only then writes the manifest (so a reader never trusts a half-written object).
+ * Publishes one file: as a plain object (unless `s3.plainObjects` is false) and into the block
+ * store. Each side sends nothing it already holds.
  */
 async function publish(ctx: StoreContext, input: PublishInput): Promise<UploadResult> {
+  const started = Date.now();
+  const size = fs.statSync(input.file).size;
+  const checksum = track(ctx.progress, input.key, 'checksum', size);
+  const digest = await fileDigest(input.file, { crc32: true, onBytes: (n) => checksum.add(n), signal: ctx.signal });
+  checksum.end();
+  const full = { ...digest, crc32: digest.crc32! };
+  const plain = ctx.config.plainObjects !== false ? await publishPlain(ctx, input, full) : undefined;
+  if (plain?.status === 'absent') return withoutManifest(plain);
+  if (plain && ctx.config.blockStore === false) return withoutManifest(plain);
+  const current = plain ? plain.manifest : await currentManifest(ctx, input.key);
+  const { uploadedAt: _, ...manifest } = plain?.manifest ?? manifestOf(input, full, current, '');
+  const blocks = await publishBlocks(ctx, {
+    file: input.file,
+    key: input.key,
+    digest: full,
+    manifest,
+    keepVersions: ctx.config.keepVersions,
+    onlyIfStored: input.onlyIfStored,
+  });
+  const base = plain ?? {
+    key: input.key,
+    file: input.file,
+    kind: input.kind,
+    ...(input.language ? { language: input.language } : {}),
+    sizeBytes: digest.sizeBytes,
+    sha256: digest.sha256,
+    bytesSent: 0,
+    partsSent: 0,
+    partsReused: 0,
+    manifestWritten: false,
+  };
+  const status: UploadResult['status'] =
+    blocks.status === 'absent'
+      ? 'absent'
+      : blocks.status === 'published' || plain?.status === 'uploaded'
+        ? 'uploaded'
+        : 'unchanged';
+  return {
+    ...withoutManifest(base),
+    status,
+    bytesSent: base.bytesSent + blocks.packBytes,
+    seconds: (Date.now() - started) / 1000,
+    blocks,
+  };
+}
+
+/**
+ * The plain object: uploaded unless it already holds the file's content, its checksum confirmed
+ * as S3 stored it, and only then its manifest written (so a reader never trusts a half-written object).
+ */
+async function publishPlain(
+  ctx: StoreContext,
+  input: PublishInput,
+  digest: { sizeBytes: number; sha256: string; crc32: string },
+): Promise<UploadResult & { manifest: Manifest }> {
   const { file, key } = input;
   const { signal } = ctx;
   const started = Date.now();
-  const size = fs.statSync(file).size;
-  const checksum = track(ctx.progress, key, 'checksum', size);
-  const digest = await fileDigest(file, { crc32: true, onBytes: (n) => checksum.add(n), signal });
-  checksum.end();
-  const crc32 = digest.crc32!;
+  const crc32 = digest.crc32;
 
   const remote = await statObject(ctx, key);
   const unchanged =
     !!remote && remote.sizeBytes === digest.sizeBytes && remote.crc32 === crc32 && remote.sha256 === digest.sha256;
   let sent = { bytesSent: 0, partsSent: 0, partsReused: 0 };
+  const current = remote ? (await readManifest(ctx, key)).manifest : undefined;
+  const manifest = manifestOf(input, digest, current, new Date().toISOString());
   if (!unchanged && input.onlyIfStored) {
     const { sizeBytes, sha256 } = digest;
     const kind = input.kind;
-    return { key, file, kind, status: 'absent', sizeBytes, sha256, ...sent, seconds: 0, manifestWritten: false };
+    return {
+      key,
+      file,
+      kind,
+      status: 'absent',
+      sizeBytes,
+      sha256,
+      ...sent,
+      seconds: 0,
+      manifestWritten: false,
+      manifest,
+    };
   }
   if (!unchanged) {
     sent = await putFile(ctx, {
       key,
       file,
-      digest: { ...digest, crc32 },
+      digest,
       metadata: { sha256: digest.sha256 },
       stateDir: uploadStateDir(ctx.workspace),
     });
@@ -106,37 +216,6 @@ async function publish(ctx: StoreContext, input: PublishInput): Promise<UploadRe
     }
   }
 
-  const current = remote ? (await readManifest(ctx, key)).manifest : undefined;
-  // Facts given now win; else those of a manifest that describes this same content survive.
-  const kept = current?.sha256 === digest.sha256 ? current : undefined;
-  const facts: ImageFacts = {
-    versions: input.facts?.versions ?? kept?.versions,
-    builtAt: input.facts?.builtAt ?? kept?.builtAt,
-    artifactKey: input.facts?.artifactKey ?? kept?.artifactKey,
-    archive: input.facts?.archive ?? kept?.archive,
-    packages: input.facts?.packages ?? kept?.packages,
-    operatorSha256: input.facts?.operatorSha256 ?? kept?.operatorSha256,
-    boot: input.facts?.boot ?? kept?.boot,
-    configSha256: input.facts?.configSha256 ?? kept?.configSha256,
-  };
-  const manifest = Manifest.parse({
-    format: 1,
-    key,
-    kind: input.kind,
-    ...(input.language ? { language: input.language } : {}),
-    sizeBytes: digest.sizeBytes,
-    sha256: digest.sha256,
-    crc32,
-    versions: facts.versions ?? [],
-    builtAt: facts.builtAt ?? new Date(fs.statSync(file).mtimeMs).toISOString(),
-    ...(facts.artifactKey ? { artifactKey: facts.artifactKey } : {}),
-    uploadedAt: new Date().toISOString(),
-    ...(facts.archive ? { archive: facts.archive } : {}),
-    ...(facts.packages ? { packages: facts.packages } : {}),
-    ...(facts.operatorSha256 ? { operatorSha256: facts.operatorSha256 } : {}),
-    ...(facts.boot ? { boot: facts.boot } : {}),
-    ...(facts.configSha256 ? { configSha256: facts.configSha256 } : {}),
-  } satisfies z.input<typeof Manifest>);
   const stale = !current || substance(current) !== substance(manifest);
   if (stale) {
     const body = Buffer.from(JSON.stringify(manifest, null, 2) + '\n');
@@ -173,6 +252,7 @@ async function publish(ctx: StoreContext, input: PublishInput): Promise<UploadRe
     ...sent,
     seconds: (Date.now() - started) / 1000,
     manifestWritten: stale,
+    manifest: stale ? manifest : current!,
   };
 }
 

@@ -276,13 +276,26 @@ describe('store: names, policy, part sizes and the bootstrap script', () => {
     const actions = policy.Statement.flatMap((s) => s.Action).sort();
     assert.deepEqual(actions, [
       's3:AbortMultipartUpload',
+      's3:DeleteObject',
       's3:GetObject',
       's3:ListBucket',
       's3:ListBucketMultipartUploads',
       's3:ListMultipartUploadParts',
       's3:PutObject',
     ]);
-    assert.ok(!JSON.stringify(policy).includes('Delete'), 'never deletes');
+    // Deletes only what prune removes: the block store's immutable indexes and packs, never an image.
+    const deletes = policy.Statement.filter((st) => st.Action.includes('s3:DeleteObject'));
+    assert.deepEqual(
+      deletes.flatMap((st) => st.Resource),
+      [
+        'arn:aws:s3:::llm-infra-operator-rootfs/blocks/indexes/*',
+        'arn:aws:s3:::llm-infra-operator-rootfs/blocks/packs/*',
+      ],
+    );
+    assert.deepEqual(
+      deletes.flatMap((st) => st.Action),
+      ['s3:DeleteObject'],
+    );
     const bucketStatement = policy.Statement.find((s) => s.Action.includes('s3:ListBucket'))!;
     assert.deepEqual(bucketStatement.Resource, ['arn:aws:s3:::llm-infra-operator-rootfs']);
     const objectStatement = policy.Statement.find((s) => s.Action.includes('s3:GetObject'))!;
@@ -292,6 +305,7 @@ describe('store: names, policy, part sizes and the bootstrap script', () => {
       'arn:aws:s3:::llm-infra-operator-rootfs/vmlinux.config',
       'arn:aws:s3:::llm-infra-operator-rootfs/rootfs-*.ext4',
       'arn:aws:s3:::llm-infra-operator-rootfs/rootfs-*.ext4.manifest.json',
+      'arn:aws:s3:::llm-infra-operator-rootfs/blocks/*',
     ]);
     assert.deepEqual(
       iamPolicy(s3.bucket, { access: 'read-only' }).Statement.flatMap((s) => s.Action),

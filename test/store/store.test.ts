@@ -48,7 +48,8 @@ describe('store: upload, list and sync with a real S3 @real', function () {
 
   before(async () => {
     s3 = await testS3();
-    config = await s3.freshBucket();
+    // The plain objects alone: what these tests check is theirs (blocks.test.ts covers the block store).
+    config = { ...(await s3.freshBucket()), blockStore: false };
     credentials = s3.credentials;
     client = createClient({ config, credentials });
   });
@@ -328,7 +329,7 @@ describe('store: upload, list and sync with a real S3 @real', function () {
   });
 
   it('s3 list shows hostile keys and manifest texts escaped: nothing from the bucket reaches the terminal raw', async () => {
-    const bucket = await s3.freshBucket();
+    const bucket = { ...(await s3.freshBucket()), blockStore: false };
     const c = createClient({ config: bucket, credentials });
     try {
       const ws = workspace('hostile');
@@ -383,7 +384,7 @@ describe('store: upload, list and sync with a real S3 @real', function () {
   });
 
   it('a manifest over 64 KiB is neither read nor written, and its image is not synced', async () => {
-    const bucket = await s3.freshBucket();
+    const bucket = { ...(await s3.freshBucket()), blockStore: false };
     const c = createClient({ config: bucket, credentials });
     try {
       const ws = workspace('big-manifest');
@@ -458,7 +459,7 @@ describe('store: upload, list and sync with a real S3 @real', function () {
           partSizeBytes: 5 * MiB,
           concurrency: 1,
           signal: stop.signal,
-          onPartSent: (key) => key !== 'vmlinux' && stop.abort(),
+          onPartSent: (key) => key === 'rootfs-bash.ext4' && stop.abort(),
         }),
         (e: unknown) => e instanceof StoreError && e.kind === 'interrupted',
       );
@@ -470,7 +471,12 @@ describe('store: upload, list and sync with a real S3 @real', function () {
           ['rootfs-bash.ext4', 'uploaded', 1],
         ],
       );
-      assert.equal((await listBucket({ client: c, config: own })).totalObjects, 4);
+      const listing = await listBucket({ client: c, config: own });
+      assert.equal(listing.objects.length, 4, 'the plain objects and their manifests');
+      assert.deepEqual(
+        listing.blockStore?.heads.map((h) => h.key),
+        ['rootfs-bash.ext4', 'vmlinux'],
+      );
       const mirrorWs = workspace('policy-mirror');
       assert.ok((await syncDown({ client: c, config: own, workspace: mirrorWs })).ok);
       assert.equal(await abortIncompleteUploads(c, own, path.join(ws, '.uploads')), 0);

@@ -32,6 +32,22 @@ export function registerS3Commands(ctx: CommandContext): void {
     .description('sync the bucket into the workspace (only what differs), link rootfs.ext4 to python')
     .addHelpText('after', '\nExample:\n  rootfs s3 download')
     .action(async () => ctx.setExit(await s3Commands.download(await ctx.runtime(true))));
+  s3.command('rollback')
+    .description("make an earlier version of an image (or 'kernel') current in the block store")
+    .argument('<language>', "a configured language, or 'kernel'")
+    .argument(
+      '[version]',
+      'the first hex digits of a version, as `s3 list` shows them (default: the one before the current)',
+    )
+    .addHelpText('after', '\nExamples:\n  rootfs s3 rollback python\n  rootfs s3 rollback python 1a2b3c4d5e6f')
+    .action(async (lang: string, version: string | undefined) => {
+      if (lang !== 'kernel') languageArgument(lang, loadConfig({ file: ctx.configFile() }).config);
+      ctx.setExit(await s3Commands.rollback(await ctx.runtime(true), lang, version));
+    });
+  s3.command('prune')
+    .description('delete block store indexes and packs that no kept version needs (older than an hour)')
+    .addHelpText('after', '\nExample:\n  rootfs s3 prune')
+    .action(async () => ctx.setExit(await s3Commands.prune(await ctx.runtime(true))));
   s3.command('bootstrap-script')
     .description('print the script a new build host runs at first boot to sync kernel and images')
     .option('--fallback-url <url>', 'https URL to fetch from when the bucket has no images (serves SHA256SUMS too)')

@@ -10,7 +10,7 @@ export {
   type IndexManifest,
 } from './format';
 export { planBlocks, syncBlocks, DEFAULT_KEEP_LOCAL_VERSIONS, type BlockPlan, type BlockSyncResult } from './fetch';
-export { listHeads, readHead } from './objects';
+export { currentManifest, listHeads, readHead } from './objects';
 export { publishBlocks, DEFAULT_KEEP_VERSIONS, type PublishBlocksInput, type PublishBlocksResult } from './publish';
 export { pruneStore, PRUNE_GRACE_MS, type PruneReport } from './prune';
 export { readRecord } from './records';

@@ -6,6 +6,7 @@ import { send, statObject, type S3Access } from '../client';
 import { crc32Of } from '../digest';
 import { StoreError, where } from '../errors';
 import { decodeIndex, Head, headKey, HEADS_PREFIX, indexKey, keyOfHead, sha256Hex, type BlockIndex } from './format';
+import { indexCacheDir } from './paths';
 import { decompress } from './zstd';
 
 /**
@@ -202,4 +203,11 @@ export async function loadIndex(target: S3Access, cacheDir: string | undefined, 
       cause: err,
     });
   }
+}
+
+/** The manifest of the current version of `key` in the block store, if it has one. */
+export async function currentManifest(target: S3Access & { workspace: string }, key: string) {
+  const read = await readHead(target, key);
+  if (!read) return undefined;
+  return (await loadIndex(target, indexCacheDir(target.workspace), read.head.current)).header.manifest;
 }

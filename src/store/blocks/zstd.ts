@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { StoreError } from '../errors';
 
 /**
  * zstd through its command (Node 20 has no zstd of its own). Compression gives one process many
@@ -60,7 +61,13 @@ export function runZstd(
       }
     });
     child.stderr.on('data', (c: Buffer) => (stderr = (stderr + c.toString('utf8')).slice(-STDERR_KEEP)));
-    child.once('error', (err) => reject(new Error(`cannot run ${ZSTD}: ${err.message}`, { cause: err })));
+    child.once('error', (err) =>
+      reject(
+        signal?.aborted
+          ? new StoreError('interrupted', 'Stopped: the operation was interrupted.', { cause: err })
+          : new Error(`cannot run ${ZSTD}: ${err.message}`, { cause: err }),
+      ),
+    );
     child.once('close', (code, sig) => {
       if (inputError) reject(inputError);
       else if (code === 0) resolve();
