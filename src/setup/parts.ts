@@ -34,7 +34,7 @@ export const APT_PACKAGES = [
   'bc',
   'libelf-dev',
   'xz-utils',
-  'zstd',
+  'zstd', // the block store's packs and indexes; the kernel build
   'curl', // the new-host bootstrap script
   'ca-certificates',
   'util-linux', // unshare for private mount namespaces

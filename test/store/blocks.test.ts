@@ -4,7 +4,18 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { GetObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import type { S3Config } from '../../src/config';
-import { createClient, fileDigest, type StoreContext } from '../../src/store';
+import { spawn } from 'node:child_process';
+import { stringify } from 'yaml';
+import {
+  createClient,
+  fileDigest,
+  formatListing,
+  listBucket,
+  syncDown,
+  uploadAll,
+  type StoreContext,
+} from '../../src/store';
+import { CLI } from '../support/cli';
 import {
   planBlocks,
   publishBlocks,
@@ -18,7 +29,7 @@ import {
 import { listPrefix } from '../../src/store/blocks/objects';
 import { partialOf } from '../../src/store/blocks/paths';
 import { testS3, type TestS3 } from '../support/s3';
-import { allocated, MiB, sha256File, sparseFile, workspace } from './helpers';
+import { allocated, MiB, randomFile, rootfs, sha256File, sparseFile, workspace } from './helpers';
 
 /** A manifest as the upload would write it, for a file of the given digest. */
 const manifestFor = (key: string, d: { sizeBytes: number; sha256: string; crc32?: string }): IndexManifest => ({
@@ -198,5 +209,185 @@ describe('store: the block store against a real S3 @real', function () {
     const report = await pruneStore(ctx(src), { graceMs: 0 });
     assert.equal(report.packsDeleted, 0, 'every pack is still named');
     assert.equal(report.indexesDeleted, 0);
+  });
+
+  describe('through the CLI, as users run it', () => {
+    let cliConfig: S3Config;
+    const up = workspace('cli-up');
+    const down = workspace('cli-down');
+    const configFile = (ws: string) => {
+      const file = path.join(ws, 'rootfs.yaml');
+      fs.writeFileSync(file, stringify({ workspace: ws, temporal: { address: '127.0.0.1:9' }, s3: cliConfig }));
+      return file;
+    };
+    before(async () => {
+      cliConfig = await s3.freshBucket();
+    });
+
+    it('s3 upload writes the plain objects and the block store; s3 list shows the versions', async () => {
+      sparseFile(path.join(up, 'images/rootfs-python.ext4'), 96 * MiB, [
+        [0, 6 * MiB],
+        [64 * MiB, 2 * MiB],
+      ]);
+      sparseFile(path.join(up, 'images/rootfs-bash.ext4'), 32 * MiB, [[MiB, 2 * MiB]]);
+      randomFile(path.join(up, 'vmlinux'), 3 * MiB + 123);
+      const first = await rootfs(['--config', configFile(up), 's3', 'upload'], s3.env);
+      assert.equal(first.code, 0, first.stderr);
+      assert.match(
+        first.stderr,
+        /^uploaded +rootfs-python\.ext4 .* version [0-9a-f]{12}: 2048 new block\(s\) of 2048/m,
+      );
+      const listing = await listBucket({ client, config: cliConfig });
+      assert.deepEqual(
+        listing.objects
+          .filter((o) => o.kind === 'image' || o.kind === 'kernel')
+          .map((o) => o.key)
+          .sort(),
+        ['rootfs-bash.ext4', 'rootfs-python.ext4', 'vmlinux'],
+      );
+      assert.deepEqual(
+        listing.blockStore?.heads.map((h) => h.key),
+        ['rootfs-bash.ext4', 'rootfs-python.ext4', 'vmlinux'],
+      );
+      const again = await rootfs(['--config', configFile(up), 's3', 'upload'], s3.env);
+      assert.match(again.stderr, /^0 uploaded, 3 unchanged, 0 Bytes sent$/m);
+      // A second version of python: three blocks changed.
+      const fd = fs.openSync(path.join(up, 'images/rootfs-python.ext4'), 'r+');
+      for (const off of [0, 4096 * 100, 64 * MiB]) fs.writeSync(fd, crypto.randomBytes(4096), 0, 4096, off);
+      fs.closeSync(fd);
+      const second = await rootfs(['--config', configFile(up), 's3', 'upload-single', 'python'], s3.env);
+      assert.equal(second.code, 0, second.stderr);
+      assert.match(second.stderr, /version [0-9a-f]{12}: 3 new block\(s\) of 2048/);
+      const text = await rootfs(['--config', configFile(up), 's3', 'list'], s3.env);
+      assert.match(text.stdout, /^Block store \(blocks\/\): 3 file\(s\), 4 version\(s\)$/m);
+      assert.match(
+        text.stdout,
+        /^ {2}rootfs-python\.ext4\n {2}\* [0-9a-f]{12} .* 96\.0 MiB, fetch [\d.]+ MiB\n {4}[0-9a-f]{12} /m,
+      );
+      assert.equal(
+        formatListing(await listBucket({ client, config: cliConfig })),
+        formatListing(await listBucket({ client, config: cliConfig })),
+      );
+    });
+
+    it('s3 download says what it will fetch, then syncs from the block store; a second run fetches nothing', async () => {
+      const run = await rootfs(['--config', configFile(down), 's3', 'download'], s3.env);
+      assert.equal(run.code, 0, run.stderr);
+      assert.match(run.stderr, /^will fetch [\d.]+ MiB for 3 file\(s\)/m);
+      for (const name of ['images/rootfs-python.ext4', 'images/rootfs-bash.ext4', 'vmlinux'])
+        assert.equal(sha256File(path.join(down, name)), sha256File(path.join(up, name)), name);
+      assert.equal(fs.readlinkSync(path.join(down, 'rootfs.ext4')), 'images/rootfs-python.ext4');
+      const again = await rootfs(['--config', configFile(down), 's3', 'download'], s3.env);
+      assert.match(again.stderr, /^0 downloaded \(0 Bytes\), 3 unchanged, 0 failed$/m);
+    });
+
+    it('s3 rollback python: hosts that sync follow; back to a version a host had fetches nothing', async () => {
+      const rb = await rootfs(['--config', configFile(up), 's3', 'rollback', 'python'], s3.env);
+      assert.equal(rb.code, 0, rb.stderr);
+      const moved = /^rootfs-python\.ext4: ([0-9a-f]{12}) -> ([0-9a-f]{12}) \(published /m.exec(rb.stderr);
+      assert.ok(moved, rb.stderr);
+      // This host never had the older version: it fetches the few blocks that differ.
+      const back = await rootfs(['--config', configFile(down), 's3', 'download'], s3.env);
+      assert.equal(back.code, 0, back.stderr);
+      assert.match(back.stderr, /^1 downloaded \([\d.]+ [KM]iB\), 2 unchanged, 0 failed$/m);
+      // Forward again to the version it had: kept aside by the last sync, so nothing is fetched.
+      const fwd = await rootfs(['--config', configFile(up), 's3', 'rollback', 'python', moved[1]!], s3.env);
+      assert.equal(fwd.code, 0, fwd.stderr);
+      const started = Date.now();
+      const sync = await rootfs(['--config', configFile(down), 's3', 'download'], s3.env);
+      assert.equal(sync.code, 0, sync.stderr);
+      assert.ok(Date.now() - started < 5000, 'within 5 s, CLI start included');
+      assert.match(sync.stderr, new RegExp(`rootfs-python\\.ext4 ${moved[1]}: kept here, nothing to fetch`));
+      assert.match(sync.stderr, /^1 downloaded \(0 Bytes\), 2 unchanged, 0 failed$/m);
+      assert.equal(
+        sha256File(path.join(down, 'images/rootfs-python.ext4')),
+        sha256File(path.join(up, 'images/rootfs-python.ext4')),
+      );
+      const bad = await rootfs(['--config', configFile(up), 's3', 'rollback', 'python', 'zz'], s3.env);
+      assert.notEqual(bad.code, 0);
+      assert.match(bad.stderr, /"zz" is not a version/);
+      const hostile = await rootfs(['--config', configFile(up), 's3', 'rollback', '../x'], s3.env);
+      assert.notEqual(hostile.code, 0);
+    });
+
+    it('a download killed midway resumes where it stopped', async function () {
+      // Random data does not compress: 160 MiB to fetch, long enough to be killed in the middle.
+      randomFile(path.join(up, 'images/rootfs-rust.ext4'), 160 * MiB);
+      const uploaded = await rootfs(['--config', configFile(up), 's3', 'upload'], s3.env);
+      assert.equal(uploaded.code, 0, uploaded.stderr);
+      const host = workspace('cli-killed');
+      const child = spawn(process.execPath, [CLI, '--config', configFile(host), 's3', 'download'], {
+        env: { PATH: process.env.PATH, ...s3.env },
+        stdio: 'ignore',
+      });
+      const dir = path.join(host, 'images');
+      const partial = () =>
+        fs.readdirSync(dir).find((n) => n.startsWith('.rootfs-rust.ext4.') && n.endsWith('.blocks-partial'));
+      const deadline = Date.now() + 60_000;
+      while (Date.now() < deadline) {
+        const p = partial();
+        if (p && allocated(path.join(dir, p)) > 40 * MiB) break;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      child.kill('SIGKILL');
+      await new Promise((r) => child.once('exit', r));
+      const left = partial();
+      assert.ok(left, 'the killed download left its partial file');
+      const resumed = await rootfs(['--config', configFile(host), 's3', 'download'], s3.env);
+      assert.equal(resumed.code, 0, resumed.stderr);
+      const fetched = /^ {2}rootfs-rust\.ext4 [0-9a-f]{12}: fetch ([\d.]+) MiB in \d+ range\(s\), (\d+) block/m.exec(
+        resumed.stderr,
+      );
+      assert.ok(fetched, resumed.stderr);
+      const inPlaceMiB = (Number(fetched[2]) * 4096) / MiB;
+      assert.ok(inPlaceMiB >= 40, `the partial's ${inPlaceMiB} MiB are taken: ${resumed.stderr}`);
+      // What is left, not the whole (frames are 1 MiB: at most one per range is fetched again).
+      assert.ok(Number(fetched[1]) <= 160 - inPlaceMiB + 2, `the resumed run fetches what is left: ${resumed.stderr}`);
+      assert.equal(
+        sha256File(path.join(dir, 'rootfs-rust.ext4')),
+        sha256File(path.join(up, 'images/rootfs-rust.ext4')),
+      );
+      assert.equal(partial(), undefined);
+    });
+  });
+
+  it('syncDown and uploadAll with the default config: both layouts written, the block store read', async () => {
+    const ws = workspace('default-up');
+    const own = await s3.freshBucket();
+    const c = createClient({ config: own, credentials: s3.credentials });
+    try {
+      sparseFile(path.join(ws, 'images/rootfs-go.ext4'), 40 * MiB, [[0, 3 * MiB]]);
+      const [go] = await uploadAll({ client: c, config: own, workspace: ws });
+      assert.equal(go!.status, 'uploaded');
+      assert.equal(go!.blocks?.status, 'published');
+      const host = workspace('default-down');
+      const report = await syncDown({ client: c, config: own, workspace: host });
+      assert.deepEqual(
+        report.files.map((f) => [f.key, f.via, f.status]),
+        [['rootfs-go.ext4', 'blocks', 'downloaded']],
+      );
+      // Without the block store the plain object serves the same file.
+      const plainHost = workspace('default-plain');
+      const plain = await syncDown({ client: c, config: { ...own, blockStore: false }, workspace: plainHost });
+      assert.deepEqual(
+        plain.files.map((f) => [f.key, f.via, f.status]),
+        [['rootfs-go.ext4', 'object', 'downloaded']],
+      );
+      // And plainObjects: false writes no plain object.
+      const only = await s3.freshBucket();
+      const [blocksOnly] = await uploadAll({ client: c, config: { ...only, plainObjects: false }, workspace: ws });
+      assert.equal(blocksOnly!.blocks?.status, 'published');
+      const l = await listBucket({ client: c, config: only });
+      assert.deepEqual(
+        l.objects.map((o) => o.key),
+        [],
+      );
+      assert.deepEqual(
+        l.blockStore?.heads.map((h) => h.key),
+        ['rootfs-go.ext4'],
+      );
+    } finally {
+      c.destroy();
+    }
   });
 });

@@ -484,15 +484,19 @@ export async function syncBlocks(
     const worker = async () => {
       while (nextRange < ranges.length) {
         const range = ranges[nextRange++]!;
-        fetched += await withRetry(
-          () => fetchRange(ctx, job, range, writer, (n) => progress.add(n)),
+        // Summed after the await: `fetched += await …` would read fetched before another range added to it.
+        const n = await withRetry(
+          () => fetchRange(ctx, job, range, writer, (b) => progress.add(b)),
           ctx.retry ?? DEFAULT_RETRY,
           ctx.signal,
         );
+        fetched += n;
       }
     };
     await Promise.all(Array.from({ length: Math.min(RANGE_CONCURRENCY, ranges.length) }, worker));
     progress.end();
+    // The last block was written whole (padded); the file ends where the index says.
+    fs.ftruncateSync(fd, index.header.sizeBytes);
     fs.fsyncSync(fd);
   } finally {
     fs.closeSync(fd);
