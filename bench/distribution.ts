@@ -3,7 +3,7 @@
  * MinIO with the project's own upload and sync (the functions `rootfs s3 upload` and `rootfs s3
  * download` run). Not a test: it prints a table and a last JSON line.
  *
- *   npm run bench:distribution -- [--quick] [--artifacts DIR] [--kernel FILE]
+ *   npm run bench:distribution -- [--quick | --only LANG] [--artifacts DIR] [--kernel FILE]
  *
  * It takes, per language, the two newest image builds in the artifacts folder (a build workspace's
  * `artifacts/`); with one build only, the second is made from the first by rewriting 1% of its data
@@ -13,7 +13,7 @@
  *      that had the older build fetches, per image, beside that image's compressed size;
  *   3. syncs new host B from the block store alone, and times s5cmd copying the plain objects;
  *   4. rolls every image back and syncs host A: what a rollback to a version the host had costs.
- * `--quick` takes bash only (as CI runs it).
+ * `--quick` takes bash only (as CI runs it); `--only LANG` another single language.
  */
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
@@ -21,6 +21,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { z } from 'zod';
 import { loadConfig } from '../src/config';
+import { Name } from '../src/config/schema';
 import { requireTool } from '../src/setup/tools';
 import {
   listBucket,
@@ -48,6 +49,7 @@ const GOALS = {
 
 const Options = z.object({
   quick: z.boolean(),
+  only: Name.optional(),
   artifacts: z.string().min(1),
   kernel: z.string().min(1),
 });
@@ -63,7 +65,7 @@ function options(argv: string[]): Options {
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     if (a === '--quick') raw.quick = true;
-    else if (a === '--artifacts' || a === '--kernel') raw[a.slice(2)] = argv[++i];
+    else if (a === '--artifacts' || a === '--kernel' || a === '--only') raw[a.slice(2)] = argv[++i];
     else throw new Error(`unknown argument ${JSON.stringify(a)}`);
   }
   return Options.parse(raw);
@@ -98,7 +100,8 @@ function synthesize(file: string, into: string): string {
 }
 
 function pickBuilds(opts: Options, tmp: string): { older: Version[]; newer: Version[] } {
-  const all = imageArtifacts(opts.artifacts).filter((a) => !opts.quick || a.name === 'bash');
+  const only = opts.only ?? (opts.quick ? 'bash' : undefined);
+  const all = imageArtifacts(opts.artifacts).filter((a) => !only || a.name === only);
   if (!all.length) throw new Error(`no image artifacts in ${opts.artifacts} (build them with rootfs create-all)`);
   const { pairs, single } = newestPairs(all);
   const older: Version[] = [];
@@ -149,7 +152,7 @@ async function main(argv: string[]): Promise<number> {
   } catch (err) {
     const msg = err instanceof z.ZodError ? z.prettifyError(err) : (err as Error).message;
     console.error(
-      `bench/distribution: ${msg}\nusage: npm run bench:distribution -- [--quick] [--artifacts DIR] [--kernel FILE]`,
+      `bench/distribution: ${msg}\nusage: npm run bench:distribution -- [--quick | --only LANG] [--artifacts DIR] [--kernel FILE]`,
     );
     return 2;
   }

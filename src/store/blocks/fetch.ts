@@ -11,6 +11,7 @@ import { BLOCK_BYTES, frameOfSlot, packKey, shortName, slotDigest, type BlockInd
 import { loadIndex, readHead } from './objects';
 import { indexCacheDir, partialOf, versionsDir } from './paths';
 import { readRecord, writeRecord } from './records';
+import { capture } from '../../util/exec';
 import { runZstd } from './zstd';
 
 /**
@@ -82,7 +83,7 @@ function recordSources(ctx: StoreContext): Promise<RecordSource[]> {
   ).then((all) => all.filter((s): s is RecordSource => !!s));
 }
 
-/** Positional writes into the partial, contiguous blocks gathered into one write. */
+/** Positional writes into the partial, contiguous blocks gathered into one writev. */
 class BlockWriter {
   private start = -1;
   private parts: Buffer[] = [];
@@ -98,15 +99,20 @@ class BlockWriter {
 
   flush(): void {
     if (!this.parts.length) return;
-    const buf = this.parts.length === 1 ? this.parts[0]! : Buffer.concat(this.parts);
-    fs.writeSync(this.fd, buf, 0, buf.length, this.start * BLOCK_BYTES);
+    const total = this.parts.length * BLOCK_BYTES;
+    let done = fs.writevSync(this.fd, this.parts, this.start * BLOCK_BYTES);
+    // writev may write less than asked (rarely, on a regular file): the rest goes one block at a time.
+    for (let i = Math.floor(done / BLOCK_BYTES); done < total; i++) {
+      const part = this.parts[i]!.subarray(done - i * BLOCK_BYTES);
+      done += fs.writeSync(this.fd, part, 0, part.length, this.start * BLOCK_BYTES + done);
+    }
     this.parts = [];
     this.start = -1;
   }
 }
 
 const ZEROS = Buffer.alloc(BLOCK_BYTES);
-const digestOf = (block: Buffer) => crypto.createHash('sha256').update(block).digest();
+const digestOf = (block: Buffer): Buffer => crypto.hash('sha256', block, 'buffer');
 
 /** The work for one key, decided before anything is written. */
 class KeyJob {
@@ -302,24 +308,33 @@ async function fetchRange(
   const order: number[] = [];
   for (const f of range.frames) for (let j = 0; j < index.frames[f]!.count; j++) order.push(index.firstSlot[f]! + j);
   let next = 0;
-  let carry = Buffer.alloc(0);
+  let carry: Buffer | undefined;
   const pending: Array<[number, Buffer]> = [];
+  const one = (block: Buffer) => {
+    const slot = order[next++];
+    if (slot === undefined) throw new Error('more data than the frames hold');
+    if (!job.targets.has(slot) || job.copies.has(slot)) return;
+    if (!digestOf(block).equals(slotDigest(index, slot)))
+      throw damaged(
+        `hold a block that does not match its digest (frame at byte ${index.frames[frameOfSlot(index, slot)]!.offset})`,
+      );
+    // zstd's output chunks are fresh buffers: a block can stay a view of its chunk until written.
+    pending.push([slot, block]);
+  };
   const take = (chunk: Buffer) => {
-    let buf = carry.length ? Buffer.concat([carry, chunk]) : chunk;
-    while (buf.length >= BLOCK_BYTES) {
-      const slot = order[next++];
-      if (slot === undefined) throw new Error('more data than the frames hold');
-      const block = buf.subarray(0, BLOCK_BYTES);
-      if (job.targets.has(slot) && !job.copies.has(slot)) {
-        if (!digestOf(block).equals(slotDigest(index, slot)))
-          throw damaged(
-            `hold a block that does not match its digest (frame at byte ${index.frames[frameOfSlot(index, slot)]!.offset})`,
-          );
-        pending.push([slot, Buffer.from(block)]);
+    let at = 0;
+    if (carry) {
+      const need = BLOCK_BYTES - carry.length;
+      if (chunk.length < need) {
+        carry = Buffer.concat([carry, chunk]);
+        return;
       }
-      buf = buf.subarray(BLOCK_BYTES);
+      one(Buffer.concat([carry, chunk.subarray(0, need)]));
+      carry = undefined;
+      at = need;
     }
-    carry = Buffer.from(buf);
+    for (; at + BLOCK_BYTES <= chunk.length; at += BLOCK_BYTES) one(chunk.subarray(at, at + BLOCK_BYTES));
+    if (at < chunk.length) carry = Buffer.from(chunk.subarray(at));
   };
   let decodeError: unknown;
   await send(ctx, { key, verb: 'download', action: 's3:GetObject' }, async (c) => {
@@ -351,13 +366,16 @@ async function fetchRange(
   });
   if (decodeError instanceof StoreError) throw decodeError;
   if (decodeError) throw damaged(`do not decompress (${(decodeError as Error).message.slice(0, 200)})`);
-  if (next !== order.length || carry.length || received !== range.end - range.start)
+  if (next !== order.length || carry || received !== range.end - range.start)
     throw damaged(`held ${next} of the ${order.length} blocks their frames list`);
   // Written only once the whole range checked out: a range fetched again writes it all again.
   for (const [slot, content] of pending) for (const b of job.targets.get(slot) ?? []) writer.put(b, content);
   writer.flush();
   return received;
 }
+
+/** Blocks read from a local file at once: neighbours there are read together. */
+const COPY_RUN_BLOCKS = 256;
 
 /** Copies the planned local blocks, each checked; a block that fails its check is fetched instead. */
 function copyLocal(job: KeyJob, writer: BlockWriter): number[] {
@@ -368,21 +386,28 @@ function copyLocal(job: KeyJob, writer: BlockWriter): number[] {
     list.push([block, slot]);
     bySource.set(file, list);
   }
-  const buf = Buffer.alloc(BLOCK_BYTES);
   for (const [file, list] of bySource) {
     list.sort((a, b) => a[0] - b[0]);
     const fd = fs.openSync(file, 'r');
     try {
-      for (const [block, slot] of list) {
-        buf.fill(0);
-        fs.readSync(fd, buf, 0, BLOCK_BYTES, block * BLOCK_BYTES);
-        if (!digestOf(buf).equals(slotDigest(job.index, slot))) {
-          job.copies.delete(slot);
-          failed.push(slot);
-          continue;
+      for (let i = 0; i < list.length; ) {
+        // A run of blocks adjacent in the source, read in one call.
+        let j = i + 1;
+        while (j < list.length && j - i < COPY_RUN_BLOCKS && list[j]![0] === list[j - 1]![0] + 1) j++;
+        const first = list[i]![0];
+        const buf = Buffer.alloc((j - i) * BLOCK_BYTES);
+        fs.readSync(fd, buf, 0, buf.length, first * BLOCK_BYTES);
+        for (let k = i; k < j; k++) {
+          const [block, slot] = list[k]!;
+          const content = buf.subarray((block - first) * BLOCK_BYTES, (block - first + 1) * BLOCK_BYTES);
+          if (!digestOf(content).equals(slotDigest(job.index, slot))) {
+            job.copies.delete(slot);
+            failed.push(slot);
+            continue;
+          }
+          for (const b of job.targets.get(slot) ?? []) writer.put(b, content);
         }
-        const content = Buffer.from(buf);
-        for (const b of job.targets.get(slot) ?? []) writer.put(b, content);
+        i = j;
       }
     } finally {
       fs.closeSync(fd);
@@ -392,7 +417,18 @@ function copyLocal(job: KeyJob, writer: BlockWriter): number[] {
   return failed;
 }
 
+/**
+ * The whole file's sha256: by the openssl command when there is one (another process, so another
+ * core, while this one assembles the next file), else here.
+ */
 async function sha256Of(file: string, signal?: AbortSignal): Promise<string> {
+  try {
+    const { stdout } = await capture('openssl', ['dgst', '-sha256', '-r', file]);
+    const hex = /^([0-9a-f]{64}) /.exec(stdout)?.[1];
+    if (hex) return hex;
+  } catch (err) {
+    if (signal?.aborted) throw err;
+  }
   const hash = crypto.createHash('sha256');
   for await (const chunk of fs.createReadStream(file, { highWaterMark: READ_BYTES, signal }) as AsyncIterable<Buffer>)
     hash.update(chunk);
