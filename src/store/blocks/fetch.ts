@@ -10,7 +10,7 @@ import { track } from '../progress';
 import { BLOCK_BYTES, frameOfSlot, packKey, shortName, slotDigest, type BlockIndex, type FrameRef } from './format';
 import { loadIndex, readHead } from './objects';
 import { indexCacheDir, partialOf, versionsDir } from './paths';
-import { readRecord, writeRecord } from './records';
+import { forgetRecord, readRecord, writeRecord } from './records';
 import { capture } from '../../util/exec';
 import { runZstd } from './zstd';
 
@@ -445,12 +445,14 @@ function keepOldVersion(dest: string, workspace: string, keep: number): void {
   fs.rmSync(kept, { force: true });
   fs.linkSync(dest, kept);
   writeRecord(kept, rec.index);
-  const all = fs
+  // Newest first by when each was set aside (its record's time: links and renames change a file's ctime).
+  const setAside = (n: string) =>
+    fs.statSync(path.join(dir, `.${n}.blocks.json`), { throwIfNoEntry: false })?.mtimeMs ?? 0;
+  const others = fs
     .readdirSync(dir)
-    .filter((n) => /^[0-9a-f]{64}$/.test(n))
-    .map((n) => ({ n, t: fs.statSync(path.join(dir, n)).ctimeMs }))
-    .sort((a, b) => b.t - a.t);
-  for (const { n } of all.slice(keep)) {
+    .filter((n) => /^[0-9a-f]{64}$/.test(n) && n !== rec.index)
+    .sort((a, b) => setAside(b) - setAside(a));
+  for (const n of others.slice(keep - 1)) {
     fs.rmSync(path.join(dir, n), { force: true });
     fs.rmSync(path.join(dir, `.${n}.blocks.json`), { force: true });
   }
@@ -492,7 +494,9 @@ export async function syncBlocks(
     const rec = readRecord(plan.keptVersion)!;
     const tmp = `${plan.dest}.${process.pid}.rollback`;
     fs.rmSync(tmp, { force: true });
-    fs.linkSync(plan.keptVersion, tmp);
+    // Taken out of the kept versions: it becomes the file, and the file it replaces is set aside.
+    fs.renameSync(plan.keptVersion, tmp);
+    forgetRecord(plan.keptVersion);
     const sha = (await readHead(ctx, plan.key))?.head.versions.find((v) => v.index === rec.index)?.sha256;
     install(tmp, plan.dest, ctx.workspace, rec.index, sha, plan.sizeBytes, keep);
     return result('downloaded', 0);
