@@ -80,10 +80,16 @@ describe('store: the block store against a real S3 @real', function () {
   });
   after(() => client?.destroy());
 
-  const src = workspace('blocks-src');
-  const python = path.join(src, 'images/rootfs-python.ext4');
-  const bash = path.join(src, 'images/rootfs-bash.ext4');
-  const host = workspace('blocks-host');
+  let src: string;
+  let python: string;
+  let bash: string;
+  let host: string;
+  before(() => {
+    src = workspace('blocks-src');
+    python = path.join(src, 'images/rootfs-python.ext4');
+    bash = path.join(src, 'images/rootfs-bash.ext4');
+    host = workspace('blocks-host');
+  });
 
   it('publishes two images sharing blocks: the second stores only what the first lacks', async () => {
     // 64 MiB files, 12 MiB of data each; bash shares its first 8 MiB with python.
@@ -213,8 +219,8 @@ describe('store: the block store against a real S3 @real', function () {
 
   describe('through the CLI, as users run it', () => {
     let cliConfig: S3Config;
-    const up = workspace('cli-up');
-    const down = workspace('cli-down');
+    let up: string;
+    let down: string;
     const configFile = (ws: string) => {
       const file = path.join(ws, 'rootfs.yaml');
       fs.writeFileSync(file, stringify({ workspace: ws, temporal: { address: '127.0.0.1:9' }, s3: cliConfig }));
@@ -222,6 +228,8 @@ describe('store: the block store against a real S3 @real', function () {
     };
     before(async () => {
       cliConfig = await s3.freshBucket();
+      up = workspace('cli-up');
+      down = workspace('cli-down');
     });
 
     it('s3 upload writes the plain objects and the block store; s3 list shows the versions', async () => {

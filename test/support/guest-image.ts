@@ -10,7 +10,7 @@ import { StepRunner } from '../../src/pipeline/context';
 import { Pipeline, verifyEnvironment } from '../../src/pipeline/pipeline';
 import { requireTool } from '../../src/setup/tools';
 import { projectRoot } from '../../src/util/paths';
-import { tempDir } from './process';
+import { sharedTempDir } from './process';
 
 /** A language's image as the pipeline built it, with what its verify step ran and recorded. */
 export interface GuestImage {
@@ -34,7 +34,7 @@ let operator: Promise<string> | undefined;
  */
 export function checkoutOperator(): Promise<string> {
   operator ??= (async () => {
-    const out = path.join(tempDir('operator'), 'infra.operator');
+    const out = path.join(sharedTempDir('operator'), 'infra.operator');
     await promisify(execFile)('go', ['build', '-trimpath', '-ldflags', '-s -w -X main.version=test', '-o', out, '.'], {
       cwd: path.join(projectRoot(), 'guest'),
       env: { ...process.env, CGO_ENABLED: '0', GOOS: 'linux', GOARCH: 'amd64', GOFLAGS: '-buildvcs=false' },
@@ -60,7 +60,7 @@ let bash: Promise<GuestImage> | undefined;
 /** The bash image, built once per test run by the pipeline's steps from an empty workspace (1–2 min). */
 export function bashGuestImage(): Promise<GuestImage> {
   bash ??= (async () => {
-    const dir = tempDir('guest-image');
+    const dir = sharedTempDir('guest-image');
     const file = path.join(dir, 'rootfs.yaml');
     fs.writeFileSync(file, stringify({ workspace: path.join(dir, 'workspace') }));
     const { config } = loadConfig({ file, env: {} });

@@ -6,7 +6,7 @@ import { KernelPipeline } from '../../src/kernel/kernel-pipeline';
 import { defaultKernelFragment, type KernelSpec } from '../../src/pipeline/build-spec';
 import { StepRunner } from '../../src/pipeline/context';
 import { DEFAULT_KERNEL } from '../../src/config';
-import { tempDir } from './process';
+import { sharedTempDir } from './process';
 
 /**
  * One guest kernel per test run, built by the pipeline's own kernel steps from the default
@@ -27,7 +27,7 @@ export interface BuiltKernel {
 
 export function testKernelBuild(): Promise<BuiltKernel> {
   built ??= (async () => {
-    const workspace = path.join(tempDir('kernel'), 'workspace');
+    const workspace = path.join(sharedTempDir('kernel'), 'workspace');
     const kernel: KernelSpec = {
       ...DEFAULT_KERNEL,
       fragment: { name: 'default', content: fs.readFileSync(defaultKernelFragment(), 'utf8') },

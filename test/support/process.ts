@@ -8,23 +8,48 @@ import { freeLoopbackPort } from '../../src/util/net';
 /**
  * Processes and files the test bed creates. Everything registered here is undone by
  * `runCleanups()` (mocha's global teardown) and, as a last resort, killed on process exit.
+ * What a test file makes for itself goes sooner, once its top-level suite has run
+ * (`runSuiteCleanups`, from the root afterEach hook): a full run would otherwise keep every
+ * file's images and buckets on disk until its end, tens of GB on a small CI disk.
  */
-const cleanups: Array<() => Promise<void> | void> = [];
+type Cleanup = () => Promise<void> | void;
+const cleanups: Cleanup[] = [];
+const suiteCleanups: Cleanup[] = [];
 const children = new Set<ChildProcess>();
+/** Set once mocha runs tests (files are loaded before): what is made earlier lasts the run. */
+let running = false;
 
-export function onCleanup(fn: () => Promise<void> | void): void {
+export function onCleanup(fn: Cleanup): void {
   cleanups.push(fn);
 }
 
-export async function runCleanups(): Promise<void> {
-  while (cleanups.length) {
-    const fn = cleanups.pop()!;
+/** Undone when the top-level suite that is running ends (or with the run, if made before any ran). */
+export function onSuiteCleanup(fn: Cleanup): void {
+  (running ? suiteCleanups : cleanups).push(fn);
+}
+
+export function markRunning(): void {
+  running = true;
+}
+
+async function drain(list: Cleanup[]): Promise<void> {
+  while (list.length) {
+    const fn = list.pop()!;
     try {
       await fn();
     } catch (err) {
       console.error('test bed cleanup failed:', err);
     }
   }
+}
+
+export async function runSuiteCleanups(): Promise<void> {
+  await drain(suiteCleanups);
+}
+
+export async function runCleanups(): Promise<void> {
+  await drain(suiteCleanups);
+  await drain(cleanups);
 }
 
 // Interrupted (Ctrl-C, CI's timeout): stop the servers properly before going.
@@ -38,8 +63,15 @@ process.on('exit', () => {
   for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
 });
 
-/** A fresh directory under the system temp dir, removed at cleanup. */
+/** A fresh directory under the system temp dir, removed when the top-level suite that made it ends. */
 export function tempDir(prefix: string): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `rootfs-test-${prefix}-`));
+  onSuiteCleanup(() => fs.rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** The same for what the whole run shares (a server's data, a kernel built once): removed at its end. */
+export function sharedTempDir(prefix: string): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), `rootfs-test-${prefix}-`));
   onCleanup(() => fs.rmSync(dir, { recursive: true, force: true }));
   return dir;

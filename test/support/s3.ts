@@ -1,9 +1,35 @@
 import * as crypto from 'node:crypto';
 import * as path from 'node:path';
-import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
+import {
+  AbortMultipartUploadCommand,
+  CreateBucketCommand,
+  DeleteBucketCommand,
+  DeleteObjectsCommand,
+  ListMultipartUploadsCommand,
+  ListObjectVersionsCommand,
+  S3Client,
+} from '@aws-sdk/client-s3';
 import type { S3Config } from '../../src/config';
 import { requireTool } from '../../src/setup/tools';
-import { freePort, startServer, tempDir, waitUntilReady, type ServerProcess } from './process';
+import { freePort, onSuiteCleanup, startServer, sharedTempDir, waitUntilReady, type ServerProcess } from './process';
+
+/** Empties a test bucket (every version, every unfinished upload) and deletes it: the server's disk stays bounded. */
+async function removeBucket(c: S3Client, bucket: string): Promise<void> {
+  for (let more = true; more; ) {
+    const page = await c.send(new ListObjectVersionsCommand({ Bucket: bucket, MaxKeys: 1000 }));
+    const objects = [...(page.Versions ?? []), ...(page.DeleteMarkers ?? [])].map((v) => ({
+      Key: v.Key!,
+      VersionId: v.VersionId,
+    }));
+    if (objects.length)
+      await c.send(new DeleteObjectsCommand({ Bucket: bucket, Delete: { Objects: objects, Quiet: true } }));
+    more = objects.length > 0;
+  }
+  const uploads = await c.send(new ListMultipartUploadsCommand({ Bucket: bucket }));
+  for (const u of uploads.Uploads ?? [])
+    await c.send(new AbortMultipartUploadCommand({ Bucket: bucket, Key: u.Key!, UploadId: u.UploadId! }));
+  await c.send(new DeleteBucketCommand({ Bucket: bucket }));
+}
 
 /**
  * A real MinIO on free loopback ports, its data in a temp dir, with root credentials generated
@@ -93,7 +119,7 @@ async function signedFormPost(
 
 async function startS3(): Promise<TestS3> {
   const minio = requireTool('minio');
-  const dir = tempDir('s3');
+  const dir = sharedTempDir('s3');
   const port = await freePort();
   const consolePort = await freePort();
   const endpoint = `http://127.0.0.1:${port}`;
@@ -160,6 +186,18 @@ async function startS3(): Promise<TestS3> {
       const c = clientFor(config);
       await c.send(new CreateBucketCommand({ Bucket: bucket }));
       c.destroy();
+      onSuiteCleanup(async () => {
+        const admin = clientFor(config);
+        try {
+          await removeBucket(admin, bucket);
+        } catch (err) {
+          // A server stopped by its test, or a bucket it removed itself: nothing to keep bounded.
+          if (!/ECONNREFUSED|NoSuchBucket/.test(String((err as Error).name) + String((err as Error).message)))
+            console.error(`test bed: could not remove bucket ${bucket}:`, (err as Error).message);
+        } finally {
+          admin.destroy();
+        }
+      });
       return config;
     },
     client: (config = { bucket: 'unused', region: REGION, endpoint, forcePathStyle: true }, creds = credentials) =>

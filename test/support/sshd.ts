@@ -2,7 +2,7 @@ import { execFileSync } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { freePort, portAccepts, startServer, tempDir, waitUntilReady } from './process';
+import { freePort, portAccepts, startServer, sharedTempDir, waitUntilReady } from './process';
 
 /**
  * A real OpenSSH server on a free loopback port, with its own generated host key, client key and
@@ -36,7 +36,7 @@ async function startSshd(): Promise<TestSshd> {
   if (!fs.existsSync(sshdBin)) throw new Error('sshd is not installed: run `npm run setup`');
   // Privilege separation needs this directory; Debian creates it only when its own sshd runs.
   fs.mkdirSync('/run/sshd', { recursive: true, mode: 0o755 });
-  const dir = tempDir('sshd');
+  const dir = sharedTempDir('sshd');
   const hostKey = path.join(dir, 'host_ed25519');
   const clientKeyPath = path.join(dir, 'client_ed25519');
   const strangerKeyPath = path.join(dir, 'stranger_ed25519');

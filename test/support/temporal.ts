@@ -4,7 +4,7 @@ import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { bundleWorkflowCode, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import { devServerSearchAttributeArgs } from '../../src/temporal/search-attributes';
 import { requireTool } from '../../src/setup/tools';
-import { freePort, onCleanup, portAccepts, startServer, tempDir, waitUntilReady } from './process';
+import { freePort, onCleanup, portAccepts, startServer, sharedTempDir, waitUntilReady } from './process';
 
 /**
  * A real Temporal dev server (the pinned CLI) on free loopback ports, SQLite in a temp dir,
@@ -20,7 +20,7 @@ export interface TestTemporal {
 
 async function startTemporal(): Promise<TestTemporal> {
   const temporal = requireTool('temporal');
-  const dir = tempDir('temporal');
+  const dir = sharedTempDir('temporal');
   const port = await freePort();
   const uiPort = await freePort();
   const dbFile = path.join(dir, 'temporal.db');
