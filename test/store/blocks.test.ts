@@ -121,6 +121,30 @@ describe('store: the block store against a real S3 @real', function () {
     assert.equal(again.index, p.index);
   });
 
+  it('images published at once (as a build does) store the blocks they share once', async () => {
+    const own = await s3.freshBucket();
+    const c = createClient({ config: own, credentials: s3.credentials });
+    try {
+      const ws = workspace('blocks-concurrent');
+      const one = path.join(ws, 'images/rootfs-one.ext4');
+      const two = path.join(ws, 'images/rootfs-two.ext4');
+      sparseFile(one, 16 * MiB, [[0, 4 * MiB]]);
+      fs.copyFileSync(one, two);
+      touchBlocks(two, [0]);
+      const pub = async (key: string, file: string) => {
+        const d = await fileDigest(file, { crc32: true });
+        return publishBlocks(
+          { client: c, config: own, workspace: ws },
+          { file, key, digest: { ...d, crc32: d.crc32! }, manifest: manifestFor(key, d) },
+        );
+      };
+      const [a, b] = await Promise.all([pub('rootfs-one.ext4', one), pub('rootfs-two.ext4', two)]);
+      assert.equal(a.newBlocks + b.newBlocks, 1024 + 1, `${a.newBlocks} + ${b.newBlocks}`);
+    } finally {
+      c.destroy();
+    }
+  });
+
   it('a fresh host gets byte-identical sparse files, fetching about the compressed data once', async () => {
     const py = await sync(host, 'rootfs-python.ext4');
     assert.equal(py.status, 'downloaded');

@@ -291,7 +291,25 @@ async function scanInto(
 const sameManifest = (a: IndexManifest, b: IndexManifest) => JSON.stringify(a) === JSON.stringify(b);
 
 /** Publishes `input.file` as the current version of `input.key`. */
-export async function publishBlocks(ctx: StoreContext, input: PublishBlocksInput): Promise<PublishBlocksResult> {
+export function publishBlocks(ctx: StoreContext, input: PublishBlocksInput): Promise<PublishBlocksResult> {
+  // One publish at a time per bucket in this process: a build's images, published side by side,
+  // would each store the blocks they share (their common base) before any of them named them.
+  const bucket = `${ctx.config.endpoint ?? ctx.config.region} ${ctx.config.bucket}`;
+  const run = (publishing.get(bucket) ?? Promise.resolve()).then(
+    () => publishOne(ctx, input),
+    () => publishOne(ctx, input),
+  );
+  const tail = run.catch(() => undefined);
+  publishing.set(bucket, tail);
+  void tail.then(() => {
+    if (publishing.get(bucket) === tail) publishing.delete(bucket);
+  });
+  return run;
+}
+
+const publishing = new Map<string, Promise<unknown>>();
+
+async function publishOne(ctx: StoreContext, input: PublishBlocksInput): Promise<PublishBlocksResult> {
   const started = Date.now();
   const { key, digest } = input;
   const cache = indexCacheDir(ctx.workspace);
