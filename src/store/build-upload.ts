@@ -8,6 +8,7 @@ import { WouldBuild } from '../pipeline/context';
 import { capture } from '../util/exec';
 import { userCacheDir } from '../util/paths';
 import type { Host } from '../host';
+import { currentManifest } from './blocks';
 import { createClient, type StoreContext } from './client';
 import { fileDigest } from './digest';
 import { imageKey } from './layout';
@@ -78,6 +79,30 @@ async function withStore<T>(
   }
 }
 
+/**
+ * Whether the bucket holds this image already, in every layout the config writes: the plain object
+ * with its manifest, and the block store's current version (same content, same artifact).
+ */
+async function storedAlready(
+  ctx: StoreContext,
+  key: string,
+  sha256: string,
+  sizeBytes: number,
+  artifactKey: string,
+): Promise<boolean> {
+  if (ctx.config.plainObjects !== false) {
+    const remote = await statObject(ctx, key);
+    if (remote?.sha256 !== sha256 || remote.sizeBytes !== sizeBytes) return false;
+    const current = (await readManifest(ctx, key)).manifest;
+    if (current?.sha256 !== sha256 || current.artifactKey !== artifactKey) return false;
+  }
+  if (ctx.config.blockStore !== false) {
+    const current = await currentManifest(ctx, key);
+    if (current?.sha256 !== sha256 || current.artifactKey !== artifactKey) return false;
+  }
+  return true;
+}
+
 /** The upload step's result for an uploaded (or already stored) artifact. */
 const uploaded = (spec: BuildSpec, artifactKey: string, outcome: UploadResult): StepResult<UploadData> => ({
   key: artifactKey,
@@ -116,16 +141,14 @@ export function s3StoreDeps(): Pick<ActivityDeps, 'upload' | 'uploadKernel' | 'l
         if (buildHost.kind !== 'local') {
           const key = imageKey(language);
           const { sha256 } = image;
-          const remote = await statObject(ctx, key);
-          if (remote?.sha256 === sha256 && remote.sizeBytes === image.sizeBytes) {
-            const current = (await readManifest(ctx, key)).manifest;
-            if (current?.sha256 === sha256 && current.artifactKey === facts.artifactKey) {
-              return {
-                key: facts.artifactKey,
-                reused: true,
-                data: { s3Key: key, bucket: spec.s3.bucket, bytesSent: 0, sha256 },
-              };
-            }
+          // The local store keeps its resumable-upload state and index cache beside the staging copy, not at the remote's path.
+          ctx.workspace = stagingDir(buildHost.alias);
+          if (await storedAlready(ctx, key, sha256, image.sizeBytes, facts.artifactKey)) {
+            return {
+              key: facts.artifactKey,
+              reused: true,
+              data: { s3Key: key, bucket: spec.s3.bucket, bytesSent: 0, sha256 },
+            };
           }
           if (probe) throw new WouldBuild('upload', facts.artifactKey);
           // One copy per artifact: two builds of a language at once must not swap images under
@@ -134,8 +157,6 @@ export function s3StoreDeps(): Pick<ActivityDeps, 'upload' | 'uploadKernel' | 'l
           file = path.join(languageDir, `${facts.artifactKey}.ext4`);
           await pullFile(host, artifactImagePath, file, sha256, signal);
           removeOthers(languageDir, path.basename(file));
-          // The local store keeps its resumable-upload state beside the staging copy, not at the remote's path.
-          ctx.workspace = stagingDir(buildHost.alias);
         }
         const outcome = await uploadImage(ctx, language, file, facts, { onlyIfStored: probe });
         if (outcome.status === 'absent') throw new WouldBuild('upload', facts.artifactKey);
