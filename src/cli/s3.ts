@@ -25,6 +25,8 @@ import {
   uploadSingle,
   type StoreContext,
 } from '../store';
+import { toolPaths } from '../setup/tools';
+import { fetcherSha256 as fetcherSha256Of } from '../store/blocks/tools';
 import type { CliRuntime } from './runtime';
 
 function context(rt: CliRuntime): StoreContext & { close(): void } {
@@ -35,6 +37,7 @@ function context(rt: CliRuntime): StoreContext & { close(): void } {
     config: config.s3,
     workspace: config.workspace,
     progress: terminalProgress(),
+    fetcher: toolPaths().blockFetcher,
     close: () => client.destroy(),
   };
 }
@@ -124,7 +127,9 @@ export const s3Commands = {
       pins = found.pins;
     }
     const { s3, workspace, languages } = config;
-    process.stdout.write(bootstrapScript({ s3, workspace, languages }, { fallbackUrl, pins }));
+    // The fetcher built here is the one uploads publish beside the block store; without it the script syncs plain objects.
+    const fetcherSha256 = config.s3.blockStore === false ? undefined : fetcherSha256Of(toolPaths().blockFetcher);
+    process.stdout.write(bootstrapScript({ s3, workspace, languages }, { fallbackUrl, pins, fetcherSha256 }));
     return 0;
   },
 

@@ -9,6 +9,7 @@ import {
   aptPackages,
   minio,
   referenceOperator,
+  blockFetcher,
   s5cmd,
   temporalCli,
   ubuntuKeyring,
@@ -35,6 +36,7 @@ async function main(): Promise<number> {
     ['s5cmd (bench/transfer)', () => s5cmd(ctx)],
     ['Ubuntu archive keyring', () => ubuntuKeyring(ctx)],
     ['reference guest operator', () => referenceOperator()],
+    ['block store fetcher', () => blockFetcher()],
   ];
   let failed = 0;
   const started = Date.now();

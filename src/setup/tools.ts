@@ -22,6 +22,8 @@ export interface ToolPaths {
   s5cmd: string;
   ubuntuKeyring: string;
   referenceOperator: string;
+  /** The static block store fetcher (fetcher/) that bootstrap scripts run on new hosts. */
+  blockFetcher: string;
 }
 
 /** Paths of the installed tools. A Temporal CLI on PATH is used when setup found it to be the pinned version. */
@@ -34,6 +36,7 @@ export function toolPaths(): ToolPaths {
     s5cmd: path.join(dir, 'bin', 's5cmd'),
     ubuntuKeyring: path.join(dir, 'share', 'ubuntu-archive-keyring.gpg'),
     referenceOperator: path.join(dir, 'bin', 'infra.operator'),
+    blockFetcher: path.join(dir, 'bin', 'rootfs-fetch'),
   };
 }
 

@@ -10,6 +10,8 @@ import {
   MAX_MANIFEST_BYTES,
   OLD_LINK,
 } from './layout';
+import { HEADS_PREFIX } from './blocks/format';
+import { FETCHER_PREFIX } from './blocks/tools';
 import { listBucket } from './list';
 
 export interface BootstrapConfig {
@@ -32,6 +34,12 @@ export interface BootstrapOptions {
    * at the fallback, is refused, and the bucket's other images are skipped.
    */
   pins?: Readonly<Record<string, string>>;
+  /**
+   * The sha256 of the block store fetcher (fetcher/, published beside the block store): with it
+   * the script syncs from the block store, fetching only compressed blocks, and falls back to the
+   * plain objects when the bucket lacks that fetcher or its sync fails.
+   */
+  fetcherSha256?: string;
 }
 
 export interface BucketPins {
@@ -49,6 +57,7 @@ export async function bucketPins(target: S3Access): Promise<BucketPins> {
   const listing = await listBucket(target);
   const pins: Record<string, string> = {};
   const problems: string[] = [];
+  // A plain object the script may fall back to must be verifiable, whatever the block store holds.
   for (const o of listing.objects) {
     if (o.kind !== 'kernel' && o.kind !== 'image') continue;
     const at = where(target.config, o.key);
@@ -56,6 +65,10 @@ export async function bucketPins(target: S3Access): Promise<BucketPins> {
     else if (o.manifest.sizeBytes !== o.sizeBytes) {
       problems.push(`${at}: the object has ${o.sizeBytes} bytes but its manifest says ${o.manifest.sizeBytes}`);
     } else pins[o.key] = o.manifest.sha256;
+  }
+  // The block store's current version wins: a rollback moves it, not the plain object.
+  for (const head of listing.blockStore?.heads ?? []) {
+    pins[head.key] = head.versions.find((v) => v.index === head.current)!.sha256;
   }
   return { pins, problems };
 }
@@ -146,8 +159,16 @@ export function bootstrapScript(config: BootstrapConfig, opts: BootstrapOptions 
       );
     }
   }
+  if (opts.fetcherSha256 !== undefined && !Sha256Hex.safeParse(opts.fetcherSha256).success) {
+    throw new StoreError(
+      'invalid-input',
+      `${JSON.stringify(opts.fetcherSha256).slice(0, 80)} is not the sha256 of a fetcher.`,
+    );
+  }
   const vars = [
     `S3_BUCKET=${shellQuote(config.s3.bucket)}`,
+    `FETCHER_SHA256=${shellQuote(opts.fetcherSha256 ?? '')}`,
+    `DEFAULT_LANGUAGE=${shellQuote(defaultLanguage)}`,
     `S3_BUCKET_URL=\${S3_BUCKET_URL:-${shellQuote(bucketUrl(config.s3))}}`,
     `S3_REGION=\${S3_REGION:-${shellQuote(config.s3.region)}}`,
     `WORKSPACE=\${ROOTFS_WORKSPACE:-${shellQuote(config.workspace)}}`,
@@ -370,6 +391,30 @@ from_fallback() {
   rm -f "$sums"
 }
 
+# from_blocks: the block store's files through the fetcher this script pins (FETCHER_SHA256), taken
+# from the bucket and checked; it fetches only the compressed blocks the host lacks and checks every
+# block and file itself. Returns 1 (the plain objects are then synced) when it cannot run or fails.
+from_blocks() {
+  local tool code actual rc=0 args key
+  if [[ -z $FETCHER_SHA256 ]]; then return 1; fi
+  tool="$WORKSPACE/.rootfs-fetch.$$"
+  code=$(s3_get "${FETCHER_PREFIX}$FETCHER_SHA256" "$tool")
+  if [[ $code != 200 ]]; then
+    rm -f "$tool"; log "the block store's fetcher is not in the bucket (HTTP $code): syncing the plain objects"; return 1
+  fi
+  actual=$(local_sha256 "$tool")
+  if [[ $actual != "$FETCHER_SHA256" ]]; then
+    rm -f "$tool"; log "error: the fetcher in the bucket has sha256 $actual, not $FETCHER_SHA256: not run"; return 1
+  fi
+  chmod 0755 "$tool"
+  args=(sync --bucket-url "$S3_BUCKET_URL" --region "$S3_REGION" --workspace "$WORKSPACE" --default-language "$DEFAULT_LANGUAGE")
+  for key in $PINNED_KEYS; do args+=(--pin "$key=\${PINNED[$key]}"); done
+  log "syncing from the block store"
+  "$tool" "\${args[@]}" || rc=$?
+  rm -f "$tool"
+  if ((rc != 0)); then log "the block store sync failed (exit $rc): syncing the plain objects"; return 1; fi
+}
+
 mkdir -p "$IMAGES"
 rm -f "$WORKSPACE"/.*.partial "$IMAGES"/.*.partial
 log "syncing s3://$S3_BUCKET into $WORKSPACE"
@@ -377,10 +422,14 @@ status=0
 KEYS=$(list_keys) || status=$?
 if [[ $status == 1 ]]; then exit 1; fi
 FOUND=' '
+HEADS=0
 while IFS= read -r key; do
   if valid_key "$key"; then FOUND+="$key "; fi
+  if [[ $key =~ ^${HEADS_PREFIX}(.+)\\.json$ ]] && valid_key "\${BASH_REMATCH[1]}"; then HEADS=$((HEADS + 1)); fi
 done <<<"$KEYS"
-if [[ $FOUND == *' rootfs-'* && -n $PINNED_KEYS ]]; then
+if ((HEADS > 0)) && from_blocks; then
+  log "the block store's files are in place"
+elif [[ $FOUND == *' rootfs-'* && -n $PINNED_KEYS ]]; then
   # Exactly the pinned keys: one missing is a failure, one not pinned is not installed.
   for key in $FOUND; do
     if [[ -z \${PINNED[$key]:-} ]]; then log "warning: s3://$S3_BUCKET/$key is not pinned in this script: skipped"; fi

@@ -7,6 +7,7 @@ import type { StepResult, UploadData } from '../../workflows/types';
 import { WouldBuild } from '../pipeline/context';
 import { capture } from '../util/exec';
 import { userCacheDir } from '../util/paths';
+import { toolPaths } from '../setup/tools';
 import type { Host } from '../host';
 import { currentManifest } from './blocks';
 import { createClient, type StoreContext } from './client';
@@ -73,7 +74,7 @@ async function withStore<T>(
 ): Promise<T> {
   const client = createClient({ config: spec.s3 });
   try {
-    return await fn({ client, config: spec.s3, workspace: spec.workspace, signal });
+    return await fn({ client, config: spec.s3, workspace: spec.workspace, signal, fetcher: toolPaths().blockFetcher });
   } finally {
     client.destroy();
   }

@@ -60,6 +60,8 @@ export interface StoreContext {
   signal?: AbortSignal;
   /** Called for every part actually sent (a small file is one part). */
   onPartSent?: (key: string, partNumber: number) => void;
+  /** The block store fetcher binary, published beside the block store for bootstrap scripts (when present). */
+  fetcher?: string;
 }
 
 /** What requests need: the bucket and its client. */

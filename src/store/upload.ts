@@ -6,6 +6,7 @@ import { z } from 'zod';
 import { Name } from '../config/schema';
 import { send, statObject, type StoreContext } from './client';
 import { currentManifest, publishBlocks, type PublishBlocksResult } from './blocks';
+import { publishFetcher } from './blocks/tools';
 import { crc32Of, fileDigest } from './digest';
 import { StoreError, where } from './errors';
 import { readManifest } from './list';
@@ -103,6 +104,18 @@ function manifestOf(
   } satisfies z.input<typeof Manifest>);
 }
 
+/** Buckets this process has put the fetcher in (or found it there). */
+const fetcherIn = new Set<string>();
+
+/** The bootstrap scripts' fetcher, beside the block store: once per bucket and process, when it is built here. */
+async function ensureFetcher(ctx: StoreContext, file: string): Promise<void> {
+  if (!fs.existsSync(file)) return;
+  const id = `${ctx.config.endpoint ?? ctx.config.region} ${ctx.config.bucket} ${fs.statSync(file).mtimeMs}`;
+  if (fetcherIn.has(id)) return;
+  await publishFetcher(ctx, file);
+  fetcherIn.add(id);
+}
+
 const withoutManifest = <T extends object>(r: T & { manifest?: Manifest }): Omit<T, 'manifest'> => {
   const { manifest: _, ...rest } = r;
   return rest;
@@ -132,6 +145,7 @@ async function publish(ctx: StoreContext, input: PublishInput): Promise<UploadRe
     keepVersions: ctx.config.keepVersions,
     onlyIfStored: input.onlyIfStored,
   });
+  if (ctx.fetcher && blocks.status !== 'absent') await ensureFetcher(ctx, ctx.fetcher);
   const base = plain ?? {
     key: input.key,
     file: input.file,

@@ -15,7 +15,10 @@ import {
   uploadAll,
   type StoreContext,
 } from '../../src/store';
+import { promisify } from 'node:util';
+import { execFile } from 'node:child_process';
 import { CLI } from '../support/cli';
+import { checkoutFetcher } from '../support/guest-image';
 import {
   planBlocks,
   publishBlocks,
@@ -30,6 +33,8 @@ import { listPrefix } from '../../src/store/blocks/objects';
 import { partialOf } from '../../src/store/blocks/paths';
 import { testS3, type TestS3 } from '../support/s3';
 import { allocated, MiB, randomFile, rootfs, sha256File, sparseFile, workspace } from './helpers';
+
+const execFileP = promisify(execFile);
 
 /** A manifest as the upload would write it, for a file of the given digest. */
 const manifestFor = (key: string, d: { sizeBytes: number; sha256: string; crc32?: string }): IndexManifest => ({
@@ -215,6 +220,63 @@ describe('store: the block store against a real S3 @real', function () {
     assert.ok(!fs.existsSync(partial));
   });
 
+  it('the static fetcher syncs a fresh host as s3 download does, and pins and refuses as it does', async () => {
+    const tool = await checkoutFetcher();
+    const url = `${config.endpoint}/${config.bucket}`;
+    const fetch = (ws: string, extra: string[] = [], env: Record<string, string> = s3.env) =>
+      execFileP(tool, ['sync', '--bucket-url', url, '--region', config.region, '--workspace', ws, ...extra], {
+        env: { PATH: process.env.PATH, ...env },
+      }).then(
+        (r) => ({ code: 0, stderr: r.stderr }),
+        (e: { code: number; stderr: string }) => ({ code: e.code, stderr: e.stderr }),
+      );
+    const ws = workspace('fetcher');
+    const run = await fetch(ws);
+    assert.equal(run.code, 0, run.stderr);
+    assert.ok(!run.stderr.includes(s3.credentials.secretAccessKey), 'the secret never shows');
+    for (const [key, file] of [
+      ['rootfs-python.ext4', python],
+      ['rootfs-bash.ext4', bash],
+    ] as const) {
+      const dest = path.join(ws, 'images', key);
+      assert.equal(sha256File(dest), sha256File(file), key);
+      // The TypeScript store reads the Go fetcher's records: the next download has nothing to do.
+      assert.equal(readRecord(dest)?.index, (await readHead(ctx(src), key))!.head.current);
+    }
+    assert.ok(allocated(path.join(ws, 'images/rootfs-python.ext4')) < 20 * MiB, 'sparse');
+    assert.equal(fs.readlinkSync(path.join(ws, 'rootfs.ext4')), 'images/rootfs-python.ext4');
+    const again = await syncDown({ client, config, workspace: ws });
+    assert.ok(
+      again.files.every((f) => f.status === 'unchanged'),
+      JSON.stringify(again.files),
+    );
+    const second = await fetch(ws);
+    assert.match(second.stderr, /rootfs-python\.ext4 is up to date/);
+    assert.match(second.stderr, /done: 2 file\(s\), 0 bytes fetched, 0 failed/);
+    // Unsigned requests to a private bucket are refused, with the reason.
+    const anonymous = await fetch(workspace('fetcher-anon'), [], {});
+    assert.equal(anonymous.code, 1);
+    assert.match(anonymous.stderr, /HTTP 403 \(AccessDenied/);
+    // A pin that does not match: nothing installed for that key.
+    const pinned = workspace('fetcher-pin');
+    const wrong = await fetch(pinned, ['--pin', `rootfs-bash.ext4=${'0'.repeat(64)}`]);
+    assert.equal(wrong.code, 1);
+    assert.match(wrong.stderr, /rootfs-bash\.ext4 changed since this was pinned/);
+    assert.ok(!fs.existsSync(path.join(pinned, 'images/rootfs-bash.ext4')));
+    assert.match(wrong.stderr, /rootfs-python\.ext4 is not pinned: skipped/);
+    // Hostile arguments are refused before any request.
+    const hostile = await fetch(pinned, ['--key', '../../etc/passwd']);
+    assert.equal(hostile.code, 2);
+    const plainHttp = await execFileP(tool, [
+      'sync',
+      '--bucket-url',
+      'http://example.com/b',
+      '--workspace',
+      pinned,
+    ]).catch((e: { code: number; stderr: string }) => e);
+    assert.equal((plainHttp as { code: number }).code, 2);
+  });
+
   it('a damaged pack is refused and nothing is installed', async () => {
     const packs = await listPrefix(ctx(src), 'blocks/packs/');
     const head = (await readHead(ctx(src), 'rootfs-bash.ext4'))!.head;
@@ -232,6 +294,27 @@ describe('store: the block store against a real S3 @real', function () {
     }
     await assert.rejects(sync(fresh, 'rootfs-bash.ext4'), /digest|decompress|does not match/);
     assert.ok(!fs.existsSync(path.join(fresh, 'images/rootfs-bash.ext4')));
+    // The static fetcher refuses it too.
+    const tool = await checkoutFetcher();
+    const goFresh = workspace('blocks-corrupt-go');
+    const run = await execFileP(
+      tool,
+      [
+        'sync',
+        '--bucket-url',
+        `${config.endpoint}/${config.bucket}`,
+        '--workspace',
+        goFresh,
+        '--key',
+        'rootfs-bash.ext4',
+      ],
+      {
+        env: { PATH: process.env.PATH, ...s3.env },
+      },
+    ).catch((e: { code: number; stderr: string }) => e);
+    assert.equal((run as { code: number }).code, 1);
+    assert.match((run as { stderr: string }).stderr, /does not decompress|does not match its digest/);
+    assert.ok(!fs.existsSync(path.join(goFresh, 'images/rootfs-bash.ext4')));
     assert.ok(head.current, 'the head is untouched');
   });
 

@@ -22,6 +22,7 @@ import {
   workspace,
 } from './helpers';
 import { startHttpsFixture, type HttpsFixture } from './https-fixture';
+import { checkoutFetcher } from '../support/guest-image';
 
 const LANGUAGES = ['bash', 'go', 'python'];
 const sum = (b: Buffer) => crypto.createHash('sha256').update(b).digest('hex');
@@ -516,6 +517,62 @@ describe('store: the bootstrap script, run with bash @real', function () {
       const over = `error: s3://${bucket.bucket}/${mkey} is over 65536 bytes`;
       assertLine(run.log, `${over}, so it is not read and rootfs-bash.ext4 cannot be verified; not downloaded`);
       assert.ok(!fs.existsSync(path.join(target, 'images/rootfs-bash.ext4')));
+    } finally {
+      c.destroy();
+    }
+  });
+
+  it('with the fetcher in the bucket, syncs from the block store; without it, from the plain objects', async () => {
+    const bucket = await s3.freshBucket();
+    const c = createClient({ config: bucket, credentials });
+    try {
+      const tool = await checkoutFetcher();
+      const source = workspace('boot-blocks-source');
+      sparseFile(path.join(source, 'images/rootfs-python.ext4'), 48 * MiB, [[0, 3 * MiB]]);
+      sparseFile(path.join(source, 'images/rootfs-bash.ext4'), 32 * MiB, [[MiB, 2 * MiB]]);
+      randomFile(path.join(source, 'vmlinux'), MiB + 17);
+      // As `s3 upload` does where setup built the fetcher: it goes into the bucket beside the block store.
+      await uploadAll({ client: c, config: bucket, workspace: source, fetcher: tool });
+      const sha = sha256File(tool);
+      const script = bootstrapScript(
+        { s3: bucket, workspace: '/unused', languages: LANGUAGES },
+        { fetcherSha256: sha },
+      );
+      const target = tempDir('boot-blocks');
+      const run = await runScript(script, { ...s3.env, ROOTFS_WORKSPACE: target });
+      assert.equal(run.code, 0, run.log);
+      assert.match(run.log, /rootfs-bootstrap: syncing from the block store$/m);
+      assert.match(run.log, /rootfs-fetch: done: 3 file\(s\), \d+ bytes fetched, 0 failed$/m);
+      for (const name of ['images/rootfs-python.ext4', 'images/rootfs-bash.ext4', 'vmlinux'])
+        assert.equal(sha256File(path.join(target, name)), sha256File(path.join(source, name)), name);
+      assert.ok(allocated(path.join(target, 'images/rootfs-python.ext4')) < 8 * MiB, 'sparse');
+      assert.equal(fs.readlinkSync(path.join(target, 'rootfs.ext4')), 'images/rootfs-python.ext4');
+      assert.ok(!run.log.includes(s3.credentials.secretAccessKey));
+
+      // Pinned to other contents: the fetcher refuses, and so does the plain path after it.
+      const pinned = bootstrapScript(
+        { s3: bucket, workspace: '/unused', languages: LANGUAGES },
+        { fetcherSha256: sha, pins: { 'rootfs-bash.ext4': 'a'.repeat(64) } },
+      );
+      const refused = tempDir('boot-blocks-pinned');
+      const bad = await runScript(pinned, { ...s3.env, ROOTFS_WORKSPACE: refused });
+      assert.equal(bad.code, 1, bad.log);
+      assert.match(bad.log, /rootfs-bash\.ext4 changed since this was pinned/);
+      assert.ok(!fs.existsSync(path.join(refused, 'images/rootfs-bash.ext4')));
+
+      // A fetcher the bucket does not hold (another build of the tool): the plain objects, verified as ever.
+      const other = bootstrapScript(
+        { s3: bucket, workspace: '/unused', languages: LANGUAGES },
+        { fetcherSha256: 'b'.repeat(64) },
+      );
+      const plain = tempDir('boot-blocks-plain');
+      const fallback = await runScript(other, { ...s3.env, ROOTFS_WORKSPACE: plain });
+      assert.equal(fallback.code, 0, fallback.log);
+      assert.match(
+        fallback.log,
+        /the block store's fetcher is not in the bucket \(HTTP 404\): syncing the plain objects/,
+      );
+      assert.match(fallback.log, /done: 3 downloaded, 0 up to date, 0 failed$/m);
     } finally {
       c.destroy();
     }

@@ -44,6 +44,21 @@ export function checkoutOperator(): Promise<string> {
   return operator;
 }
 
+let fetcher: Promise<string> | undefined;
+
+/** The block store's static fetcher built from fetcher/ as setup builds it, once per test run. */
+export function checkoutFetcher(): Promise<string> {
+  fetcher ??= (async () => {
+    const out = path.join(sharedTempDir('fetcher'), 'rootfs-fetch');
+    await promisify(execFile)('go', ['build', '-trimpath', '-ldflags', '-s -w', '-o', out, '.'], {
+      cwd: path.join(projectRoot(), 'fetcher'),
+      env: { ...process.env, CGO_ENABLED: '0', GOFLAGS: '-buildvcs=false' },
+    });
+    return out;
+  })();
+  return fetcher;
+}
+
 /** Runs the pipeline's steps for `language` in order, as a build does (without Temporal). */
 export async function buildImage(pipeline: Pipeline, language: string) {
   const { operatorSha256 } = await pipeline.prepare(language);
