@@ -15,7 +15,7 @@ import {
   OLD_LINK,
   type Manifest,
 } from './layout';
-import { listHeads, planBlocks, shortName, syncBlocks, type BlockPlan } from './blocks';
+import { listHeads, planBlocks, shareFrames, shortName, syncMany, type BlockPlan } from './blocks';
 import { listBucket, type ListedObject } from './list';
 import { track } from './progress';
 import { SparseWriter } from './sparse';
@@ -196,40 +196,35 @@ async function syncFromBlocks(ctx: StoreContext, keys: string[], opts: SyncOptio
       planned.push(failed(key, err, started));
     }
   }
-  const plans = planned.filter((p): p is NonNullable<Awaited<ReturnType<typeof planBlocks>>> => !!p && 'plan' in p);
-  opts.onPlan?.(plans.map((p) => p.plan));
-  const out: SyncedFile[] = new Array<SyncedFile>(planned.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < planned.length) {
-      const i = next++;
-      const p = planned[i];
-      if (!p || !('plan' in p)) {
-        if (p) out[i] = p;
-        continue;
-      }
-      const started = Date.now();
-      try {
-        const r = await syncBlocks(ctx, p, { keepLocalVersions: ctx.config.keepLocalVersions });
-        out[i] = {
-          key: r.key,
-          path: r.dest,
-          via: 'blocks',
-          status: r.status,
-          sizeBytes: r.sizeBytes,
-          bytes: r.bytesFetched,
-          seconds: r.seconds,
-          blocksLocal: r.blocksLocal + r.blocksInPlace,
-          blocksFetched: r.blocksToFetch,
-          version: shortName(r.index),
-        };
-      } catch (err) {
-        out[i] = failed(p.plan.key, err, started);
-      }
+  const jobs = planned.filter((p): p is NonNullable<Awaited<ReturnType<typeof planBlocks>>> => !!p && 'plan' in p);
+  // Frames that several files need are fetched once: the plan says each file's share.
+  shareFrames(jobs);
+  opts.onPlan?.(jobs.map((p) => p.plan));
+  const results = await syncMany(ctx, jobs, { keepLocalVersions: ctx.config.keepLocalVersions });
+  const started = Date.now();
+  const byKey = new Map<string, SyncedFile>();
+  results.forEach((r, i) => {
+    const { plan } = jobs[i]!;
+    if (r instanceof Error) {
+      byKey.set(plan.key, failed(plan.key, r, started));
+      return;
     }
-  };
-  await Promise.all(Array.from({ length: Math.min(DOWNLOAD_CONCURRENCY, planned.length) }, worker));
-  return out.filter((f) => !!f);
+    byKey.set(plan.key, {
+      key: r.key,
+      path: r.dest,
+      via: 'blocks',
+      status: r.status,
+      sizeBytes: r.sizeBytes,
+      bytes: r.bytesFetched,
+      seconds: r.seconds,
+      blocksLocal: r.blocksLocal + r.blocksInPlace,
+      blocksFetched: r.blocksToFetch,
+      version: shortName(r.index),
+    });
+  });
+  return planned.map((p, i) =>
+    p && 'plan' in p ? byKey.get(p.plan.key)! : (p ?? failed(keys[i]!, new Error('no head'), started)),
+  );
 }
 
 /**

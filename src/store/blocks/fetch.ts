@@ -7,7 +7,16 @@ import { rememberDigest } from '../digest';
 import { StoreError, where } from '../errors';
 import { imagesDir, kernelPath, localPathOf } from '../layout';
 import { track } from '../progress';
-import { BLOCK_BYTES, frameOfSlot, packKey, shortName, slotDigest, type BlockIndex, type FrameRef } from './format';
+import {
+  BLOCK_BYTES,
+  DIGEST_BYTES,
+  frameOfSlot,
+  packKey,
+  shortName,
+  slotDigest,
+  type BlockIndex,
+  type FrameRef,
+} from './format';
 import { loadIndex, readHead } from './objects';
 import { indexCacheDir, partialOf, versionsDir } from './paths';
 import { forgetRecord, readRecord, writeRecord } from './records';
@@ -195,7 +204,7 @@ export async function planBlocks(
   }
   job.frames.push(...[...frames].sort((a, b) => a - b));
   base.fetchBytes = job.frames.reduce((n, f) => n + index.frames[f]!.length, 0);
-  base.ranges = rangesOf(index, job.frames).length;
+  base.ranges = rangesOf(job.frames.map((f) => sharedFrame(index, f))).length;
   return { plan: base, job };
 }
 
@@ -251,23 +260,31 @@ async function findInPlace(file: string, job: KeyJob): Promise<void> {
   });
 }
 
+/** A frame as fetched: where it is, and its blocks' digests (from any index that lists it). */
+interface SharedFrame extends FrameRef {
+  digests: Buffer;
+}
+
 interface Range {
   pack: string;
   start: number;
   end: number;
-  frames: number[];
+  frames: SharedFrame[];
 }
 
-/** The frames to fetch as byte ranges of their packs: neighbours (no gap) share one request. */
-function rangesOf(index: BlockIndex, frames: number[]): Range[] {
-  const sorted = [...frames].sort((a, b) => {
-    const fa = index.frames[a]!;
-    const fb = index.frames[b]!;
-    return fa.pack === fb.pack ? fa.offset - fb.offset : fa.pack < fb.pack ? -1 : 1;
-  });
+const frameId = (f: FrameRef) => `${f.pack}:${f.offset}`;
+
+function sharedFrame(index: BlockIndex, f: number): SharedFrame {
+  const fr = index.frames[f]!;
+  const first = index.firstSlot[f]!;
+  return { ...fr, digests: index.digests.subarray(first * DIGEST_BYTES, (first + fr.count) * DIGEST_BYTES) };
+}
+
+/** Frames as byte ranges of their packs: neighbours (no gap) share one request. */
+function rangesOf(frames: SharedFrame[]): Range[] {
+  const sorted = [...frames].sort((a, b) => (a.pack === b.pack ? a.offset - b.offset : a.pack < b.pack ? -1 : 1));
   const ranges: Range[] = [];
-  for (const f of sorted) {
-    const fr: FrameRef = index.frames[f]!;
+  for (const fr of sorted) {
     const last = ranges.at(-1);
     if (
       last &&
@@ -276,27 +293,50 @@ function rangesOf(index: BlockIndex, frames: number[]): Range[] {
       last.end - last.start + fr.length <= MAX_RANGE_BYTES
     ) {
       last.end += fr.length;
-      last.frames.push(f);
-    } else ranges.push({ pack: fr.pack, start: fr.offset, end: fr.offset + fr.length, frames: [f] });
+      last.frames.push(fr);
+    } else ranges.push({ pack: fr.pack, start: fr.offset, end: fr.offset + fr.length, frames: [fr] });
   }
   return ranges;
 }
 
-/** Fetches one range, decompresses it, checks and writes the blocks the job wants. Returns bytes received. */
+/**
+ * What several files fetch together: each frame once, attributed to the first file (in order)
+ * that needs it; `plan.fetchBytes` and `plan.ranges` say what each file's share is.
+ */
+export function shareFrames(planned: Array<{ plan: BlockPlan; job?: KeyJob }>): void {
+  const seen = new Set<string>();
+  for (const { plan, job } of planned) {
+    if (!job) continue;
+    const own = job.frames.map((f) => sharedFrame(job.index, f)).filter((f) => !seen.has(frameId(f)));
+    for (const f of own) seen.add(frameId(f));
+    plan.fetchBytes = own.reduce((n, f) => n + f.length, 0);
+    plan.ranges = rangesOf(own).length;
+  }
+}
+
+/** Who waits for a block: the file, its slot, and the writer of its partial. */
+interface Waiter {
+  job: KeyJob;
+  slot: number;
+  writer: BlockWriter;
+}
+
+/**
+ * Fetches one range, decompresses it, checks each block someone waits for against its digest and
+ * writes it to every file (and place) that needs it. Returns the bytes received.
+ */
 async function fetchRange(
   ctx: StoreContext,
-  job: KeyJob,
   range: Range,
-  writer: BlockWriter,
+  waiting: Map<string, Waiter[]>,
   onBytes: (n: number) => void,
 ): Promise<number> {
-  const { index } = job;
   const key = packKey(range.pack);
   let received = 0;
   const damaged = (why: string) =>
     new StoreError(
       'checksum',
-      `Cannot download ${job.key}: ${where(ctx.config, key)} bytes ${range.start}-${range.end - 1} ${why}.`,
+      `Cannot download from ${where(ctx.config, key)}: bytes ${range.start}-${range.end - 1} ${why}.`,
       {
         bucket: ctx.config.bucket,
         key,
@@ -305,21 +345,23 @@ async function fetchRange(
       },
     );
   // Blocks in the order zstd gives them back: frame after frame.
-  const order: number[] = [];
-  for (const f of range.frames) for (let j = 0; j < index.frames[f]!.count; j++) order.push(index.firstSlot[f]! + j);
+  const order: Buffer[] = [];
+  for (const f of range.frames)
+    for (let j = 0; j < f.count; j++) order.push(f.digests.subarray(j * DIGEST_BYTES, (j + 1) * DIGEST_BYTES));
   let next = 0;
   let carry: Buffer | undefined;
-  const pending: Array<[number, Buffer]> = [];
+  const pending: Array<[Waiter[], Buffer]> = [];
   const one = (block: Buffer) => {
-    const slot = order[next++];
-    if (slot === undefined) throw new Error('more data than the frames hold');
-    if (!job.targets.has(slot) || job.copies.has(slot)) return;
-    if (!digestOf(block).equals(slotDigest(index, slot)))
+    const digest = order[next++];
+    if (digest === undefined) throw new Error('more data than the frames hold');
+    const waiters = waiting.get(digest.toString('base64'));
+    if (!waiters?.length) return;
+    if (!digestOf(block).equals(digest))
       throw damaged(
-        `hold a block that does not match its digest (frame at byte ${index.frames[frameOfSlot(index, slot)]!.offset})`,
+        `hold a block that does not match its digest (frame at byte ${range.frames[Math.min(range.frames.length - 1, 0)]!.offset}…)`,
       );
     // zstd's output chunks are fresh buffers: a block can stay a view of its chunk until written.
-    pending.push([slot, block]);
+    pending.push([waiters, block]);
   };
   const take = (chunk: Buffer) => {
     let at = 0;
@@ -369,8 +411,16 @@ async function fetchRange(
   if (next !== order.length || carry || received !== range.end - range.start)
     throw damaged(`held ${next} of the ${order.length} blocks their frames list`);
   // Written only once the whole range checked out: a range fetched again writes it all again.
-  for (const [slot, content] of pending) for (const b of job.targets.get(slot) ?? []) writer.put(b, content);
-  writer.flush();
+  const writers = new Set<BlockWriter>();
+  for (const [waiters, content] of pending) {
+    for (const w of waiters) {
+      for (const b of w.job.targets.get(w.slot) ?? []) w.writer.put(b, content);
+      writers.add(w.writer);
+    }
+  }
+  for (const w of writers) w.flush();
+  // Nobody waits for these blocks any more.
+  for (const [waiters] of pending) waiters.length = 0;
   return received;
 }
 
@@ -473,83 +523,164 @@ function install(
   if (sha256) rememberDigest(dest, { sizeBytes, sha256 });
 }
 
-/** Carries out a plan: copies, fetches, checks, installs. */
+/** Carries out one plan: copies, fetches, checks, installs. */
 export async function syncBlocks(
   ctx: StoreContext,
   planned: { plan: BlockPlan; job?: KeyJob },
   opts: { keepLocalVersions?: number } = {},
 ): Promise<BlockSyncResult> {
+  const [r] = await syncMany(ctx, [planned], opts);
+  if (r instanceof Error) throw r;
+  return r!;
+}
+
+/** Puts back a version this host kept: nothing is fetched or read. */
+async function restoreKept(ctx: StoreContext, plan: BlockPlan, keep: number): Promise<void> {
+  const rec = readRecord(plan.keptVersion!)!;
+  const tmp = `${plan.dest}.${process.pid}.rollback`;
+  fs.rmSync(tmp, { force: true });
+  // Taken out of the kept versions: it becomes the file, and the file it replaces is set aside.
+  fs.renameSync(plan.keptVersion!, tmp);
+  forgetRecord(plan.keptVersion!);
+  const sha = (await readHead(ctx, plan.key))?.head.versions.find((v) => v.index === rec.index)?.sha256;
+  install(tmp, plan.dest, ctx.workspace, rec.index, sha, plan.sizeBytes, keep);
+}
+
+/**
+ * Carries out several plans together: each file's local blocks are copied into its partial, then
+ * every frame any of them lacks is fetched once (a range at a time, a few at once) and its blocks
+ * written to every file that needs them; each file is then checked whole and installed. A file
+ * whose blocks could not all be had fails alone (its result is the error); the others go on.
+ */
+export async function syncMany(
+  ctx: StoreContext,
+  planned: Array<{ plan: BlockPlan; job?: KeyJob }>,
+  opts: { keepLocalVersions?: number } = {},
+): Promise<Array<BlockSyncResult | Error>> {
   const started = Date.now();
-  const { plan, job } = planned;
   const keep = opts.keepLocalVersions ?? DEFAULT_KEEP_LOCAL_VERSIONS;
-  const result = (status: BlockSyncResult['status'], bytesFetched: number): BlockSyncResult => ({
-    ...plan,
-    status,
-    bytesFetched,
-    seconds: (Date.now() - started) / 1000,
-  });
-  if (plan.unchanged) return result('unchanged', 0);
-  fs.mkdirSync(path.dirname(plan.dest), { recursive: true });
-  if (plan.keptVersion) {
-    const rec = readRecord(plan.keptVersion)!;
-    const tmp = `${plan.dest}.${process.pid}.rollback`;
-    fs.rmSync(tmp, { force: true });
-    // Taken out of the kept versions: it becomes the file, and the file it replaces is set aside.
-    fs.renameSync(plan.keptVersion, tmp);
-    forgetRecord(plan.keptVersion);
-    const sha = (await readHead(ctx, plan.key))?.head.versions.find((v) => v.index === rec.index)?.sha256;
-    install(tmp, plan.dest, ctx.workspace, rec.index, sha, plan.sizeBytes, keep);
-    return result('downloaded', 0);
+  shareFrames(planned);
+  const results: Array<BlockSyncResult | Error> = new Array<BlockSyncResult | Error>(planned.length);
+  const done = (i: number, status: BlockSyncResult['status'], bytesFetched: number) =>
+    (results[i] = { ...planned[i]!.plan, status, bytesFetched, seconds: (Date.now() - started) / 1000 });
+
+  interface Open {
+    i: number;
+    job: KeyJob;
+    partial: string;
+    fd: number;
+    writer: BlockWriter;
   }
-  if (!job) throw new Error(`no job planned for ${plan.key}`);
-  const { index } = job;
-  const partial = partialOf(plan.dest, plan.index);
-  const fd = fs.openSync(partial, fs.existsSync(partial) ? 'r+' : 'w', 0o644);
-  let fetched = 0;
+  const open: Open[] = [];
   try {
-    fs.ftruncateSync(fd, index.header.sizeBytes);
-    const writer = new BlockWriter(fd);
-    for (const slot of copyLocal(job, writer)) {
-      const f = frameOfSlot(index, slot);
-      if (!job.frames.includes(f)) job.frames.push(f);
+    for (const [i, { plan, job }] of planned.entries()) {
+      if (plan.unchanged) done(i, 'unchanged', 0);
+      else if (plan.keptVersion) {
+        fs.mkdirSync(path.dirname(plan.dest), { recursive: true });
+        await restoreKept(ctx, plan, keep);
+        done(i, 'downloaded', 0);
+      } else if (!job) results[i] = new Error(`no job planned for ${plan.key}`);
+      else {
+        fs.mkdirSync(path.dirname(plan.dest), { recursive: true });
+        const partial = partialOf(plan.dest, plan.index);
+        const fd = fs.openSync(partial, fs.existsSync(partial) ? 'r+' : 'w', 0o644);
+        fs.ftruncateSync(fd, job.index.header.sizeBytes);
+        const writer = new BlockWriter(fd);
+        open.push({ i, job, partial, fd, writer });
+        for (const slot of copyLocal(job, writer)) {
+          const f = frameOfSlot(job.index, slot);
+          if (!job.frames.includes(f)) job.frames.push(f);
+        }
+      }
     }
-    const ranges = rangesOf(index, job.frames);
+
+    // Every block still missing, by digest: who waits for it, and the frames that hold them.
+    const waiting = new Map<string, Waiter[]>();
+    const frames = new Map<string, SharedFrame>();
+    for (const o of open) {
+      const { job } = o;
+      for (const slot of job.targets.keys()) {
+        if (job.copies.has(slot)) continue;
+        const d = slotDigest(job.index, slot).toString('base64');
+        const list = waiting.get(d) ?? [];
+        list.push({ job, slot, writer: o.writer });
+        waiting.set(d, list);
+        const f = sharedFrame(job.index, frameOfSlot(job.index, slot));
+        if (!frames.has(frameId(f))) frames.set(frameId(f), f);
+      }
+    }
+    const ranges = rangesOf([...frames.values()]);
+    const total = ranges.reduce((n, r) => n + r.end - r.start, 0);
     const progress = track(
       ctx.progress,
-      plan.key,
+      open.length === 1 ? open[0]!.job.key : `${open.length} files`,
       'download',
-      ranges.reduce((n, r) => n + r.end - r.start, 0),
+      total,
     );
     let nextRange = 0;
+    let rangeError: unknown;
     const worker = async () => {
-      while (nextRange < ranges.length) {
+      while (nextRange < ranges.length && !ctx.signal?.aborted) {
         const range = ranges[nextRange++]!;
-        // Summed after the await: `fetched += await …` would read fetched before another range added to it.
-        const n = await withRetry(
-          () => fetchRange(ctx, job, range, writer, (b) => progress.add(b)),
-          ctx.retry ?? DEFAULT_RETRY,
-          ctx.signal,
-        );
-        fetched += n;
+        try {
+          await withRetry(
+            () => fetchRange(ctx, range, waiting, (b) => progress.add(b)),
+            ctx.retry ?? DEFAULT_RETRY,
+            ctx.signal,
+          );
+        } catch (err) {
+          // The files waiting for its blocks fail; the others go on.
+          if (
+            err instanceof StoreError &&
+            ['credentials', 'bad-credentials', 'no-bucket', 'interrupted'].includes(err.kind)
+          )
+            throw err;
+          rangeError ??= err;
+        }
       }
     };
     await Promise.all(Array.from({ length: Math.min(RANGE_CONCURRENCY, ranges.length) }, worker));
     progress.end();
-    // The last block was written whole (padded); the file ends where the index says.
-    fs.ftruncateSync(fd, index.header.sizeBytes);
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-  const sha256 = await sha256Of(partial, ctx.signal);
-  if (sha256 !== index.header.sha256) {
-    fs.rmSync(partial, { force: true });
-    throw new StoreError(
-      'checksum',
-      `Cannot download ${plan.key}: the assembled file has sha256 ${sha256.slice(0, 12)}…, its index ${shortName(plan.index)} says ${index.header.sha256.slice(0, 12)}…; nothing was installed.`,
-      { bucket: ctx.config.bucket, key: plan.key },
+
+    const unresolved = new Set<KeyJob>();
+    for (const list of waiting.values()) for (const w of list) unresolved.add(w.job);
+    await Promise.all(
+      open.map(async (o) => {
+        const { job, partial, fd } = o;
+        const { plan } = planned[o.i]!;
+        if (unresolved.has(job)) {
+          const why =
+            rangeError instanceof StoreError
+              ? rangeError.userMessage
+              : String((rangeError as Error)?.message ?? 'blocks were missing');
+          results[o.i] = new StoreError('checksum', `Cannot download ${plan.key}: ${why} Nothing was installed.`, {
+            bucket: ctx.config.bucket,
+            key: plan.key,
+            cause: rangeError,
+          });
+          return;
+        }
+        // The last block was written whole (padded); the file ends where the index says.
+        fs.ftruncateSync(fd, job.index.header.sizeBytes);
+        fs.fsyncSync(fd);
+        const sha256 = await sha256Of(partial, ctx.signal);
+        if (sha256 !== job.index.header.sha256) {
+          fs.rmSync(partial, { force: true });
+          results[o.i] = new StoreError(
+            'checksum',
+            `Cannot download ${plan.key}: the assembled file has sha256 ${sha256.slice(0, 12)}…, its index ${shortName(plan.index)} says ${job.index.header.sha256.slice(0, 12)}…; nothing was installed.`,
+            { bucket: ctx.config.bucket, key: plan.key },
+          );
+          return;
+        }
+        fs.closeSync(fd);
+        o.fd = -1;
+        install(partial, plan.dest, ctx.workspace, plan.index, sha256, job.index.header.sizeBytes, keep);
+        done(o.i, 'downloaded', plan.fetchBytes);
+      }),
     );
+  } finally {
+    for (const o of open) if (o.fd >= 0) fs.closeSync(o.fd);
   }
-  install(partial, plan.dest, ctx.workspace, plan.index, sha256, index.header.sizeBytes, keep);
-  return result('downloaded', fetched);
+  return results;
 }

@@ -9,7 +9,15 @@ export {
   type HeadVersion,
   type IndexManifest,
 } from './format';
-export { planBlocks, syncBlocks, DEFAULT_KEEP_LOCAL_VERSIONS, type BlockPlan, type BlockSyncResult } from './fetch';
+export {
+  planBlocks,
+  shareFrames,
+  syncBlocks,
+  syncMany,
+  DEFAULT_KEEP_LOCAL_VERSIONS,
+  type BlockPlan,
+  type BlockSyncResult,
+} from './fetch';
 export { currentManifest, listHeads, readHead } from './objects';
 export { publishBlocks, DEFAULT_KEEP_VERSIONS, type PublishBlocksInput, type PublishBlocksResult } from './publish';
 export { pruneStore, PRUNE_GRACE_MS, type PruneReport } from './prune';
