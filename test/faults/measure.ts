@@ -4,6 +4,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { GetObjectCommand, ListMultipartUploadsCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
 import { defaultPayloadConverter, type WorkflowHandle } from '@temporalio/client';
+import { BLOCKS_PREFIX, decodeIndex, HEADS_PREFIX, indexKey, packKey } from '../../src/store/blocks/format';
+import { readHead } from '../../src/store/blocks/objects';
 
 /**
  * The three figures of a fault-suite row, measured from outside the code under test: steps that
@@ -115,6 +117,61 @@ async function sha256OfObject(
 }
 
 /**
+ * The block store's objects: every pack, index and fetcher must be what its name (its sha256)
+ * says; every head must name versions whose indexes exist, and every index packs that exist.
+ * Indexes and packs no head names are a publish cut off before its head: garbage that prune
+ * removes, not objects a reader would trust, so they are not counted.
+ */
+async function blockStoreHealth(
+  client: S3Client,
+  bucket: string,
+  listed: string[],
+  corrupt: string[],
+  partial: string[],
+): Promise<void> {
+  const target = { client, config: { bucket, region: 'us-east-1', forcePathStyle: true } };
+  const named = /^blocks\/(?:packs|indexes|tools)\/(?:[a-z-]+\.)?([0-9a-f]{64})(?:\.(?:pack|index))?$/;
+  for (const key of listed.filter((k) => k.startsWith(BLOCKS_PREFIX) && !k.startsWith(HEADS_PREFIX))) {
+    const want = named.exec(key)?.[1];
+    try {
+      const got = await sha256OfObject(client, bucket, key);
+      if (!want || got.sha256 !== want) corrupt.push(`${key} (sha256 ${got.sha256.slice(0, 12)}…, not its name)`);
+    } catch (err) {
+      corrupt.push(`${key} (cannot be read whole: ${(err as Error).message.split('\n')[0]})`);
+    }
+  }
+  for (const key of listed.filter((k) => k.startsWith(HEADS_PREFIX))) {
+    const storeKey = key.slice(HEADS_PREFIX.length, -'.json'.length);
+    let head;
+    try {
+      head = (await readHead(target, storeKey))?.head;
+    } catch (err) {
+      corrupt.push(`${key} (${(err as Error).message.split('\n')[0]})`);
+      continue;
+    }
+    for (const v of head?.versions ?? []) {
+      const ikey = indexKey(v.index);
+      if (!listed.includes(ikey)) {
+        partial.push(`${key} names ${ikey}, which is not there`);
+        continue;
+      }
+      try {
+        const index = decodeIndex(execFileSync('zstd', ['-dcq'], { input: await objectBytes(client, bucket, ikey) }));
+        for (const pack of new Set(index.frames.map((f) => f.pack)))
+          if (!listed.includes(packKey(pack))) partial.push(`${ikey} names ${packKey(pack)}, which is not there`);
+      } catch (err) {
+        corrupt.push(`${ikey} (${(err as Error).message.split('\n')[0]})`);
+      }
+    }
+  }
+}
+
+async function objectBytes(client: S3Client, bucket: string, key: string): Promise<Buffer> {
+  const res = await client.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
+  return Buffer.from(await res.Body!.transformToByteArray());
+}
+
+/**
  * Lists the bucket and reads every object whole. An image or kernel must have a manifest whose
  * sha256 and size are its content's; a manifest must have its object. Open multipart uploads are
  * asked for bucket-wide and per key: MinIO answers the bucket-wide question from a cache that a
@@ -131,7 +188,9 @@ export async function bucketHealth(client: S3Client, bucket: string, keys: strin
   const corrupt: string[] = [];
   const partial: string[] = [];
   const suffix = '.manifest.json';
+  await blockStoreHealth(client, bucket, listed, corrupt, partial);
   for (const key of listed) {
+    if (key.startsWith(BLOCKS_PREFIX)) continue;
     if (key.endsWith(suffix)) {
       if (!listed.includes(key.slice(0, -suffix.length))) partial.push(`${key} without its object`);
       continue;

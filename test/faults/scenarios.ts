@@ -3,7 +3,7 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { ListPartsCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import { HeadObjectCommand, ListObjectsV2Command, ListPartsCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { createClient, uploadImage } from '../../src/store';
 import { freePort } from '../support/process';
 import { sha256File } from '../store/helpers';
@@ -281,6 +281,17 @@ async function uploadCaughtMidway(
  * The bash image published to a fresh bucket and synced to a host of its own: the host's good
  * copy, for the cases that then damage what the bucket holds.
  */
+/** The keys under `prefix` in the fault stack's bucket. */
+async function listKeys(stack: FaultStack, bucket: string, prefix: string): Promise<string[]> {
+  const client = stack.s3.client();
+  try {
+    const res = await client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix }));
+    return (res.Contents ?? []).map((o) => o.Key!);
+  } finally {
+    client.destroy();
+  }
+}
+
 async function publishedAndSynced(suite: FaultSuite, name: string) {
   const { stack } = suite;
   if (!suite.bashImage) throw new Error('needs the bash image of the worker-kill case');
@@ -741,11 +752,15 @@ export const SCENARIOS: Scenario[] = [
       } finally {
         client.destroy();
       }
-      const part = stack.s3.partFiles(bucket, 'rootfs-bash.ext4')[0];
-      if (!part) throw new Error("cannot find the object in MinIO's data directory");
-      const fd = fs.openSync(part, 'r+');
-      fs.writeSync(fd, crypto.randomBytes(64), 0, 64, Math.floor(fs.fstatSync(fd).size / 2));
-      fs.closeSync(fd);
+      // The block store is what hosts sync from: its packs rot (the plain object too, for good measure).
+      const packs = (await listKeys(stack, bucket, 'blocks/packs/')).flatMap((k) => stack.s3.partFiles(bucket, k));
+      const parts = [...packs, ...stack.s3.partFiles(bucket, 'rootfs-bash.ext4')];
+      if (!packs.length) throw new Error("cannot find the packs in MinIO's data directory");
+      for (const part of parts) {
+        const fd = fs.openSync(part, 'r+');
+        fs.writeSync(fd, crypto.randomBytes(64), 0, 64, Math.floor(fs.fstatSync(fd).size / 2));
+        fs.closeSync(fd);
+      }
 
       const res = await suite.cli(['-c', reader, 's3', 'download'], env);
       const problems: string[] = [];
@@ -760,6 +775,7 @@ export const SCENARIOS: Scenario[] = [
         );
       }
       if (sha256File(local) !== good) problems.push('the good local copy was replaced');
+      // A block store download keeps its partial file (checked blocks only) for the next run to resume.
       const temps = fs.readdirSync(path.dirname(local)).filter((n) => n.endsWith('.partial'));
       if (temps.length) problems.push(`temp files left: ${temps.join(', ')}`);
       return {
@@ -773,33 +789,37 @@ export const SCENARIOS: Scenario[] = [
   },
 
   {
-    name: 'object replaced behind its manifest',
+    name: 'pack replaced behind its index (another writer, same size)',
     async run(suite) {
       const { stack } = suite;
       const { bucket, host, reader, env, local, good } = await publishedAndSynced(suite, 'replaced');
-      // Another writer (a hand-run copy, an old tool) puts other bytes under the key; the manifest stays.
+      // Another writer (a hand-run copy, an old tool) puts other bytes under a pack's key; the index stays.
       const client = stack.s3.client();
       try {
-        // As many bytes as before: only the content differs.
-        await client.send(
-          new PutObjectCommand({
-            Bucket: bucket,
-            Key: 'rootfs-bash.ext4',
-            Body: crypto.randomBytes(fs.statSync(local).size),
-          }),
-        );
+        for (const key of await listKeys(stack, bucket, 'blocks/packs/')) {
+          const head = await client.send(new HeadObjectCommand({ Bucket: bucket, Key: key }));
+          await client.send(
+            new PutObjectCommand({ Bucket: bucket, Key: key, Body: crypto.randomBytes(head.ContentLength ?? 0) }),
+          );
+        }
       } finally {
         client.destroy();
       }
-      const res = await suite.cli(['-c', reader, 's3', 'download'], env);
+      // The host that has the image needs nothing; a new host needs the pack and must refuse it.
       const problems: string[] = [];
+      const same = await suite.cli(['-c', reader, 's3', 'download'], env);
+      if (same.code !== 0 || sha256File(local) !== good)
+        problems.push(`the host with a good copy did not keep it: ${oneLine(same.stderr)}`);
+      const fresh = stack.writeConfig('replaced-fresh', { languages: BASH, bucket, workspace: `${host}-fresh` });
+      const res = await suite.cli(['-c', fresh, 's3', 'download'], env);
       if (res.code === 0) problems.push('the download succeeded');
-      if (!/rootfs-bash\.ext4: .*does not match its manifest/.test(res.stderr))
-        problems.push(`the error does not say the object is not what its manifest says: ${oneLine(res.stderr)}`);
-      if (sha256File(local) !== good) problems.push('the good local copy was replaced');
-      const said = res.stderr.split('\n').find((l) => l.includes('rootfs-bash.ext4')) ?? firstLine(res.stderr);
+      if (!/rootfs-bash\.ext4: .*(does not match|damaged)/.test(res.stderr))
+        problems.push(`the error does not say the pack is not what the index says: ${oneLine(res.stderr)}`);
+      if (fs.existsSync(path.join(`${host}-fresh`, 'images', 'rootfs-bash.ext4')))
+        problems.push('the new host installed it');
+      const said = res.stderr.split('\n').find((l) => l.includes('Cannot download')) ?? firstLine(res.stderr);
       return {
-        outcome: `${res.code === 0 ? 'NOT detected' : `detected (exit ${res.code})`}, local copy ${sha256File(local) === good ? 'kept' : 'lost'}: "${oneLine(said, 200)}"`,
+        outcome: `${res.code === 0 ? 'NOT detected' : `detected (exit ${res.code})`} by a new host, the host with a good copy ${sha256File(local) === good ? 'kept it' : 'lost it'}: "${oneLine(said, 200)}"`,
         problems,
         bucket,
         injected: 1,

@@ -21,7 +21,7 @@ import {
   onCleanup,
   portAccepts,
   startServer,
-  tempDir,
+  sharedTempDir,
   waitUntilReady,
   type ServerProcess,
 } from '../support/process';
@@ -467,7 +467,8 @@ export class FaultStack {
   }
 
   static async start(log: (line: string) => void): Promise<FaultStack> {
-    const dir = tempDir('faults');
+    // Run-scoped: its tmpfs workspace is unmounted by a run-level cleanup, after which the directory can go.
+    const dir = sharedTempDir('faults');
     const [temporal, s3] = await Promise.all([
       KillableTemporal.start(fs.mkdtempSync(path.join(dir, 'temporal-'))),
       FaultS3.start(fs.mkdtempSync(path.join(dir, 's3-'))),

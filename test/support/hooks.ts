@@ -26,7 +26,11 @@ export const mochaHooks = {
     const test = this.currentTest;
     let top = test?.parent;
     while (top?.parent && !top.parent.root) top = top.parent;
-    if (test && top && lastTest(top) === test) await runSuiteCleanups();
+    if (test && top && lastTest(top) === test) {
+      // Removing a suite's images and buckets can take a while on a slow disk: not the test's own time limit.
+      this.timeout(10 * 60 * 1000);
+      await runSuiteCleanups();
+    }
   },
 };
 

@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { GetObjectCommand } from '@aws-sdk/client-s3';
 import { DEFAULT_RETRY, send, withRetry, type StoreContext } from '../client';
 import { rememberDigest } from '../digest';
-import { StoreError, where } from '../errors';
+import { brokeMidway, StoreError, where } from '../errors';
 import { imagesDir, kernelPath, localPathOf } from '../layout';
 import { track } from '../progress';
 import {
@@ -139,6 +139,17 @@ class KeyJob {
   ) {}
 }
 
+/** Unfinished downloads of other versions of `dest`: their version is no longer the one wanted. */
+function removeStalePartials(dest: string, keep: string): void {
+  const dir = path.dirname(dest);
+  if (!fs.existsSync(dir)) return;
+  const prefix = `.${path.basename(dest)}.`;
+  for (const name of fs.readdirSync(dir)) {
+    if (name.startsWith(prefix) && name.endsWith('.blocks-partial') && path.join(dir, name) !== keep)
+      fs.rmSync(path.join(dir, name), { force: true });
+  }
+}
+
 /** Plans the sync of `key`; undefined when the block store has no version of it. */
 export async function planBlocks(
   ctx: StoreContext,
@@ -175,6 +186,7 @@ export async function planBlocks(
 
   // An unfinished download of this version: the blocks it holds already are left in place.
   const partial = partialOf(dest, sha);
+  removeStalePartials(dest, partial);
   if (fs.existsSync(partial)) base.blocksInPlace = await keepInPlace(partial, job);
 
   // Blocks of files this host has (any language, any version), by digest.
@@ -336,7 +348,7 @@ async function fetchRange(
   const damaged = (why: string) =>
     new StoreError(
       'checksum',
-      `Cannot download from ${where(ctx.config, key)}: bytes ${range.start}-${range.end - 1} ${why}.`,
+      `Cannot download from ${where(ctx.config, key)}: bytes ${range.start}-${range.end - 1} are damaged: they ${why}.`,
       {
         bucket: ctx.config.bucket,
         key,
@@ -346,8 +358,13 @@ async function fetchRange(
     );
   // Blocks in the order zstd gives them back: frame after frame.
   const order: Buffer[] = [];
-  for (const f of range.frames)
-    for (let j = 0; j < f.count; j++) order.push(f.digests.subarray(j * DIGEST_BYTES, (j + 1) * DIGEST_BYTES));
+  const frameAt: number[] = [];
+  for (const f of range.frames) {
+    for (let j = 0; j < f.count; j++) {
+      order.push(f.digests.subarray(j * DIGEST_BYTES, (j + 1) * DIGEST_BYTES));
+      frameAt.push(f.offset);
+    }
+  }
   let next = 0;
   let carry: Buffer | undefined;
   const pending: Array<[Waiter[], Buffer]> = [];
@@ -357,9 +374,7 @@ async function fetchRange(
     const waiters = waiting.get(digest.toString('base64'));
     if (!waiters?.length) return;
     if (!digestOf(block).equals(digest))
-      throw damaged(
-        `hold a block that does not match its digest (frame at byte ${range.frames[Math.min(range.frames.length - 1, 0)]!.offset}…)`,
-      );
+      throw damaged(`hold a block that does not match its digest (the frame at byte ${frameAt[next - 1]})`);
     // zstd's output chunks are fresh buffers: a block can stay a view of its chunk until written.
     pending.push([waiters, block]);
   };
@@ -409,7 +424,7 @@ async function fetchRange(
   if (decodeError instanceof StoreError) throw decodeError;
   if (decodeError) throw damaged(`do not decompress (${(decodeError as Error).message.slice(0, 200)})`);
   if (next !== order.length || carry || received !== range.end - range.start)
-    throw damaged(`held ${next} of the ${order.length} blocks their frames list`);
+    throw damaged(`hold ${next} of the ${order.length} blocks their frames list`);
   // Written only once the whole range checked out: a range fetched again writes it all again.
   const writers = new Set<BlockWriter>();
   for (const [waiters, content] of pending) {
@@ -649,10 +664,14 @@ export async function syncMany(
         const { job, partial, fd } = o;
         const { plan } = planned[o.i]!;
         if (unresolved.has(job)) {
+          // A server that checks its data at rest (MinIO) breaks a transfer off where the data is
+          // damaged: when it does so every time, the pack is the likely cause, not the network.
           const why =
-            rangeError instanceof StoreError
-              ? rangeError.userMessage
-              : String((rangeError as Error)?.message ?? 'blocks were missing');
+            rangeError instanceof StoreError && brokeMidway(rangeError)
+              ? `the S3 server broke off the transfer of ${rangeError.key ?? 'a pack'} every time it was tried: the pack is likely damaged (corrupt) in the bucket — publish the image again.`
+              : rangeError instanceof StoreError
+                ? rangeError.userMessage
+                : String((rangeError as Error)?.message ?? 'blocks were missing');
           results[o.i] = new StoreError('checksum', `Cannot download ${plan.key}: ${why} Nothing was installed.`, {
             bucket: ctx.config.bucket,
             key: plan.key,
