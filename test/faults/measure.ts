@@ -156,7 +156,9 @@ async function blockStoreHealth(
         continue;
       }
       try {
-        const index = decodeIndex(execFileSync('zstd', ['-dcq'], { input: await objectBytes(client, bucket, ikey) }));
+        const index = decodeIndex(
+          execFileSync('zstd', ['-dcq'], { input: await objectBytes(client, bucket, ikey), maxBuffer: 1 << 30 }),
+        );
         for (const pack of new Set(index.frames.map((f) => f.pack)))
           if (!listed.includes(packKey(pack))) partial.push(`${ikey} names ${packKey(pack)}, which is not there`);
       } catch (err) {

@@ -753,9 +753,11 @@ export const SCENARIOS: Scenario[] = [
         client.destroy();
       }
       // The block store is what hosts sync from: its packs rot (the plain object too, for good measure).
-      const packs = (await listKeys(stack, bucket, 'blocks/packs/')).flatMap((k) => stack.s3.partFiles(bucket, k));
-      const parts = [...packs, ...stack.s3.partFiles(bucket, 'rootfs-bash.ext4')];
-      if (!packs.length) throw new Error("cannot find the packs in MinIO's data directory");
+      const rotted = [...(await listKeys(stack, bucket, 'blocks/packs/')), 'rootfs-bash.ext4'].filter(
+        (k) => stack.s3.partFiles(bucket, k).length,
+      );
+      const parts = rotted.flatMap((k) => stack.s3.partFiles(bucket, k));
+      if (rotted.length < 2) throw new Error("cannot find the packs in MinIO's data directory");
       for (const part of parts) {
         const fd = fs.openSync(part, 'r+');
         fs.writeSync(fd, crypto.randomBytes(64), 0, 64, Math.floor(fs.fstatSync(fd).size / 2));
@@ -782,7 +784,7 @@ export const SCENARIOS: Scenario[] = [
         outcome: `${res.code === 0 ? 'NOT detected' : `detected (exit ${res.code})`}, local copy ${sha256File(local) === good ? 'kept' : 'lost'}: "${oneLine(said, 200)}"`,
         problems,
         bucket,
-        injected: 1,
+        injected: rotted.length,
         hostDir: host,
       };
     },
@@ -795,8 +797,10 @@ export const SCENARIOS: Scenario[] = [
       const { bucket, host, reader, env, local, good } = await publishedAndSynced(suite, 'replaced');
       // Another writer (a hand-run copy, an old tool) puts other bytes under a pack's key; the index stays.
       const client = stack.s3.client();
+      let replaced: string[] = [];
       try {
-        for (const key of await listKeys(stack, bucket, 'blocks/packs/')) {
+        replaced = await listKeys(stack, bucket, 'blocks/packs/');
+        for (const key of replaced) {
           const head = await client.send(new HeadObjectCommand({ Bucket: bucket, Key: key }));
           await client.send(
             new PutObjectCommand({ Bucket: bucket, Key: key, Body: crypto.randomBytes(head.ContentLength ?? 0) }),
@@ -822,7 +826,7 @@ export const SCENARIOS: Scenario[] = [
         outcome: `${res.code === 0 ? 'NOT detected' : `detected (exit ${res.code})`} by a new host, the host with a good copy ${sha256File(local) === good ? 'kept it' : 'lost it'}: "${oneLine(said, 200)}"`,
         problems,
         bucket,
-        injected: 1,
+        injected: replaced.length,
         hostDir: host,
       };
     },
