@@ -2,7 +2,7 @@ import { GetObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { z } from 'zod';
 import { send, type S3Access } from './client';
 import { BLOCKS_PREFIX, digestOfIndexKey, digestOfPackKey, type Head } from './blocks/format';
-import { listHeads, readHead } from './blocks/objects';
+import { readHeads } from './blocks/objects';
 import { StoreError } from './errors';
 import {
   IMAGE_KEY_PATTERN,
@@ -167,12 +167,7 @@ export async function listBucket(target: S3Access): Promise<Listing> {
     );
   }
   const inBlocks = blocks.packs.count + blocks.indexes.count + blocks.other.count;
-  if (inBlocks) {
-    for (const key of await listHeads(target)) {
-      const head = (await readHead(target, key))?.head;
-      if (head) blocks.heads.push(head);
-    }
-  }
+  if (inBlocks) blocks.heads = await readHeads(target);
   return {
     bucket: config.bucket,
     objects,

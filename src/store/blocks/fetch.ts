@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { GetObjectCommand } from '@aws-sdk/client-s3';
 import { DEFAULT_RETRY, send, withRetry, type StoreContext } from '../client';
-import { rememberDigest } from '../digest';
+import { digestFile, rememberDigest } from '../digest';
 import { brokeMidway, StoreError, where } from '../errors';
 import { imagesDir, kernelPath, localPathOf } from '../layout';
 import { track } from '../progress';
@@ -18,7 +18,7 @@ import {
   type FrameRef,
 } from './format';
 import { loadIndex, readHead } from './objects';
-import { indexCacheDir, partialOf, versionsDir } from './paths';
+import { indexCacheDir, partialOf, versionsDir, versionsRoot } from './paths';
 import { forgetRecord, readRecord, writeRecord } from './records';
 import { capture } from '../../util/exec';
 import { runZstd } from './zstd';
@@ -71,7 +71,7 @@ function recordSources(ctx: StoreContext): Promise<RecordSource[]> {
   const files: string[] = [kernelPath(ctx.workspace)];
   const dir = imagesDir(ctx.workspace);
   if (fs.existsSync(dir)) for (const n of fs.readdirSync(dir)) if (n.endsWith('.ext4')) files.push(path.join(dir, n));
-  const versions = path.dirname(versionsDir(ctx.workspace, 'x'));
+  const versions = versionsRoot(ctx.workspace);
   if (fs.existsSync(versions)) {
     for (const name of fs.readdirSync(versions)) {
       for (const v of fs.readdirSync(path.join(versions, name)))
@@ -494,10 +494,7 @@ async function sha256Of(file: string, signal?: AbortSignal): Promise<string> {
   } catch (err) {
     if (signal?.aborted) throw err;
   }
-  const hash = crypto.createHash('sha256');
-  for await (const chunk of fs.createReadStream(file, { highWaterMark: READ_BYTES, signal }) as AsyncIterable<Buffer>)
-    hash.update(chunk);
-  return hash.digest('hex');
+  return (await digestFile(file, { crc32: false, signal })).sha256;
 }
 
 /** Moves the file being replaced aside as a kept version, keeping the newest `keep`. */

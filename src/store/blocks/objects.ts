@@ -121,6 +121,16 @@ export async function listHeads(target: S3Access): Promise<string[]> {
     .sort();
 }
 
+/** Every head of the store (a head removed between the listing and its read is left out). */
+export async function readHeads(target: S3Access): Promise<Head[]> {
+  const heads: Head[] = [];
+  for (const key of await listHeads(target)) {
+    const head = (await readHead(target, key))?.head;
+    if (head) heads.push(head);
+  }
+  return heads;
+}
+
 /**
  * Changes the head of `key` with `change` (given the current head, or undefined), written only
  * if nobody wrote it meanwhile (If-Match / If-None-Match); on a race it reads and changes again.

@@ -1,7 +1,7 @@
 import { DeleteObjectCommand } from '@aws-sdk/client-s3';
 import { send, type StoreContext } from '../client';
 import { digestOfIndexKey, digestOfPackKey, INDEXES_PREFIX, PACKS_PREFIX } from './format';
-import { listHeads, listPrefix, loadIndex, readHead } from './objects';
+import { listPrefix, loadIndex, readHeads } from './objects';
 import { indexCacheDir } from './paths';
 
 /**
@@ -21,9 +21,7 @@ export interface PruneReport {
 export async function pruneStore(ctx: StoreContext, opts: { graceMs?: number } = {}): Promise<PruneReport> {
   const cutoff = Date.now() - (opts.graceMs ?? PRUNE_GRACE_MS);
   const named = new Set<string>();
-  for (const key of await listHeads(ctx)) {
-    for (const v of (await readHead(ctx, key))?.head.versions ?? []) named.add(v.index);
-  }
+  for (const head of await readHeads(ctx)) for (const v of head.versions) named.add(v.index);
   const report: PruneReport = { indexesDeleted: 0, packsDeleted: 0, bytesFreed: 0 };
   const remove = async (key: string, sizeBytes: number) => {
     await send(ctx, { key, verb: 'delete', action: 's3:DeleteObject' }, (c) =>

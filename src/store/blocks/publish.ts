@@ -24,7 +24,7 @@ import {
   type IndexManifest,
 } from './format';
 import { statObject } from '../client';
-import { listHeads, loadIndex, putImmutable, readHead, updateHead } from './objects';
+import { loadIndex, putImmutable, readHead, readHeads, updateHead } from './objects';
 import { pruneStore } from './prune';
 import { blocksDir, indexCacheDir } from './paths';
 import { compress, compressFrames } from './zstd';
@@ -345,7 +345,8 @@ async function publishOne(ctx: StoreContext, input: PublishBlocksInput): Promise
     if (input.onlyIfStored) return done('current', current, head.current);
     tables = current;
   } else {
-    const heads = await allHeads(ctx, key, head);
+    // Every head's versions: the blocks any of them names are known.
+    const heads = await readHeads(ctx);
     const known = await knownBlocks(ctx, heads);
     const tmp = fs.mkdtempSync(path.join(ensureDir(path.join(blocksDir(ctx.workspace), 'tmp')), 'publish-'));
     const pack = new PackWriter(path.join(tmp, 'pack'), tmp, ctx.signal);
@@ -429,15 +430,4 @@ async function publishOne(ctx: StoreContext, input: PublishBlocksInput): Promise
 function ensureDir(dir: string): string {
   fs.mkdirSync(dir, { recursive: true });
   return dir;
-}
-
-/** Every head in the store (the one of `key` as just read): the blocks any of their versions names are known. */
-async function allHeads(ctx: StoreContext, key: string, own: Head | undefined): Promise<Head[]> {
-  const heads: Head[] = own ? [own] : [];
-  for (const k of await listHeads(ctx)) {
-    if (k === key) continue;
-    const h = (await readHead(ctx, k))?.head;
-    if (h) heads.push(h);
-  }
-  return heads;
 }
