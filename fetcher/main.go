@@ -90,8 +90,7 @@ func run(args []string) int {
 		logf("error: %v", err)
 		return 1
 	}
-	failed := 0
-	var total int64
+	var todo []string
 	for _, k := range all {
 		if len(pinned) > 0 {
 			if _, ok := pinned[k]; !ok {
@@ -99,9 +98,12 @@ func run(args []string) int {
 				continue
 			}
 		}
-		n, err := s.syncKey(k)
-		total += n
-		if err != nil {
+		todo = append(todo, k)
+	}
+	total, errs := s.syncAll(todo)
+	failed := 0
+	for _, k := range todo {
+		if err, ok := errs[k]; ok {
 			logf("error: %s: %v", k, err)
 			failed++
 		}

@@ -13,7 +13,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -167,6 +166,13 @@ type job struct {
 	copies         map[int][2]any // slot -> (file, block there)
 	frames         map[int]bool   // frames to fetch
 	inPlace, local int
+
+	// While it is fetched (fetch.go):
+	partial string
+	out     *os.File
+	pending int // its frames not yet in
+	err     error
+	started time.Time
 }
 
 // scanPositions reads file block by block where the job wants data and calls match for each block whose digest is its slot's.
@@ -274,38 +280,6 @@ func (j *job) fetchBytes() int64 {
 	return n
 }
 
-type span struct {
-	pack       string
-	start, end int64
-	frames     []int
-}
-
-// spans are the frames to fetch as byte ranges of their packs; neighbours share one request.
-func (j *job) spans() []span {
-	ids := make([]int, 0, len(j.frames))
-	for f := range j.frames {
-		ids = append(ids, f)
-	}
-	fr := j.ix.frames
-	sort.Slice(ids, func(a, b int) bool {
-		if fr[ids[a]].pack != fr[ids[b]].pack {
-			return fr[ids[a]].pack < fr[ids[b]].pack
-		}
-		return fr[ids[a]].offset < fr[ids[b]].offset
-	})
-	var out []span
-	for _, f := range ids {
-		x := fr[f]
-		if n := len(out); n > 0 && out[n-1].pack == x.pack && out[n-1].end == x.offset && out[n-1].end-out[n-1].start+x.length <= 64<<20 {
-			out[n-1].end += x.length
-			out[n-1].frames = append(out[n-1].frames, f)
-		} else {
-			out = append(out, span{x.pack, x.offset, x.offset + x.length, []int{f}})
-		}
-	}
-	return out
-}
-
 // writeSlot writes a checked block to every block of the file that holds it.
 func (j *job) writeSlot(out *os.File, slot int, content []byte) error {
 	for _, b := range j.targets[slot] {
@@ -332,6 +306,7 @@ func (j *job) copyLocal(out *os.File) error {
 			var err error
 			if f, err = os.Open(file); err != nil {
 				j.frames[j.ix.frameOf(slot)] = true
+				delete(j.copies, slot)
 				continue
 			}
 			open[file] = f
@@ -348,47 +323,6 @@ func (j *job) copyLocal(out *os.File) error {
 		}
 	}
 	return nil
-}
-
-// fetchSpan fetches one range, decompresses each frame, checks and writes the blocks the job wants.
-func (s *syncer) fetchSpan(j *job, out *os.File, sp span) (int64, error) {
-	key := "blocks/packs/" + sp.pack + ".pack"
-	body, err := s.b.open(key, nil, fmt.Sprintf("bytes=%d-%d", sp.start, sp.end-1))
-	if err != nil {
-		return 0, fmt.Errorf("cannot fetch %s bytes %d-%d: %w", key, sp.start, sp.end-1, err)
-	}
-	data, err := io.ReadAll(io.LimitReader(body, sp.end-sp.start+1))
-	body.Close()
-	if err != nil {
-		return 0, fmt.Errorf("cannot fetch %s bytes %d-%d: %w", key, sp.start, sp.end-1, err)
-	}
-	if int64(len(data)) != sp.end-sp.start {
-		return int64(len(data)), fmt.Errorf("%s bytes %d-%d: %d bytes came", key, sp.start, sp.end-1, len(data))
-	}
-	for _, f := range sp.frames {
-		fr := j.ix.frames[f]
-		raw, err := s.decoder.DecodeAll(data[fr.offset-sp.start:fr.offset-sp.start+fr.length], make([]byte, 0, fr.count*blockBytes))
-		if err != nil || len(raw) != fr.count*blockBytes {
-			return int64(len(data)), fmt.Errorf("%s: the frame at byte %d does not decompress to its %d blocks (%v)", key, fr.offset, fr.count, err)
-		}
-		for i := 0; i < fr.count; i++ {
-			slot := j.ix.firstSlot[f] + i
-			if _, want := j.targets[slot]; !want {
-				continue
-			}
-			if _, copied := j.copies[slot]; copied {
-				continue
-			}
-			block := raw[i*blockBytes : (i+1)*blockBytes]
-			if sum := sha256.Sum256(block); !bytes.Equal(sum[:], j.ix.digest(slot)) {
-				return int64(len(data)), fmt.Errorf("%s: a block of the frame at byte %d does not match its digest", key, fr.offset)
-			}
-			if err := j.writeSlot(out, slot, block); err != nil {
-				return int64(len(data)), err
-			}
-		}
-	}
-	return int64(len(data)), nil
 }
 
 func fileSha256(file string) (string, error) {
@@ -423,109 +357,6 @@ func (s *syncer) install(file, dest, sha string) error {
 		return err
 	}
 	return writeRecord(dest, sha)
-}
-
-// syncKey brings one file up to date; it returns the bytes fetched.
-func (s *syncer) syncKey(key string) (int64, error) {
-	started := time.Now()
-	data, err := s.b.get("blocks/heads/"+key+".json", 1<<20)
-	if err != nil {
-		return 0, fmt.Errorf("cannot read the head of %s: %w", key, err)
-	}
-	var h head
-	if err := json.Unmarshal(data, &h); err != nil || h.Format != 1 || h.Key != key || !sha256Hex.MatchString(h.Current) {
-		return 0, fmt.Errorf("blocks/heads/%s.json is not a valid head", key)
-	}
-	dest := s.destOf(key)
-	if r := readRecord(dest); r != nil && r.Index == h.Current {
-		s.log("%s is up to date (version %s)", key, h.Current[:12])
-		return 0, nil
-	}
-	ix, err := s.loadIndex(h.Current, true)
-	if err != nil {
-		return 0, err
-	}
-	if ix.Key != key {
-		return 0, fmt.Errorf("the index of %s describes %s", key, ix.Key)
-	}
-	if pin, ok := s.pins[key]; ok && pin != ix.Sha256 {
-		return 0, fmt.Errorf("%s changed since this was pinned (the store's current version has sha256 %s, the pin %s); not installed", key, ix.Sha256, pin)
-	}
-	if err := os.MkdirAll(filepath.Dir(dest), 0o755); err != nil {
-		return 0, err
-	}
-	kept := filepath.Join(s.workspace, ".blocks", "versions", filepath.Base(dest), h.Current)
-	if r := readRecord(kept); r != nil && r.Index == h.Current {
-		tmp := fmt.Sprintf("%s.%d.rollback", dest, os.Getpid())
-		if err := os.Rename(kept, tmp); err == nil {
-			os.Remove(beside(kept, ".blocks.json"))
-			s.log("%s: version %s was kept here: nothing to fetch", key, h.Current[:12])
-			return 0, s.install(tmp, dest, h.Current)
-		}
-	}
-	j := s.plan(key, h.Current, ix)
-	s.log("%s: version %s: fetch %d bytes, %d block(s) from local files, %d already in place", key, h.Current[:12], j.fetchBytes(), j.local, j.inPlace)
-	partial := partialOf(dest, h.Current)
-	out, err := os.OpenFile(partial, os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
-		return 0, err
-	}
-	defer out.Close()
-	if err := out.Truncate(ix.SizeBytes); err != nil {
-		return 0, err
-	}
-	if err := j.copyLocal(out); err != nil {
-		return 0, err
-	}
-	var fetched int64
-	var mu sync.Mutex
-	var firstErr error
-	sem := make(chan struct{}, s.concurrency)
-	var wg sync.WaitGroup
-	for _, sp := range j.spans() {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func(sp span) {
-			defer wg.Done()
-			defer func() { <-sem }()
-			n, err := s.fetchSpan(j, out, sp)
-			if err != nil {
-				// Once more: a transfer may have been damaged; a damaged pack fails again.
-				var n2 int64
-				n2, err = s.fetchSpan(j, out, sp)
-				n += n2
-			}
-			mu.Lock()
-			fetched += n
-			if err != nil && firstErr == nil {
-				firstErr = err
-			}
-			mu.Unlock()
-		}(sp)
-	}
-	wg.Wait()
-	if firstErr != nil {
-		return fetched, firstErr
-	}
-	if err := out.Truncate(ix.SizeBytes); err != nil {
-		return fetched, err
-	}
-	if err := out.Sync(); err != nil {
-		return fetched, err
-	}
-	sum, err := fileSha256(partial)
-	if err != nil {
-		return fetched, err
-	}
-	if sum != ix.Sha256 {
-		os.Remove(partial)
-		return fetched, fmt.Errorf("%s: the assembled file has sha256 %s, its index says %s; not installed", key, sum, ix.Sha256)
-	}
-	if err := s.install(partial, dest, h.Current); err != nil {
-		return fetched, err
-	}
-	s.log("%s: installed version %s (%d bytes fetched, %.1f s)", key, h.Current[:12], fetched, time.Since(started).Seconds())
-	return fetched, nil
 }
 
 // keys are the files the block store holds: every head's, unless given.

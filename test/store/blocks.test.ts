@@ -244,6 +244,10 @@ describe('store: the block store against a real S3 @real', function () {
       assert.equal(readRecord(dest)?.index, (await readHead(ctx(src), key))!.head.current);
     }
     assert.ok(allocated(path.join(ws, 'images/rootfs-python.ext4')) < 20 * MiB, 'sparse');
+    // Both files fetched together: a frame they share comes once, as with s3 download.
+    const joint = await syncDown({ client, config, workspace: workspace('fetcher-ts') });
+    const goBytes = Number(/done: 2 file\(s\), (\d+) bytes fetched, 0 failed/.exec(run.stderr)?.[1]);
+    assert.equal(goBytes, joint.bytesTransferred, run.stderr);
     assert.equal(fs.readlinkSync(path.join(ws, 'rootfs.ext4')), 'images/rootfs-python.ext4');
     const again = await syncDown({ client, config, workspace: ws });
     assert.ok(
