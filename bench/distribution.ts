@@ -11,7 +11,8 @@
  *   1. publishes the older builds and the kernel (one build) and syncs host A;
  *   2. publishes the newer builds (two consecutive builds) and syncs host A again: what a host
  *      that had the older build fetches, per image, beside that image's compressed size;
- *   3. syncs new host B from the block store alone, and times s5cmd copying the plain objects;
+ *   3. syncs new host B from the block store alone, as `s3 download` does and as a bootstrap
+ *      script does (the static fetcher, fetcher/), and times s5cmd copying the plain objects;
  *   4. rolls every image back and syncs host A: what a rollback to a version the host had costs.
  * `--quick` takes bash only (as CI runs it); `--only LANG` another single language.
  */
@@ -157,6 +158,7 @@ async function main(argv: string[]): Promise<number> {
     return 2;
   }
   const s5cmd = requireTool('s5cmd');
+  const fetcher = requireTool('blockFetcher');
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'rootfs-bench-distribution-'));
   let s3: BenchS3 | undefined;
   try {
@@ -213,6 +215,16 @@ async function main(argv: string[]): Promise<number> {
     const fresh = await timed(async () => checkSync(await syncDown(ctx(hostB)), 'host B'));
     const newHostBytes = fresh.value.bytesTransferred;
     fs.rmSync(hostB, { recursive: true, force: true });
+    // The same new host through a bootstrap script's fetcher.
+    const hostC = path.join(tmp, 'host-c');
+    const bucketUrl = `${s3.endpoint}/${bucket}`;
+    const viaFetcher = await timed(() =>
+      capture(fetcher, ['sync', '--bucket-url', bucketUrl, '--region', s3!.config(bucket).region, '--workspace', hostC], {
+        env,
+      }),
+    );
+    const fetcherBytes = Number(/, (\d+) bytes fetched, 0 failed/.exec(viaFetcher.value.stderr)?.[1] ?? NaN);
+    fs.rmSync(hostC, { recursive: true, force: true });
 
     // 4. Roll every image back; host A had those versions.
     for (const v of newer) await rollback(ctx(publisher), `rootfs-${v.language}.ext4`);
@@ -244,10 +256,16 @@ async function main(argv: string[]): Promise<number> {
         back.value.bytesTransferred === 0 && back.seconds <= GOALS.rollbackSeconds ? 'met' : 'not met',
       ],
       [
-        'new-host sync time / s5cmd copying the plain objects',
+        'new-host sync time (s3 download) / s5cmd copying the plain objects',
         `${seconds(fresh.seconds)} / ${seconds(s5.seconds)} = ${ratio(fresh.seconds / s5.seconds)}`,
         `≤ ${GOALS.newHostVsS5cmd}×`,
         fresh.seconds / s5.seconds <= GOALS.newHostVsS5cmd ? 'met' : 'not met',
+      ],
+      [
+        `the same through the bootstrap script's fetcher (${mib(fetcherBytes)})`,
+        `${seconds(viaFetcher.seconds)} / ${seconds(s5.seconds)} = ${ratio(viaFetcher.seconds / s5.seconds)}`,
+        `≤ ${GOALS.newHostVsS5cmd}×`,
+        viaFetcher.seconds / s5.seconds <= GOALS.newHostVsS5cmd ? 'met' : 'not met',
       ],
     ];
     console.log(table(['measure', 'now', 'goal', ''], rows, new Set()));
@@ -263,6 +281,8 @@ async function main(argv: string[]): Promise<number> {
         newHostBytes,
         plainBytes,
         newHostSeconds: round(fresh.seconds),
+        fetcherSeconds: round(viaFetcher.seconds),
+        fetcherBytes,
         s5cmdSeconds: round(s5.seconds),
         oneBuildBytes: oneBuild,
         twoBuildsBytes: twoBuilds,
