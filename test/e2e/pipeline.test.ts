@@ -4,7 +4,11 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { PROFILES } from '../../src/config';
+import { toolPaths } from '../../src/setup/tools';
 import { createClient, readManifest } from '../../src/store';
+import { statObject } from '../../src/store/client';
+import { fetcherKey } from '../../src/store/blocks/tools';
+import { sha256Hex } from '../../src/store/blocks/format';
 import { ORCHESTRATOR_TASK_QUEUE } from '../../worker';
 import { createAllRootfs } from '../../workflows';
 import { progressQuery, retryStepUpdate } from '../../workflows/messages';
@@ -142,9 +146,13 @@ describe('pipeline @real @heavy', function () {
       first.images.map((i) => `rootfs-${i.language}.ext4`),
     );
     assert.equal(first.bucket?.bucket, env.s3.bucket);
+    const s3 = createClient({ config: env.s3 });
     // Five images and the kernel, each with its manifest, and the kernel's .config (13 plain objects);
-    // beside them the block store: per file a head, an index and a pack of the blocks it added.
-    assert.equal(first.bucket?.objects, 13 + 6 * 3);
+    // beside them the block store: per file a head, an index and a pack of the blocks it added;
+    // and the bootstrap scripts' fetcher (setup builds it), under its sha256.
+    assert.equal(first.bucket?.objects, 13 + 6 * 3 + 1);
+    const fetcherSha256 = sha256Hex(fs.readFileSync(toolPaths().blockFetcher));
+    assert.ok(await statObject({ client: s3, config: env.s3 }, fetcherKey(fetcherSha256)), 'the fetcher is published');
     const kernel = first.kernel!;
     assert.equal(kernel.state, 'done', kernel.error);
     assert.equal(kernel.s3Key, 'vmlinux');
@@ -169,7 +177,6 @@ describe('pipeline @real @heavy', function () {
     console.log(
       `      boot to /health: ${first.images.map((i) => `${i.language} ${(i.bootMs! / 1000).toFixed(1)} s`).join(', ')}`,
     );
-    const s3 = createClient({ config: env.s3 });
     const { manifest } = await readManifest({ client: s3, config: env.s3 }, 'rootfs-python.ext4');
     const kernelManifest = (await readManifest({ client: s3, config: env.s3 }, 'vmlinux')).manifest;
     assert.equal(kernelManifest?.sha256, kernel.sha256);
