@@ -85,11 +85,11 @@ func (s *syncer) fetchSpan(sp span, raw []byte) (int64, []byte, error) {
 		if err != nil || len(raw) != f.count*blockBytes {
 			return int64(len(data)), raw, fmt.Errorf("%s: the frame at byte %d does not decompress to its %d blocks (%v)", key, f.offset, f.count, err)
 		}
-		for i := 0; i < f.count; i++ {
-			block := raw[i*blockBytes : (i+1)*blockBytes]
-			var sum [32]byte
-			summed := false
-			for _, u := range f.uses {
+		checked := make([]bool, f.count)
+		for _, u := range f.uses {
+			// The places in this file of the blocks it takes from the frame, checked first.
+			var places []place
+			for i := 0; i < f.count; i++ {
 				slot := u.j.ix.firstSlot[u.frame] + i
 				if _, want := u.j.targets[slot]; !want {
 					continue
@@ -97,19 +97,47 @@ func (s *syncer) fetchSpan(sp span, raw []byte) (int64, []byte, error) {
 				if _, copied := u.j.copies[slot]; copied {
 					continue
 				}
-				if !summed {
-					sum, summed = sha256.Sum256(block), true
+				if !checked[i] {
+					if sum := sha256.Sum256(raw[i*blockBytes : (i+1)*blockBytes]); !bytes.Equal(sum[:], u.j.ix.digest(slot)) {
+						return int64(len(data)), raw, fmt.Errorf("%s: a block of the frame at byte %d does not match its digest", key, f.offset)
+					}
+					checked[i] = true
 				}
-				if !bytes.Equal(sum[:], u.j.ix.digest(slot)) {
-					return int64(len(data)), raw, fmt.Errorf("%s: a block of the frame at byte %d does not match its digest", key, f.offset)
+				for _, b := range u.j.targets[slot] {
+					places = append(places, place{int64(b) * blockBytes, i})
 				}
-				if err := u.j.writeSlot(u.j.out, slot, block); err != nil {
-					return int64(len(data)), raw, err
-				}
+			}
+			if err := writePlaces(u.j.out, raw, places); err != nil {
+				return int64(len(data)), raw, err
 			}
 		}
 	}
 	return int64(len(data)), raw, nil
+}
+
+// place is where a block of a decompressed frame goes in a file.
+type place struct {
+	pos   int64
+	block int
+}
+
+// writePlaces writes the blocks of frame to their places, one write per run of blocks that lie
+// side by side both in the frame and in the file (most of them: a frame holds a file's new blocks
+// in the order they came).
+func writePlaces(out *os.File, frame []byte, places []place) error {
+	sort.Slice(places, func(a, b int) bool { return places[a].pos < places[b].pos })
+	for i := 0; i < len(places); {
+		n := 1
+		for i+n < len(places) && places[i+n].pos == places[i].pos+int64(n)*blockBytes && places[i+n].block == places[i].block+n {
+			n++
+		}
+		from := places[i].block * blockBytes
+		if _, err := out.WriteAt(frame[from:from+n*blockBytes], places[i].pos); err != nil {
+			return err
+		}
+		i += n
+	}
+	return nil
 }
 
 // prepare decides what one key needs. It returns nil when nothing is left to fetch: the file is

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -325,18 +324,61 @@ func (j *job) copyLocal(out *os.File) error {
 	return nil
 }
 
+// fileSha256 is the sha256 of a file that may be sparse: its holes are hashed as the zeros they
+// read as, without reading them.
 func fileSha256(file string) (string, error) {
 	f, err := os.Open(file)
 	if err != nil {
 		return "", err
 	}
 	defer f.Close()
-	h := sha256.New()
-	if _, err := io.CopyBuffer(h, f, make([]byte, 8<<20)); err != nil {
+	st, err := f.Stat()
+	if err != nil {
 		return "", err
+	}
+	h := sha256.New()
+	buf := make([]byte, 8<<20)
+	zeros := make([]byte, 1<<20)
+	size := st.Size()
+	for pos := int64(0); pos < size; {
+		data, err := f.Seek(pos, seekData)
+		if err != nil {
+			// ENXIO: nothing but a hole up to the end. Another error: a file system without
+			// SEEK_DATA; read everything.
+			if errors.Is(err, syscall.ENXIO) {
+				data = size
+			} else {
+				data = pos
+			}
+		}
+		for ; pos < data; pos += int64(len(zeros)) {
+			h.Write(zeros[:min(int64(len(zeros)), data-pos)])
+		}
+		pos = data
+		if pos >= size {
+			break
+		}
+		hole, err := f.Seek(pos, seekHole)
+		if err != nil {
+			hole = size
+		}
+		for pos < hole {
+			n, err := f.ReadAt(buf[:min(int64(len(buf)), hole-pos)], pos)
+			if n == 0 && err != nil {
+				return "", err
+			}
+			h.Write(buf[:n])
+			pos += int64(n)
+		}
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
+
+// Whence values of lseek(2) for sparse files (Linux).
+const (
+	seekData = 3
+	seekHole = 4
+)
 
 // install puts file at dest; the file it replaces, when a record names its version, is kept aside (the newest one).
 func (s *syncer) install(file, dest, sha string) error {
