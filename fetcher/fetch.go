@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -32,6 +33,8 @@ type shared struct {
 	offset, length int64
 	count          int
 	uses           []use
+	// rank is the place, in fetch order, of the first file that wants the frame.
+	rank int
 }
 
 type span struct {
@@ -40,13 +43,17 @@ type span struct {
 	frames     []*shared
 }
 
-// spans are the frames to fetch, as byte ranges of their packs: neighbours share one request.
+// spans are the frames to fetch, as byte ranges of their packs, file after file in rank order:
+// neighbours share one request.
 func spans(frames map[[2]any]*shared) []span {
 	list := make([]*shared, 0, len(frames))
 	for _, f := range frames {
 		list = append(list, f)
 	}
 	sort.Slice(list, func(a, b int) bool {
+		if list[a].rank != list[b].rank {
+			return list[a].rank < list[b].rank
+		}
 		if list[a].pack != list[b].pack {
 			return list[a].pack < list[b].pack
 		}
@@ -64,28 +71,46 @@ func spans(frames map[[2]any]*shared) []span {
 	return out
 }
 
+// buffers are one fetching goroutine's, reused from range to range: a range as it came, and a
+// frame decompressed.
+type buffers struct{ data, raw []byte }
+
 // fetchSpan fetches one range, decompresses each frame once, and writes every block some file
 // wants, each checked against that file's index first. Nothing is written unless the frame checks out.
-func (s *syncer) fetchSpan(sp span, raw []byte) (int64, []byte, error) {
+func (s *syncer) fetchSpan(sp span, buf *buffers) (int64, error) {
 	key := "blocks/packs/" + sp.pack + ".pack"
 	body, err := s.b.open(key, nil, fmt.Sprintf("bytes=%d-%d", sp.start, sp.end-1))
 	if err != nil {
-		return 0, raw, fmt.Errorf("cannot fetch %s bytes %d-%d: %w", key, sp.start, sp.end-1, err)
+		return 0, fmt.Errorf("cannot fetch %s bytes %d-%d: %w", key, sp.start, sp.end-1, err)
 	}
-	data, err := io.ReadAll(io.LimitReader(body, sp.end-sp.start+1))
+	size := int(sp.end - sp.start)
+	if cap(buf.data) < size {
+		buf.data = make([]byte, size)
+	}
+	data := buf.data[:size]
+	n, err := io.ReadFull(body, data)
+	if err == nil {
+		// One byte more would be a range the server did not keep to.
+		var extra [1]byte
+		if m, _ := body.Read(extra[:]); m > 0 {
+			n, err = n+m, errors.New("more bytes than asked for")
+		}
+	}
 	body.Close()
+	if err == io.ErrUnexpectedEOF || err == io.EOF {
+		return int64(n), fmt.Errorf("%s bytes %d-%d: %d bytes came", key, sp.start, sp.end-1, n)
+	}
 	if err != nil {
-		return int64(len(data)), raw, fmt.Errorf("cannot fetch %s bytes %d-%d: %w", key, sp.start, sp.end-1, err)
+		return int64(n), fmt.Errorf("cannot fetch %s bytes %d-%d: %w", key, sp.start, sp.end-1, err)
 	}
-	if int64(len(data)) != sp.end-sp.start {
-		return int64(len(data)), raw, fmt.Errorf("%s bytes %d-%d: %d bytes came", key, sp.start, sp.end-1, len(data))
-	}
+	raw := buf.raw
+	defer func() { buf.raw = raw }()
 	for _, f := range sp.frames {
 		raw, err = s.decoder.DecodeAll(data[f.offset-sp.start:f.offset-sp.start+f.length], raw[:0])
 		if err != nil || len(raw) != f.count*blockBytes {
-			return int64(len(data)), raw, fmt.Errorf("%s: the frame at byte %d does not decompress to its %d blocks (%v)", key, f.offset, f.count, err)
+			return int64(n), fmt.Errorf("%s: the frame at byte %d does not decompress to its %d blocks (%v)", key, f.offset, f.count, err)
 		}
-		checked := make([]bool, f.count)
+		sums, hashed := make([][32]byte, f.count), make([]bool, f.count)
 		for _, u := range f.uses {
 			// The places in this file of the blocks it takes from the frame, checked first.
 			var places []place
@@ -97,22 +122,23 @@ func (s *syncer) fetchSpan(sp span, raw []byte) (int64, []byte, error) {
 				if _, copied := u.j.copies[slot]; copied {
 					continue
 				}
-				if !checked[i] {
-					if sum := sha256.Sum256(raw[i*blockBytes : (i+1)*blockBytes]); !bytes.Equal(sum[:], u.j.ix.digest(slot)) {
-						return int64(len(data)), raw, fmt.Errorf("%s: a block of the frame at byte %d does not match its digest", key, f.offset)
-					}
-					checked[i] = true
+				// Hashed once, checked against each file's own index.
+				if !hashed[i] {
+					sums[i], hashed[i] = sha256.Sum256(raw[i*blockBytes:(i+1)*blockBytes]), true
+				}
+				if !bytes.Equal(sums[i][:], u.j.ix.digest(slot)) {
+					return int64(n), fmt.Errorf("%s: a block of the frame at byte %d does not match its digest", key, f.offset)
 				}
 				for _, b := range u.j.targets[slot] {
 					places = append(places, place{int64(b) * blockBytes, i})
 				}
 			}
 			if err := writePlaces(u.j.out, raw, places); err != nil {
-				return int64(len(data)), raw, err
+				return int64(n), err
 			}
 		}
 	}
-	return int64(len(data)), raw, nil
+	return int64(n), nil
 }
 
 // place is where a block of a decompressed frame goes in a file.
@@ -233,14 +259,18 @@ func (s *syncer) syncAll(keys []string) (int64, map[string]error) {
 			jobs = append(jobs, j)
 		}
 	}
+	// The largest files first: each is checked whole (a read and a sha256 of all its bytes, holes
+	// included) as soon as its frames are in, so the longest checks overlap the fetching of the
+	// others and the last file to complete is a short one to check.
+	sort.SliceStable(jobs, func(a, b int) bool { return jobs[a].ix.SizeBytes > jobs[b].ix.SizeBytes })
 	frames := map[[2]any]*shared{}
-	for _, j := range jobs {
+	for rank, j := range jobs {
 		for f := range j.frames {
 			fr := j.ix.frames[f]
 			id := [2]any{fr.pack, fr.offset}
 			sh := frames[id]
 			if sh == nil {
-				sh = &shared{pack: fr.pack, offset: fr.offset, length: fr.length, count: fr.count}
+				sh = &shared{pack: fr.pack, offset: fr.offset, length: fr.length, count: fr.count, rank: rank}
 				frames[id] = sh
 			}
 			sh.uses = append(sh.uses, use{j, f})
@@ -251,8 +281,8 @@ func (s *syncer) syncAll(keys []string) (int64, map[string]error) {
 	var mu sync.Mutex
 	var fetched int64
 	var finishing sync.WaitGroup
-	// Whole-file checks run beside the fetches, a few at once (each reads and hashes a file).
-	checks := make(chan struct{}, max(1, runtime.NumCPU()/2))
+	// Whole-file checks run beside the fetches, one per core at most (each hashes a file).
+	checks := make(chan struct{}, runtime.NumCPU())
 	done := func(j *job) {
 		finishing.Add(1)
 		go func() {
@@ -279,16 +309,15 @@ func (s *syncer) syncAll(keys []string) (int64, map[string]error) {
 		fetching.Add(1)
 		go func() {
 			defer fetching.Done()
-			var raw []byte
+			var buf buffers
 			for sp := range work {
-				n, out, err := s.fetchSpan(sp, raw)
+				n, err := s.fetchSpan(sp, &buf)
 				if err != nil {
 					// Once more: a transfer may have been damaged; a damaged pack fails again.
 					var n2 int64
-					n2, out, err = s.fetchSpan(sp, out)
+					n2, err = s.fetchSpan(sp, &buf)
 					n += n2
 				}
-				raw = out
 				mu.Lock()
 				fetched += n
 				var ready []*job
