@@ -210,6 +210,9 @@ async function main(argv: string[]): Promise<number> {
       commands,
       [`cp s3://${bucket}/rootfs-*.ext4 ${plainDir}/`, `cp s3://${bucket}/vmlinux ${plainDir}/`].join('\n') + '\n',
     );
+    // Each new host starts with nothing waiting to be written back: none pays for the one before.
+    const settle = () => capture('sync', []);
+    await settle();
     const s5 = await timed(() => capture(s5cmd, ['--endpoint-url', s3!.endpoint, 'run', commands], { env }));
     const plainFiles = fs.readdirSync(plainDir).map((f) => path.join(plainDir, f));
     const plainBytes = plainFiles.reduce((n, f) => n + fs.statSync(f).size, 0);
@@ -217,12 +220,14 @@ async function main(argv: string[]): Promise<number> {
     // them to disk adds, for a like-for-like figure beside the goal's.
     const flushed = await timed(() => capture('sync', plainFiles));
     fs.rmSync(plainDir, { recursive: true, force: true });
+    await settle();
     const fresh = await timed(async () => checkSync(await syncDown(ctx(hostB)), 'host B'));
     const newHostBytes = fresh.value.bytesTransferred;
     fs.rmSync(hostB, { recursive: true, force: true });
     // The same new host through a bootstrap script's fetcher.
     const hostC = path.join(tmp, 'host-c');
     const bucketUrl = `${s3.endpoint}/${bucket}`;
+    await settle();
     const viaFetcher = await timed(() =>
       capture(
         fetcher,
