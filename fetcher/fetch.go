@@ -37,6 +37,12 @@ type shared struct {
 	rank int
 }
 
+// frameID names a frame by where its bytes are, whichever index lists it.
+type frameID struct {
+	pack   string
+	offset int64
+}
+
 type span struct {
 	pack       string
 	start, end int64
@@ -45,7 +51,7 @@ type span struct {
 
 // spans are the frames to fetch, as byte ranges of their packs, file after file in rank order:
 // neighbours share one request.
-func spans(frames map[[2]any]*shared) []span {
+func spans(frames map[frameID]*shared) []span {
 	list := make([]*shared, 0, len(frames))
 	for _, f := range frames {
 		list = append(list, f)
@@ -263,11 +269,11 @@ func (s *syncer) syncAll(keys []string) (int64, map[string]error) {
 	// included) as soon as its frames are in, so the longest checks overlap the fetching of the
 	// others and the last file to complete is a short one to check.
 	sort.SliceStable(jobs, func(a, b int) bool { return jobs[a].ix.SizeBytes > jobs[b].ix.SizeBytes })
-	frames := map[[2]any]*shared{}
+	frames := map[frameID]*shared{}
 	for rank, j := range jobs {
 		for f := range j.frames {
 			fr := j.ix.frames[f]
-			id := [2]any{fr.pack, fr.offset}
+			id := frameID{fr.pack, fr.offset}
 			sh := frames[id]
 			if sh == nil {
 				sh = &shared{pack: fr.pack, offset: fr.offset, length: fr.length, count: fr.count, rank: rank}

@@ -7,9 +7,9 @@
 // It does what `rootfs s3 download` does with the block store (docs/block-store.md): each file's
 // current version is assembled from blocks already on this host and frames fetched by range (all
 // files at once, so a frame they share is fetched once), every block checked against its sha256
-// and the whole file against the index, then renamed into place. Credentials come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
-// AWS_SESSION_TOKEN; without them requests are unsigned. Exit 0: all in place; 1: a file failed
-// (each says why); 2: usage.
+// and the whole file against the index, then renamed into place. Credentials come from
+// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN; without them requests are
+// unsigned. Exit 0: all in place; 1: a file failed (each says why); 2: usage.
 package main
 
 import (
