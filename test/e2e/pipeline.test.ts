@@ -7,8 +7,7 @@ import { PROFILES } from '../../src/config';
 import { toolPaths } from '../../src/setup/tools';
 import { createClient, readManifest } from '../../src/store';
 import { statObject } from '../../src/store/client';
-import { fetcherKey } from '../../src/store/blocks/tools';
-import { sha256Hex } from '../../src/store/blocks/format';
+import { fetcherKey, fetcherSha256 } from '../../src/store/blocks/tools';
 import { ORCHESTRATOR_TASK_QUEUE } from '../../worker';
 import { createAllRootfs } from '../../workflows';
 import { progressQuery, retryStepUpdate } from '../../workflows/messages';
@@ -151,8 +150,9 @@ describe('pipeline @real @heavy', function () {
     // beside them the block store: per file a head, an index and a pack of the blocks it added;
     // and the bootstrap scripts' fetcher (setup builds it), under its sha256.
     assert.equal(first.bucket?.objects, 13 + 6 * 3 + 1);
-    const fetcherSha256 = sha256Hex(fs.readFileSync(toolPaths().blockFetcher));
-    assert.ok(await statObject({ client: s3, config: env.s3 }, fetcherKey(fetcherSha256)), 'the fetcher is published');
+    const fetcher = fetcherSha256(toolPaths().blockFetcher);
+    assert.ok(fetcher, 'setup built the fetcher');
+    assert.ok(await statObject({ client: s3, config: env.s3 }, fetcherKey(fetcher)), 'the fetcher is published');
     const kernel = first.kernel!;
     assert.equal(kernel.state, 'done', kernel.error);
     assert.equal(kernel.s3Key, 'vmlinux');
