@@ -226,17 +226,9 @@ async function main(argv: string[]): Promise<number> {
     fs.rmSync(hostB, { recursive: true, force: true });
     // The same new host through a bootstrap script's fetcher.
     const hostC = path.join(tmp, 'host-c');
-    const bucketUrl = `${s3.endpoint}/${bucket}`;
+    const fetcherArgs = ['sync', '--bucket-url', `${s3.endpoint}/${bucket}`, '--region', s3.config(bucket).region];
     await settle();
-    const viaFetcher = await timed(() =>
-      capture(
-        fetcher,
-        ['sync', '--bucket-url', bucketUrl, '--region', s3!.config(bucket).region, '--workspace', hostC],
-        {
-          env,
-        },
-      ),
-    );
+    const viaFetcher = await timed(() => capture(fetcher, [...fetcherArgs, '--workspace', hostC], { env }));
     const fetcherBytes = Number(/, (\d+) bytes fetched, 0 failed/.exec(viaFetcher.value.stderr)?.[1] ?? NaN);
     fs.rmSync(hostC, { recursive: true, force: true });
 
